@@ -1,0 +1,155 @@
+"""The ``gradsweep`` command line: run, leaderboard, presets.
+
+User errors (bad config, unknown names, unreachable addresses) end with one line on stderr and
+exit code 2; tracebacks appear only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from spaces import ConfigError, load_config, presets
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Hyperparameter search for deep MLPs: activation, alpha, initializer, batch norm.",
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+STATE = {"debug": False}
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one line naming what was wrong and return the exit to raise (code 2)."""
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
+    return typer.Exit(code=2)
+
+
+def _quiet() -> None:
+    """Keep library chatter off the terminal unless --debug."""
+    if not STATE["debug"]:
+        warnings.filterwarnings("ignore")
+        for name in ("mlflow", "alembic", "optuna", "ray", "ray.tune", "ray.data"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")] = False) -> None:
+    STATE["debug"] = debug
+
+
+@app.command()
+def run(
+    config: Annotated[str, typer.Argument(help="A YAML study config, or a preset name.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key: --set training.epochs=3 (repeatable)."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: local)."),
+    ] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    num_samples: Annotated[int | None, typer.Option(help="Number of trials.")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: NAME-timestamp).")] = None,
+) -> None:
+    """Run a search and print its leaderboard."""
+    overrides = list(set_ or [])
+    if num_samples is not None:
+        overrides.append(f"num_samples={num_samples}")
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    _quiet()
+    from search.errors import UserError
+    from search.leaderboard import render
+    from search.study import run_study
+
+    try:
+        result = run_study(cfg, address=address, tracking_uri=tracking_uri, study_name=study, progress=True)
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    out.print(render(result.leaderboard, "table", top=20, title=f"Leaderboard: {result.study_name}"))
+    out.print(f"study [bold]{result.study_name}[/] - {len(result.leaderboard)} trials in {result.seconds:.0f} s")
+    out.print(f"MLflow parent run {result.parent_run_id} in {result.tracking_uri}")
+    if result.failed_writes:
+        out.print(f"[yellow]{len(result.failed_writes)} MLflow writes failed; see the log above[/]")
+    out.print("Open the MLflow UI:  " + ui_command(result.tracking_uri))
+    out.print(f"Leaderboard again:   gradsweep leaderboard --study {result.study_name} --tracking-uri {result.tracking_uri}")
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The command that opens the MLflow UI on ``tracking_uri``."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f".venv/bin/mlflow ui --backend-store-uri {tracking_uri} --port 5000   (then http://127.0.0.1:5000)"
+
+
+@app.command()
+def leaderboard(
+    study: Annotated[str, typer.Option(help="Study name, as printed by 'gradsweep run'.")],
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: the default run's).")
+    ] = None,
+    top: Annotated[int | None, typer.Option(min=1, help="Show the best N only.")] = None,
+    format: Annotated[str, typer.Option("--format", help="table, csv, markdown or json.")] = "table",
+) -> None:
+    """Print a study's leaderboard, read from MLflow."""
+    if format not in ("table", "csv", "markdown", "json"):
+        raise fail(f"--format: {format!r} is not one of table, csv, markdown, json")
+    _quiet()
+    from mlflow import MlflowClient
+
+    from search.errors import UserError
+    from search.leaderboard import leaderboard as board
+    from search.leaderboard import render
+    from search.tracking import check_tracking_uri, default_tracking_uri
+
+    uri = tracking_uri or os.environ.get("GRADSWEEP_TRACKING_URI") or default_tracking_uri(Path("gradsweep-runs"))
+    try:
+        check_tracking_uri(uri)
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+            raise UserError(f"--tracking-uri: no MLflow database at {uri.removeprefix('sqlite:///')}")
+        frame = board(MlflowClient(tracking_uri=uri), study)
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    text = render(frame, format, top=top, title=f"Leaderboard: {study}")  # type: ignore[arg-type]
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@app.command("presets")
+def list_presets() -> None:
+    """List the bundled presets with one-line descriptions."""
+    for name, description in presets().items():
+        out.print(f"[bold]{name}[/]: {description}", highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point: tracebacks only with --debug."""
+    try:
+        app()
+    except Exception as exc:  # an unexpected failure: one line unless --debug
+        if "--debug" in sys.argv:
+            raise
+        err.print(f"[bold red]error:[/] {exc.__class__.__name__}: {exc} (rerun with --debug for details)")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

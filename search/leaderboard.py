@@ -1,0 +1,155 @@
+"""Leaderboards read back from MLflow, never from Ray's in-memory results.
+
+What MLflow holds is what a user sees in the UI, so the table printed at the end of a run, the
+``gradsweep leaderboard`` command and the ``leaderboard.csv`` artifact all agree with it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Literal
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from rich.console import Console
+from rich.table import Table
+
+from search.errors import UserError
+from search.tracking import OUTCOME_TAG, PARENT_TAG, ROLE_TAG, STUDY_TAG
+
+Format = Literal["table", "csv", "markdown", "json"]
+COLUMNS = [
+    "rank",
+    "run_name",
+    "activation",
+    "alpha",
+    "init",
+    "bn",
+    "lr",
+    "best_val_accuracy",
+    "test_accuracy",
+    "epochs_run",
+    "status",
+    "outcome",
+    "reason",
+]
+#: Trials that produced a usable model rank above those that did not; diverged ones come last.
+_OUTCOME_ORDER = {"completed": 0, "early_stopped": 1, "stopped": 1, "error": 2, "diverged": 3}
+
+
+def find_parent_run(client: MlflowClient, study: str) -> Run:
+    """The parent run of study ``study`` (the newest, if a name was reused)."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments,
+        filter_string=f"tags.`{STUDY_TAG}` = '{study}' and tags.`{ROLE_TAG}` = 'study'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise UserError(f"--study: no study named {study!r} in this tracking store")
+    return runs[0]
+
+
+def child_runs(client: MlflowClient, parent: Run) -> list[Run]:
+    """Every child run of ``parent``, paging through MLflow's results."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _alpha(value: str | None) -> float | str | None:
+    if value is None:
+        return None
+    parsed = json.loads(value)
+    return parsed if isinstance(parsed, float | int) else json.dumps(parsed)
+
+
+def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
+    """Ranked table of study ``study``'s trials: best validation accuracy first."""
+    parent = find_parent_run(client, study)
+    rows = []
+    for run in child_runs(client, parent):
+        params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+        rows.append(
+            {
+                "run_name": run.info.run_name,
+                "activation": params.get("activation"),
+                "alpha": _alpha(params.get("alpha")),
+                "init": params.get("init"),
+                "bn": params.get("bn"),
+                "lr": float(params["lr"]) if "lr" in params else math.nan,
+                "best_val_accuracy": metrics.get("best_val_accuracy", math.nan),
+                "test_accuracy": metrics.get("test_accuracy", math.nan),
+                "epochs_run": int(metrics.get("epochs_run", 0)),
+                "status": run.info.status,
+                "outcome": tags.get(OUTCOME_TAG, run.info.status.lower()),
+                "reason": tags.get("gradsweep.reason", ""),
+                "run_id": run.info.run_id,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "rank"] + ["run_id"])
+    if frame.empty:
+        frame.insert(0, "rank", pd.Series(dtype=int))
+        return frame
+    frame["_order"] = frame["outcome"].map(_OUTCOME_ORDER).fillna(2)
+    frame["_score"] = frame["best_val_accuracy"].fillna(-1.0)
+    frame = frame.sort_values(
+        ["_order", "_score", "test_accuracy", "run_name"], ascending=[True, False, False, True]
+    ).drop(columns=["_order", "_score"])
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    return frame.reset_index(drop=True)
+
+
+def render(frame: pd.DataFrame, fmt: Format = "table", top: int | None = None, title: str = "") -> str:
+    """Render the leaderboard as text (``table`` uses rich)."""
+    shown = frame.head(top) if top else frame
+    visible = shown.drop(columns=["run_id"], errors="ignore")
+    if fmt == "csv":
+        return visible.to_csv(index=False)
+    if fmt == "json":
+        return visible.to_json(orient="records", indent=2)
+    if fmt == "markdown":
+        return _markdown(visible)
+    table = Table(title=title or None, show_lines=False)
+    for column in visible.columns:
+        if column == "reason" and not visible[column].astype(bool).any():
+            continue
+        table.add_column(column, justify="right" if column in ("rank", "epochs_run") else "left")
+    for _, row in visible.iterrows():
+        table.add_row(*[_cell(row[c]) for c in visible.columns if c in _header(table)])
+    console = Console(width=200, record=True)
+    with console.capture() as capture:
+        console.print(table)
+    return capture.get()
+
+
+def _header(table: Table) -> set[str]:
+    return {str(c.header) for c in table.columns}
+
+
+def _cell(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"

@@ -1,0 +1,94 @@
+"""The Ray Tune function trainable: one trial = resolve the config, build, train, report.
+
+Runs inside a Ray worker. Data are loaded and standardised once per worker process (the
+``trainers`` cache survives between trials because actors are reused), torch uses exactly the CPUs
+the trial was given, and every epoch goes to Tune with ``tune.report`` (plus a checkpoint when
+configured), from which the driver-side tracker writes MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from spaces import StudyConfig, resolve_trial
+from trainers import EpochReport, LoopState, TrainSettings, build_mlp, load_splits, seed_everything, train
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def _save_checkpoint(state: LoopState, directory: str) -> None:
+    """Atomic write: a reader never sees a half-written checkpoint."""
+    tmp = Path(directory) / (CHECKPOINT_FILE + ".tmp")
+    torch.save(state.checkpoint(), tmp)
+    os.replace(tmp, Path(directory) / CHECKPOINT_FILE)
+
+
+def _load_checkpoint() -> dict[str, Any] | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        # Our own file, written by _save_checkpoint under the study's storage path.
+        return torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=False)
+
+
+def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
+    """Train one configuration; ``params`` from Optuna, ``study`` the resolved study config."""
+    config = StudyConfig.model_validate(study)
+    spec = resolve_trial(config, params)
+    torch.set_num_threads(max(1, int(config.resources.cpu)))
+    use_gpu = config.resources.gpu > 0 and torch.cuda.is_available()
+    device = torch.device("cuda" if use_gpu else "cpu")
+    data = load_splits(
+        config.data.name,
+        config.data.options,
+        config.data.val_fraction,
+        config.data.test_fraction,
+        config.data.split_seed,
+    ).to(device)
+
+    seed_everything(config.training.seed)
+    model = build_mlp(
+        data.n_features,
+        data.n_classes,
+        config.model.depth,
+        config.model.width,
+        spec.activation,
+        spec.alpha,
+        spec.init,
+        spec.bn,
+        config.model.dropout,
+        prelu_per_unit=spec.per_unit,
+    ).to(device)
+    training = config.training
+    settings = TrainSettings(
+        epochs=training.epochs,
+        batch_size=training.batch_size,
+        lr=spec.lr,
+        optimizer=training.optimizer,
+        momentum=training.momentum,
+        weight_decay=training.weight_decay,
+        seed=training.seed,
+        diagnostics=training.diagnostics,
+    )
+    node = {"node_id": ray.get_runtime_context().get_node_id(), "device": device.type}
+
+    def on_epoch(report: EpochReport, state: LoopState) -> str | None:
+        metrics = {**report.metrics(), **node}
+        every = training.checkpoint_every
+        if every and not report.diverged and (report.epoch % every == 0 or report.epoch == settings.epochs):
+            with tempfile.TemporaryDirectory() as directory:
+                _save_checkpoint(state, directory)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        else:
+            tune.report(metrics)
+        return None
+
+    train(model, data, settings, on_epoch, resume=_load_checkpoint())

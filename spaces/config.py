@@ -1,0 +1,355 @@
+"""The study config: one validated pydantic model, loaded from YAML or a preset.
+
+Every name a config may use (activation, initializer, data set, searcher) is checked against the
+registry that defines it, and every error names its key path and what is allowed, so a user sees
+one clear line instead of a traceback. Unknown keys are refused everywhere (``extra="forbid"``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from trainers import ACTIVATIONS, BATCH_NORM_PLACEMENTS, DATASETS, INITIALIZERS, OPTIMIZERS
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+SEARCHERS: tuple[str, ...] = ("tpe", "random", "grid", "cmaes", "qmc", "gp")
+
+
+class ConfigError(ValueError):
+    """A config (file, preset, override) is invalid; ``str()`` is the one line to show a user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Strict):
+    """A searched float: ``low``..``high``, log-uniform when ``log``; ``grid`` points for grid."""
+
+    low: float
+    high: float
+    log: bool = False
+    grid: Annotated[int, Field(ge=1, le=50)] = 3
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError("low and high must be finite numbers")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+    def points(self) -> list[float]:
+        """``grid`` evenly spaced points (geometric when ``log``), for the grid searcher."""
+        if self.grid == 1 or self.low == self.high:
+            return [self.low]
+        if self.log:
+            ratio = (self.high / self.low) ** (1 / (self.grid - 1))
+            return [self.low * ratio**i for i in range(self.grid)]
+        step = (self.high - self.low) / (self.grid - 1)
+        return [self.low + step * i for i in range(self.grid)]
+
+
+def _alpha_form(value: Any) -> str:
+    if isinstance(value, dict | Range):
+        return "range"
+    return "pair" if isinstance(value, list | tuple) else "number"
+
+
+#: A fixed number, a fixed [lower, upper] pair (rrelu) or a searched range; the discriminator
+#: keeps a bad value's error to the one form the user wrote.
+Alpha = Annotated[
+    Annotated[float, Tag("number")]
+    | Annotated[tuple[float, float], Tag("pair")]
+    | Annotated[Range, Tag("range")],
+    Discriminator(_alpha_form),
+]
+_FORM_TAGS = {"number", "pair", "range"}
+#: A fixed positive learning rate, or a searched range.
+LearningRate = Annotated[
+    Annotated[Annotated[float, Field(gt=0)], Tag("number")] | Annotated[Range, Tag("range")],
+    Discriminator(_alpha_form),
+]
+
+
+class ActivationChoice(_Strict):
+    """One searched activation. ``alpha``: omitted = literature default, a number (or a
+    ``[lower, upper]`` pair for rrelu) = fixed, ``{low, high, log}`` = searched by Optuna."""
+
+    alpha: Alpha | None = None
+    per_unit: bool = True  # prelu: one learned slope per unit (True) or one shared (False)
+
+
+class DataConfig(_Strict):
+    name: str = "digits"
+    options: dict[str, Any] = Field(default_factory=dict)
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    split_seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in DATASETS:
+            raise ValueError(f"unknown data set {v!r}; allowed: {', '.join(DATASETS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be < 1")
+        return self
+
+
+class ModelConfig(_Strict):
+    depth: Annotated[int, Field(ge=1, le=256)] = 4
+    width: Annotated[int, Field(ge=1, le=65536)] = 64
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class SearchSpaceConfig(_Strict):
+    """The searched factors. ``activations`` may be a list of names or a name -> choice map."""
+
+    activations: dict[str, ActivationChoice] = Field(
+        default_factory=lambda: {"relu": ActivationChoice(), "elu": ActivationChoice()}
+    )
+    initializers: list[str] = Field(default_factory=lambda: ["matched"], min_length=1)
+    batch_norm: list[Literal["none", "before", "after"]] = Field(
+        default_factory=lambda: ["none"], min_length=1
+    )
+    lr: LearningRate = Range(low=1e-4, high=1e-1, log=True)
+
+    @field_validator("activations", mode="before")
+    @classmethod
+    def _list_to_map(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            return {str(name): {} for name in v}
+        return v
+
+    @field_validator("activations")
+    @classmethod
+    def _known_activations(cls, v: dict[str, ActivationChoice]) -> dict[str, ActivationChoice]:
+        if not v:
+            raise ValueError("name at least one activation")
+        for name, choice in v.items():
+            spec = ACTIVATIONS.get(name)
+            if spec is None:
+                raise ValueError(
+                    f"unknown activation {name!r}; allowed: {', '.join(ACTIVATIONS)}"
+                )
+            _check_alpha(name, spec.alpha_kind, choice.alpha)
+        return v
+
+    @field_validator("initializers")
+    @classmethod
+    def _known_inits(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in INITIALIZERS:
+                raise ValueError(
+                    f"unknown initializer {name!r}; allowed: {', '.join(INITIALIZERS)}"
+                )
+        return list(dict.fromkeys(v))
+
+    @field_validator("batch_norm")
+    @classmethod
+    def _dedupe(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+
+def _check_alpha(name: str, kind: str, alpha: object) -> None:
+    where = f"alpha of {name}"
+    if alpha is None:
+        return
+    if kind == "none":
+        raise ValueError(f"{name} has no alpha; remove 'alpha' (activations with one: "
+                         f"{', '.join(n for n, a in ACTIVATIONS.items() if a.alpha_kind != 'none')})")
+    if kind == "range":
+        if not isinstance(alpha, tuple):
+            raise ValueError(f"{where} is a fixed [lower, upper] pair, e.g. [0.125, 0.333]")
+        lo, hi = alpha
+        if not (0 <= lo <= hi):
+            raise ValueError(f"{where} must satisfy 0 <= lower <= upper, got [{lo}, {hi}]")
+        return
+    if isinstance(alpha, tuple):
+        raise ValueError(f"{where} is one number or a range {{low, high, log}}, not a pair")
+    low = alpha.low if isinstance(alpha, Range) else float(alpha)
+    if low < 0:
+        raise ValueError(f"{where} must be >= 0, got {low}")
+
+
+class TrainingConfig(_Strict):
+    epochs: Annotated[int, Field(ge=1, le=100000)] = 10
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    optimizer: str = "adam"
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    seed: int = 0
+    diagnostics: bool = True
+    checkpoint_every: Annotated[int, Field(ge=0)] = 1  # epochs between checkpoints; 0 = never
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {v!r}; allowed: {', '.join(OPTIMIZERS)}")
+        return v
+
+
+class SearcherConfig(_Strict):
+    name: Literal["tpe", "random", "grid", "cmaes", "qmc", "gp"] = "tpe"
+    seed: int = 0
+
+
+class SchedulerConfig(_Strict):
+    name: Literal["fifo", "asha"] = "fifo"
+    grace_period: Annotated[int, Field(ge=1)] = 1
+    reduction_factor: Annotated[float, Field(gt=1)] = 3.0
+
+
+class ResourcesConfig(_Strict):
+    cpu: Annotated[float, Field(gt=0)] = 1.0
+    gpu: Annotated[float, Field(ge=0)] = 0.0
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = None  # default: sqlite:///<output_dir>/mlflow.db
+    experiment: Annotated[str, Field(min_length=1)] = "gradsweep"
+
+
+class StudyConfig(_Strict):
+    """A whole study: what to search, how to train each trial, how to schedule and record."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100)] = "study"
+    description: str = ""
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    search: SearchSpaceConfig = SearchSpaceConfig()
+    training: TrainingConfig = TrainingConfig()
+    searcher: SearcherConfig = SearcherConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    num_samples: Annotated[int, Field(ge=1, le=100000)] = 16
+    max_concurrent: Annotated[int, Field(ge=1)] = 2
+    max_failures: Annotated[int, Field(ge=0)] = 2
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    optuna_storage: str | None = None  # default: sqlite:///<output_dir>/optuna.db
+    output_dir: str = "gradsweep-runs"
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError("use letters, digits, '_', '.' and '-' (starting with a letter/digit)")
+        return v
+
+
+def presets() -> dict[str, str]:
+    """Preset name -> its one-line description."""
+    out = {}
+    for path in sorted(PRESETS_DIR.glob("*.yaml")):
+        description = str((yaml.safe_load(path.read_text()) or {}).get("description", ""))
+        out[path.stem] = description.strip().split("\n")[0]
+    return out
+
+
+def _read_yaml(source: str) -> tuple[dict[str, Any], str]:
+    path = Path(source).expanduser()
+    if not path.exists() and (PRESETS_DIR / f"{source}.yaml").is_file() and "/" not in source:
+        path = PRESETS_DIR / f"{source}.yaml"
+    if not path.exists():
+        raise ConfigError(
+            f"config: {source!r} is neither a file nor a preset; presets: {', '.join(presets())}"
+        )
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config: cannot read {str(path)!r}: {exc.__class__.__name__}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config: broken YAML in {path.name}{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {path.name} must hold a mapping of keys, not a {type(raw).__name__}")
+    return raw, path.stem
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one ``key.path=value`` override (value parsed as YAML) to the raw config dict."""
+    key, sep, value = override.partition("=")
+    key = key.strip()
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+        raise ConfigError(f"--set: {override!r} must look like key.path=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}: cannot parse value {value!r}") from None
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = parsed
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "config") -> str:
+    """One line: every error's key path and message, the first first."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(
+            str(p)
+            for p in err["loc"]
+            if not str(p).startswith(("function-", "union")) and p not in _FORM_TAGS
+        )
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "literal_error":
+            msg = msg.replace("Input should be", "allowed:")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    unique = list(dict.fromkeys(parts))
+    return f"{prefix}: " + "; ".join(unique[:3]) + (f" (+{len(unique) - 3} more)" if len(unique) > 3 else "")
+
+
+def load_config(source: str | Path | dict[str, Any], overrides: tuple[str, ...] | list[str] = ()) -> StudyConfig:
+    """Load a study config from a YAML path, a preset name or a dict, then apply overrides.
+
+    Raises :class:`ConfigError` with one line naming the bad key and what is allowed.
+    """
+    if isinstance(source, dict):
+        raw, stem = copy.deepcopy(source), "study"
+    else:
+        raw, stem = _read_yaml(str(source))
+    raw.setdefault("name", stem)
+    for override in overrides:
+        apply_override(raw, override)
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None

@@ -1,0 +1,125 @@
+"""The conditional, define-by-run search space handed to Optuna, and its inverse.
+
+Alpha is suggested only for an activation that has a searched alpha, under a name of its own
+(``leaky_relu_alpha``, ``elu_alpha``, ...): in a define-by-run space one parameter name keeps one
+distribution for the whole study, and leaky ReLU's log range and ELU's linear one differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from spaces.config import Range, StudyConfig
+
+TRIAL_NUMBER_KEY = "optuna_trial_number"
+
+
+class SuggestTrial(Protocol):
+    """The part of ``optuna.Trial`` the space uses (Ray wraps the real trial in a captor)."""
+
+    number: int
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any: ...
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+
+
+def alpha_param(activation: str) -> str:
+    """Optuna parameter name of ``activation``'s searched alpha."""
+    return f"{activation}_alpha"
+
+
+class DefineByRun:
+    """The define-by-run function for a config's search space (a class, so Tune can pickle it).
+
+    Calling it suggests ``activation``, the activation's own ``<activation>_alpha`` when that is
+    searched, ``init``, ``bn`` and ``lr`` (when a range), and returns the constants a trial also
+    needs: the Optuna trial number (to name and link runs) and any fixed alpha or learning rate.
+    """
+
+    def __init__(self, config: StudyConfig) -> None:
+        self.space = config.search
+
+    def __call__(self, trial: SuggestTrial) -> dict[str, Any]:
+        space = self.space
+        activation = trial.suggest_categorical("activation", list(space.activations))
+        constants: dict[str, Any] = {TRIAL_NUMBER_KEY: trial.number}
+        alpha = space.activations[activation].alpha
+        if isinstance(alpha, Range):
+            trial.suggest_float(alpha_param(activation), alpha.low, alpha.high, log=alpha.log)
+        elif alpha is not None:
+            constants["alpha"] = list(alpha) if isinstance(alpha, tuple) else alpha
+        trial.suggest_categorical("init", list(space.initializers))
+        trial.suggest_categorical("bn", list(space.batch_norm))
+        if isinstance(space.lr, Range):
+            trial.suggest_float("lr", space.lr.low, space.lr.high, log=space.lr.log)
+        else:
+            constants["lr"] = space.lr
+        return constants
+
+
+def define_space(config: StudyConfig) -> Callable[[SuggestTrial], dict[str, Any]]:
+    """The define-by-run search space of ``config`` (see :class:`DefineByRun`)."""
+    return DefineByRun(config)
+
+
+def grid_space(config: StudyConfig) -> dict[str, list[Any]]:
+    """The grid ``optuna.samplers.GridSampler`` walks: every parameter :func:`define_space` may
+    suggest, each searched range cut into its ``grid`` points."""
+    space = config.search
+    grid: dict[str, list[Any]] = {
+        "activation": list(space.activations),
+        "init": list(space.initializers),
+        "bn": list(space.batch_norm),
+    }
+    for name, choice in space.activations.items():
+        if isinstance(choice.alpha, Range):
+            grid[alpha_param(name)] = choice.alpha.points()
+    if isinstance(space.lr, Range):
+        grid["lr"] = space.lr.points()
+    return grid
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One configuration, resolved from a trial's parameters: what the trainer builds."""
+
+    number: int
+    activation: str
+    alpha: float | tuple[float, float] | None
+    init: str
+    bn: str
+    lr: float
+    per_unit: bool = True
+
+    def label(self) -> str:
+        """Human-readable run name, e.g. ``t007 elu α=1.0 he_normal bn=before``."""
+        alpha = ""
+        if isinstance(self.alpha, tuple):
+            alpha = f" α=[{self.alpha[0]:.3g},{self.alpha[1]:.3g}]"
+        elif self.alpha is not None:
+            alpha = f" α={self.alpha:.3g}"
+        return f"t{self.number:03d} {self.activation}{alpha} {self.init} bn={self.bn}"
+
+
+def resolve_trial(config: StudyConfig, params: dict[str, Any]) -> TrialSpec:
+    """Map a trial's parameters (Optuna's plus the constants) to a :class:`TrialSpec`.
+
+    ``alpha`` is the searched ``<activation>_alpha``, else the fixed one from the config, else
+    ``None`` (the trainer then uses the activation's literature default).
+    """
+    activation = params["activation"]
+    alpha = params.get(alpha_param(activation), params.get("alpha"))
+    if isinstance(alpha, list):
+        alpha = (float(alpha[0]), float(alpha[1]))
+    choice = config.search.activations.get(activation)
+    return TrialSpec(
+        number=int(params.get(TRIAL_NUMBER_KEY, 0)),
+        activation=activation,
+        alpha=alpha,
+        init=params["init"],
+        bn=params["bn"],
+        lr=float(params["lr"]),
+        per_unit=choice.per_unit if choice is not None else True,
+    )

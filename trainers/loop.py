@@ -1,0 +1,199 @@
+"""The training loop: one configuration, in-memory tensors, one report per epoch.
+
+Read it top to bottom: seed, optimizer, then for each epoch shuffle, step through mini-batches by
+slicing the tensors (no per-sample DataLoader), evaluate, and hand an :class:`EpochReport` to the
+caller's ``on_epoch`` callback. The loop knows nothing of Ray, Optuna or MLflow: whoever calls it
+decides where reports go and may stop it by returning a reason from ``on_epoch``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainers.datasets import Splits
+from trainers.diagnostics import GradientProbe
+
+Outcome = Literal["completed", "diverged", "stopped"]
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": lambda params, lr, momentum, weight_decay: torch.optim.SGD(
+        params, lr=lr, momentum=momentum, weight_decay=weight_decay
+    ),
+    "adam": lambda params, lr, momentum, weight_decay: torch.optim.Adam(
+        params, lr=lr, weight_decay=weight_decay
+    ),
+    "adamw": lambda params, lr, momentum, weight_decay: torch.optim.AdamW(
+        params, lr=lr, weight_decay=weight_decay
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything the loop needs besides the model and the data."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    diagnostics: bool = True
+    probe_size: int = 256
+
+
+@dataclass
+class EpochReport:
+    """What one epoch produced. ``diagnostics`` holds per-layer gradient-flow figures."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    test_accuracy: float
+    best_val_accuracy: float
+    epoch_seconds: float
+    diverged: bool = False
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metric dict, diagnostics included (``diag/...`` keys)."""
+        out = {k: v for k, v in self.__dict__.items() if k != "diagnostics"}
+        out["diverged"] = float(self.diverged)
+        return {**out, **self.diagnostics}
+
+
+@dataclass
+class TrainResult:
+    """How training ended and the figures a leaderboard needs."""
+
+    outcome: Outcome
+    epochs_run: int
+    best_val_accuracy: float
+    test_accuracy: float
+    history: list[EpochReport]
+    reason: str = ""
+
+
+@dataclass
+class LoopState:
+    """Live objects the ``on_epoch`` callback may use, e.g. to write a checkpoint."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    epoch: int
+    best_val_accuracy: float
+    settings: TrainSettings
+
+    def checkpoint(self) -> dict[str, Any]:
+        """A plain dict (nanoGPT style) from which :func:`train` resumes bit-for-bit."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "best_val_accuracy": self.best_val_accuracy,
+            "settings": self.settings.__dict__,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+
+OnEpoch = Callable[[EpochReport, LoopState], "str | None"]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` in eval mode (BN uses running stats)."""
+    model.eval()
+    logits = model(x)
+    loss = nn.functional.cross_entropy(logits, y).item()
+    accuracy = (logits.argmax(dim=1) == y).float().mean().item()
+    return loss, accuracy
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and python so a configuration trains identically twice."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def train(
+    model: nn.Module,
+    data: Splits,
+    settings: TrainSettings,
+    on_epoch: OnEpoch | None = None,
+    resume: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``data``; ``resume`` is a dict from :meth:`LoopState.checkpoint`."""
+    optimizer = OPTIMIZERS[settings.optimizer](
+        model.parameters(), settings.lr, settings.momentum, settings.weight_decay
+    )
+    start_epoch, best_val = 0, 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        start_epoch, best_val = int(resume["epoch"]), float(resume["best_val_accuracy"])
+        torch.set_rng_state(resume["rng"]["torch"])
+        np.random.set_state(resume["rng"]["numpy"])
+        random.setstate(resume["rng"]["python"])
+    probe = GradientProbe(model, data, settings.probe_size) if settings.diagnostics else None
+    n = data.x_train.shape[0]
+    history: list[EpochReport] = []
+    test_accuracy = 0.0
+
+    for epoch in range(start_epoch + 1, settings.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        if probe is not None:
+            probe.start_epoch()
+        order = torch.randperm(n, device=data.x_train.device)
+        total, diverged = 0.0, False
+        for start in range(0, n, settings.batch_size):
+            idx = order[start : start + settings.batch_size]
+            if idx.numel() < 2 and start > 0:
+                continue  # batch norm cannot train on a single sample
+            loss = nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            value = loss.item()
+            if not math.isfinite(value):
+                diverged = True
+                break
+            optimizer.step()
+            total += value * idx.numel()
+
+        if diverged:
+            report = EpochReport(epoch, math.nan, math.nan, 0.0, 0.0, best_val,
+                                 time.perf_counter() - t0, diverged=True)
+        else:
+            val_loss, val_accuracy = evaluate(model, data.x_val, data.y_val)
+            _, test_accuracy = evaluate(model, data.x_test, data.y_test)
+            diverged = not math.isfinite(val_loss)
+            best_val = max(best_val, val_accuracy)
+            seconds = time.perf_counter() - t0
+            diagnostics = probe.measure() if probe is not None and not diverged else {}
+            report = EpochReport(epoch, total / n, val_loss, val_accuracy, test_accuracy, best_val,
+                                 seconds, diverged=diverged, diagnostics=diagnostics)
+        history.append(report)
+        state = LoopState(model, optimizer, epoch, best_val, settings)
+        reason = on_epoch(report, state) if on_epoch is not None else None
+        if report.diverged:
+            return TrainResult("diverged", epoch, best_val, test_accuracy, history,
+                               f"non-finite loss in epoch {epoch}")
+        if reason:
+            return TrainResult("stopped", epoch, best_val, test_accuracy, history, reason)
+
+    return TrainResult("completed", settings.epochs, best_val, test_accuracy, history)
