@@ -85,7 +85,7 @@ def run(
         result = run_study(cfg, address=address, tracking_uri=tracking_uri, study_name=study, progress=True)
     except UserError as exc:
         raise fail(str(exc)) from None
-    out.print(render(result.leaderboard, "table", top=20, title=f"Leaderboard: {result.study_name}"))
+    sys.stdout.write(render(result.leaderboard, "table", top=20, title=f"Leaderboard: {result.study_name}"))
     out.print(f"study [bold]{result.study_name}[/] - {len(result.leaderboard)} trials in {result.seconds:.0f} s")
     out.print(f"MLflow parent run {result.parent_run_id} in {result.tracking_uri}")
     if result.failed_writes:

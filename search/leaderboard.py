@@ -123,21 +123,23 @@ def render(frame: pd.DataFrame, fmt: Format = "table", top: int | None = None, t
         return visible.to_json(orient="records", indent=2)
     if fmt == "markdown":
         return _markdown(visible)
-    table = Table(title=title or None, show_lines=False)
-    for column in visible.columns:
-        if column == "reason" and not visible[column].astype(bool).any():
-            continue
-        table.add_column(column, justify="right" if column in ("rank", "epochs_run") else "left")
+    columns = [c for c in visible.columns if c != "status"]
+    if not visible["reason"].astype(bool).any():
+        columns.remove("reason")
+    table = Table(title=title or None, title_justify="left")
+    for column in columns:
+        table.add_column(_HEADERS.get(column, column), justify="right" if column in _NUMERIC else "left")
     for _, row in visible.iterrows():
-        table.add_row(*[_cell(row[c]) for c in visible.columns if c in _header(table)])
-    console = Console(width=200, record=True)
+        table.add_row(*[_cell(row[c]) for c in columns])
+    console = Console(width=200)
     with console.capture() as capture:
         console.print(table)
-    return capture.get()
+    return "\n".join(line.rstrip() for line in capture.get().splitlines()) + "\n"
 
 
-def _header(table: Table) -> set[str]:
-    return {str(c.header) for c in table.columns}
+_HEADERS = {"run_name": "run", "best_val_accuracy": "best val acc", "test_accuracy": "test acc",
+            "epochs_run": "epochs"}
+_NUMERIC = {"rank", "alpha", "lr", "best_val_accuracy", "test_accuracy", "epochs_run"}
 
 
 def _cell(value: object) -> str:

@@ -1,0 +1,128 @@
+"""End to end: a real study through local Ray Tune, Optuna (SQLite) and MLflow (SQLite)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from search import run_study
+from search.tracking import OUTCOME_TAG, PARENT_TAG
+from spaces import load_config
+
+pytestmark = pytest.mark.slow
+N_TRIALS, EPOCHS = 4, 2
+
+
+@pytest.fixture(scope="module")
+def study(local_ray: None, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("study")
+    config = load_config(
+        {
+            "name": "e2e",
+            "search": {
+                "activations": {
+                    "relu": {},
+                    "tanh": {},
+                    "leaky_relu": {"alpha": {"low": 0.01, "high": 0.3, "log": True}},
+                    "elu": {"alpha": {"low": 0.5, "high": 1.5}},
+                },
+                "initializers": ["he_normal", "glorot_uniform"],
+                "batch_norm": ["none", "before"],
+            },
+            "model": {"depth": 3, "width": 32},
+            "training": {"epochs": EPOCHS, "batch_size": 64},
+            "num_samples": N_TRIALS,
+            "max_concurrent": 2,
+            "output_dir": str(out),
+        }
+    )
+    result = run_study(config)
+    client = mlflow.MlflowClient(tracking_uri=result.tracking_uri)
+    children = client.search_runs(
+        [result.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'"
+    )
+    return result, client, children
+
+
+def test_one_parent_and_n_nested_children(study) -> None:
+    result, client, children = study
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["gradsweep.study"] == result.study_name
+    assert parent.data.params["model.depth"] == "3"
+    assert len(children) == N_TRIALS
+    for run in children:
+        assert run.data.tags[PARENT_TAG] == result.parent_run_id
+        assert run.info.status == "FINISHED"
+        assert run.data.tags[OUTCOME_TAG] == "completed"
+        assert {"activation", "init", "bn"} <= set(run.data.tags)
+        assert run.info.run_name.startswith("t0")
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == list(range(1, EPOCHS + 1))
+        assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
+
+
+def test_optuna_study_matches_child_runs(study) -> None:
+    result, _, children = study
+    ot = optuna.load_study(study_name=result.study_name, storage=result.optuna_storage)
+    trials = {t.number: t for t in ot.trials}
+    assert len(trials) == N_TRIALS
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials.values())
+    for run in children:
+        trial = trials[int(run.data.tags["optuna.trial_number"])]
+        params = run.data.params
+        assert trial.params["activation"] == params["activation"]
+        assert trial.params["init"] == params["init"]
+        assert trial.params["bn"] == params["bn"]
+        assert trial.params["lr"] == pytest.approx(float(params["lr"]))
+        alpha_key = f"{params['activation']}_alpha"
+        if alpha_key in trial.params:
+            assert trial.params[alpha_key] == pytest.approx(float(params["alpha"]))
+        assert trial.value == pytest.approx(run.data.metrics["best_val_accuracy"])
+
+
+def test_no_alpha_for_activations_without_one(study) -> None:
+    result, _, children = study
+    ot = optuna.load_study(study_name=result.study_name, storage=result.optuna_storage)
+    no_alpha = {"relu", "tanh", "logistic", "selu"}
+    for run in children:
+        if run.data.params["activation"] in no_alpha:
+            assert "alpha" not in run.data.params
+            assert "α" not in run.info.run_name
+    for trial in ot.trials:
+        if trial.params["activation"] in no_alpha:
+            assert not any(k.endswith("_alpha") for k in trial.params)
+
+
+def test_leaderboard_command_is_sorted_and_agrees_with_mlflow(study) -> None:
+    result, _, children = study
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.cli", "leaderboard", "--study", result.study_name,
+         "--tracking-uri", result.tracking_uri, "--format", "json"],
+        capture_output=True, text=True, check=True,
+    )
+    rows = json.loads(proc.stdout)
+    assert [r["rank"] for r in rows] == list(range(1, N_TRIALS + 1))
+    scores = [r["best_val_accuracy"] for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    by_name = {run.info.run_name: run for run in children}
+    assert set(by_name) == {r["run_name"] for r in rows}
+    for row in rows:
+        run = by_name[row["run_name"]]
+        assert row["best_val_accuracy"] == pytest.approx(run.data.metrics["best_val_accuracy"])
+        assert row["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
+        assert row["activation"] == run.data.params["activation"]
+
+
+def test_leaderboard_artifacts_on_parent(study) -> None:
+    result, client, _ = study
+    names = {a.path for a in client.list_artifacts(result.parent_run_id)}
+    assert {"leaderboard.csv", "leaderboard.md", "config.json"} <= names
+    local = Path(client.download_artifacts(result.parent_run_id, "leaderboard.csv"))
+    assert len(local.read_text().strip().splitlines()) == N_TRIALS + 1
