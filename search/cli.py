@@ -140,16 +140,44 @@ def list_presets() -> None:
         out.print(f"[bold]{name}[/]: {description}", highlight=False)
 
 
-def main() -> None:
-    """Console-script entry point: tracebacks only with --debug."""
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: one line and exit 2 for user errors, tracebacks only with
+    --debug. Returns the exit code (and exits with it when run as a script)."""
+    from typer._click import exceptions as click  # typer vendors click
+
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app()
+        code = app(args=args, prog_name="gradsweep", standalone_mode=False)
+    except click.NoArgsIsHelpError as exc:
+        out.print(exc.ctx.get_help() if exc.ctx else "gradsweep --help")
+        return 0
+    except click.UsageError as exc:  # unknown option, missing argument, bad flag value
+        err.print(f"[bold red]error:[/] {exc.format_message()}", soft_wrap=True, highlight=False)
+        return 2
+    except click.ClickException as exc:
+        err.print(f"[bold red]error:[/] {exc.format_message()}", soft_wrap=True, highlight=False)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
     except Exception as exc:  # an unexpected failure: one line unless --debug
-        if "--debug" in sys.argv:
+        if "--debug" in args:
             raise
-        err.print(f"[bold red]error:[/] {exc.__class__.__name__}: {exc} (rerun with --debug for details)")
-        sys.exit(1)
+        err.print(
+            f"[bold red]error:[/] {exc.__class__.__name__}: {exc} (rerun with --debug for details)",
+            soft_wrap=True,
+            highlight=False,
+        )
+        return 1
+    return code if isinstance(code, int) else 0
+
+
+def entry() -> None:
+    """The ``gradsweep`` console script."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    main()
+    entry()

@@ -18,7 +18,7 @@ from trainers.loop import (
     seed_everything,
     train,
 )
-from trainers.model import BATCH_NORM_PLACEMENTS, MLP, build_mlp
+from trainers.model import BATCH_NORM_PLACEMENTS, MLP, build_mlp, learned_slopes
 
 __all__ = [
     "ACTIVATIONS",
@@ -40,6 +40,7 @@ __all__ = [
     "build_mlp",
     "evaluate",
     "initialize",
+    "learned_slopes",
     "load_splits",
     "seed_everything",
     "summarize",

@@ -42,7 +42,13 @@ class Activation:
     closed_form: Callable[[torch.Tensor, object], torch.Tensor] | None = None
 
     def leaky_slope(self, alpha: object) -> float:
-        """Negative-side slope used by the He gain (0 for non-leaky activations)."""
+        """Negative-side slope used by the He gain (0 for non-leaky activations).
+
+        ``alpha=None`` means the literature default, exactly as :func:`build_activation` reads it,
+        so the gain matches the slope of the module actually built.
+        """
+        if alpha is None:
+            alpha = self.alpha_default
         if self.family != "leaky" or alpha is None:
             return 0.0
         if isinstance(alpha, tuple | list):

@@ -101,7 +101,9 @@ def table(path: str | None = None, target: str | None = None) -> Arrays:
             f"{', '.join(map(str, frame.columns))}"
         )
     features = frame.drop(columns=[target])
-    non_numeric = [c for c in features.columns if not np.issubdtype(features[c].dtype, np.number)]
+    non_numeric = [
+        c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c].dtype)
+    ]
     if non_numeric:
         raise DataError(f"data.options.path: non-numeric feature columns {non_numeric} in {file.name}")
     labels = np.unique(frame[target].to_numpy(), return_inverse=True)[1]

@@ -93,7 +93,6 @@ class GradientProbe:
         was_training = model.training
         buffers = {k: v.clone() for k, v in model.named_buffers()}
         saved_grads = {n: p.grad for n, p in model.named_parameters()}
-        rng = torch.get_rng_state()
         acts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         hooks = [
             block.act.register_forward_hook(
@@ -103,10 +102,14 @@ class GradientProbe:
             )
             for name, block in hidden_blocks(model)
         ]
+        # Dropout and RReLU draw from the generator of the probe's device: fork it (the CPU one,
+        # and the CUDA one on a GPU) so training sees the same random numbers with or without us.
+        devices = [self.x.device] if self.x.is_cuda else []
         try:
-            model.train()
-            model.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(self.x), self.y).backward()
+            with torch.random.fork_rng(devices=devices):
+                model.train()
+                model.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(model(self.x), self.y).backward()
             grads = {
                 name: block.linear.weight.grad.detach().clone()
                 for name, block in hidden_blocks(model)
@@ -119,7 +122,6 @@ class GradientProbe:
             with torch.no_grad():
                 for k, v in model.named_buffers():
                     v.copy_(buffers[k])
-            torch.set_rng_state(rng)
             model.train(was_training)
         return grads, acts
 

@@ -4,10 +4,16 @@ Read it top to bottom: seed, optimizer, then for each epoch shuffle, step throug
 slicing the tensors (no per-sample DataLoader), evaluate, and hand an :class:`EpochReport` to the
 caller's ``on_epoch`` callback. The loop knows nothing of Ray, Optuna or MLflow: whoever calls it
 decides where reports go and may stop it by returning a reason from ``on_epoch``.
+
+The shuffle order comes from a generator of its own, seeded from ``settings.seed`` (see
+:func:`shuffle_generator`), not from the global RNG: the order of seed ``s`` is then the same
+whatever else draws random numbers (RReLU, dropout, a fused run of several seeds, the device), and
+a fused run (:mod:`trainers.fused`) can shuffle each seed exactly as :func:`train` does.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -21,6 +27,7 @@ from torch import nn
 
 from trainers.datasets import Splits
 from trainers.diagnostics import GradientProbe
+from trainers.model import learned_slopes
 
 Outcome = Literal["completed", "diverged", "stopped"]
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -84,19 +91,55 @@ class TrainResult:
     reason: str = ""
 
 
+#: Mixed into the shuffle seed so the shuffle stream differs from the one that initialised the
+#: weights (``seed_everything`` seeds the global generator with the same ``seed``).
+SHUFFLE_STREAM = 0x5EED_54FF_1E
+
+
+def shuffle_generator(seed: int) -> torch.Generator:
+    """The CPU generator whose ``randperm`` gives :func:`train`'s shuffle order for ``seed``."""
+    entropy = np.random.SeedSequence([seed % 2**64, SHUFFLE_STREAM])
+    return torch.Generator().manual_seed(int(entropy.generate_state(1, np.uint64)[0]))
+
+
+def restore_shuffle(
+    generator: torch.Generator, rng: dict[str, Any], epochs_done: int, n: int
+) -> None:
+    """Put ``generator`` where it was after ``epochs_done`` epochs of ``n`` samples.
+
+    From the checkpoint's ``rng["shuffle"]`` when it has one; a checkpoint written before the
+    shuffle had its own generator has none, and the state is then replayed: one ``randperm(n)``
+    per epoch is all that generator ever draws.
+    """
+    state = rng.get("shuffle")
+    if state is not None:
+        generator.set_state(state)
+        return
+    for _ in range(epochs_done):
+        torch.randperm(n, generator=generator)
+
+
 @dataclass
 class LoopState:
-    """Live objects the ``on_epoch`` callback may use, e.g. to write a checkpoint."""
+    """Live objects the ``on_epoch`` callback may use, e.g. to write a checkpoint.
+
+    ``shuffle`` is the loop's shuffle generator (see :func:`shuffle_generator`).
+    """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     epoch: int
     best_val_accuracy: float
     settings: TrainSettings
+    shuffle: torch.Generator | None = None
 
     def checkpoint(self) -> dict[str, Any]:
-        """A plain dict (nanoGPT style) from which :func:`train` resumes bit-for-bit."""
-        return {
+        """A plain dict (nanoGPT style) from which :func:`train` resumes bit-for-bit.
+
+        A deep copy: ``state_dict()`` shares storage with the live parameters and optimizer
+        moments, so a checkpoint kept in memory would otherwise drift as training goes on.
+        """
+        return copy.deepcopy({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
@@ -106,8 +149,11 @@ class LoopState:
                 "torch": torch.get_rng_state(),
                 "numpy": np.random.get_state(),
                 "python": random.getstate(),
+                # On a GPU dropout and RReLU draw from the CUDA generators.
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                **({"shuffle": self.shuffle.get_state()} if self.shuffle is not None else {}),
             },
-        }
+        })
 
 
 OnEpoch = Callable[[EpochReport, LoopState], "str | None"]
@@ -137,10 +183,15 @@ def train(
     on_epoch: OnEpoch | None = None,
     resume: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``data``; ``resume`` is a dict from :meth:`LoopState.checkpoint`."""
+    """Train ``model`` on ``data``; ``resume`` is a dict from :meth:`LoopState.checkpoint`.
+
+    Mini-batch order: ``randperm`` of :func:`shuffle_generator` ``(settings.seed)``, one per epoch.
+    """
     optimizer = OPTIMIZERS[settings.optimizer](
         model.parameters(), settings.lr, settings.momentum, settings.weight_decay
     )
+    n = data.x_train.shape[0]
+    shuffle = shuffle_generator(settings.seed)
     start_epoch, best_val = 0, 0.0
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -149,8 +200,10 @@ def train(
         torch.set_rng_state(resume["rng"]["torch"])
         np.random.set_state(resume["rng"]["numpy"])
         random.setstate(resume["rng"]["python"])
+        if resume["rng"].get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
+        restore_shuffle(shuffle, resume["rng"], start_epoch, n)
     probe = GradientProbe(model, data, settings.probe_size) if settings.diagnostics else None
-    n = data.x_train.shape[0]
     history: list[EpochReport] = []
     test_accuracy = 0.0
 
@@ -159,8 +212,8 @@ def train(
         model.train()
         if probe is not None:
             probe.start_epoch()
-        order = torch.randperm(n, device=data.x_train.device)
-        total, diverged = 0.0, False
+        order = torch.randperm(n, generator=shuffle).to(data.x_train.device)
+        total, seen, diverged = 0.0, 0, False
         for start in range(0, n, settings.batch_size):
             idx = order[start : start + settings.batch_size]
             if idx.numel() < 2 and start > 0:
@@ -174,10 +227,12 @@ def train(
                 break
             optimizer.step()
             total += value * idx.numel()
+            seen += idx.numel()
 
         if diverged:
             report = EpochReport(epoch, math.nan, math.nan, 0.0, 0.0, best_val,
-                                 time.perf_counter() - t0, diverged=True)
+                                 time.perf_counter() - t0, diverged=True,
+                                 diagnostics=learned_slopes(model))
         else:
             val_loss, val_accuracy = evaluate(model, data.x_val, data.y_val)
             _, test_accuracy = evaluate(model, data.x_test, data.y_test)
@@ -185,10 +240,12 @@ def train(
             best_val = max(best_val, val_accuracy)
             seconds = time.perf_counter() - t0
             diagnostics = probe.measure() if probe is not None and not diverged else {}
-            report = EpochReport(epoch, total / n, val_loss, val_accuracy, test_accuracy, best_val,
+            diagnostics.update(learned_slopes(model))
+            # Mean over the samples trained on: a skipped single-sample batch is not counted.
+            report = EpochReport(epoch, total / max(seen, 1), val_loss, val_accuracy, test_accuracy, best_val,
                                  seconds, diverged=diverged, diagnostics=diagnostics)
         history.append(report)
-        state = LoopState(model, optimizer, epoch, best_val, settings)
+        state = LoopState(model, optimizer, epoch, best_val, settings, shuffle)
         reason = on_epoch(report, state) if on_epoch is not None else None
         if report.diverged:
             return TrainResult("diverged", epoch, best_val, test_accuracy, history,

@@ -28,6 +28,19 @@ class MLP(nn.Sequential):
         return [m for name, m in self.named_children() if name.startswith("layer_")]
 
 
+def learned_slopes(model: nn.Module) -> dict[str, float]:
+    """Mean learned negative slope of every PReLU hidden layer, as ``prelu/slope/layer_NN``.
+
+    PReLU's slope is a parameter, so whether it grows or shrinks is part of what a trial learned
+    (Xu et al. 2015 saw learned slopes overfit on small data). Empty for models without PReLU.
+    """
+    return {
+        f"prelu/slope/{name}": block.act.weight.detach().mean().item()
+        for name, block in model.named_children()
+        if name.startswith("layer_") and isinstance(getattr(block, "act", None), nn.PReLU)
+    }
+
+
 def layer_name(index: int) -> str:
     """Name of hidden block ``index`` (1-based), zero-padded so names sort by depth."""
     return f"layer_{index:02d}"
