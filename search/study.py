@@ -24,6 +24,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from search.errors import UserError
 from search.leaderboard import leaderboard, render
+from search.plots import log_pictures
 from search.progress import ProgressCallback
 from search.searcher import HonestOptunaSearch
 from search.tracking import (
@@ -35,7 +36,7 @@ from search.tracking import (
     start_parent_run,
 )
 from search.trainable import run_trial
-from spaces import StudyConfig, define_space, make_sampler
+from spaces import StudyConfig, define_space, enqueued_points, make_sampler
 from trainers import DataError, load_splits
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ def run_study(
             metric=METRIC,
             mode=MODE,
             sampler=make_sampler(config),
+            points_to_evaluate=enqueued_points(config) or None,
             study_name=name,
             storage=optuna.storages.RDBStorage(storage),
             epochs=config.training.epochs,
@@ -221,6 +223,9 @@ def run_study(
         board = leaderboard(client, name)
         client.log_text(parent_run_id, render(board, "csv"), "leaderboard.csv")
         client.log_text(parent_run_id, render(board, "markdown"), "leaderboard.md")
+        if config.diagnostics.enabled:
+            log_pictures(client, board, tracker.history, parent_run_id,
+                         config.diagnostics.plots_top, config.diagnostics.plots_diverged)
         writer.close()
         client.set_terminated(parent_run_id, status=status)
         if started_ray:

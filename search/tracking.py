@@ -207,7 +207,8 @@ class MlflowTracker(tune.Callback):
         self.study_name, self.config = study_name, config
         self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
         self.last: dict[str, dict[str, Any]] = {}
-        self.history: dict[str, dict[int, dict[str, float]]] = {}  # trial -> epoch -> metrics
+        #: run id -> epoch -> the per-layer figures the pictures need
+        self.history: dict[str, dict[int, dict[str, float]]] = {}
         self._fixed = {
             "dataset": config.data.name,
             "depth": str(config.model.depth),
@@ -265,7 +266,9 @@ class MlflowTracker(tune.Callback):
             and isinstance(v, int | float)
             and not isinstance(v, bool)
         }
-        self.history.setdefault(trial.trial_id, {})[epoch] = values
+        self.history.setdefault(run_id, {})[epoch] = {
+            k: v for k, v in values.items() if k.startswith(("diag/grad_norm/", "diag/act_std/"))
+        }
         metrics = [Metric(k, v, now, epoch) for k, v in values.items()]
         tags = []
         if trial.trial_id not in self.last and "node_id" in result:

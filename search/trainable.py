@@ -39,6 +39,31 @@ def _load_checkpoint() -> dict[str, Any] | None:
         return torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=False)
 
 
+class HealthWatch:
+    """Gradient-health stopping (``diagnostics.stop_*``): the reason to stop, or None."""
+
+    def __init__(self, config: StudyConfig) -> None:
+        self.below = config.diagnostics.stop_vanishing_below
+        self.patience = config.diagnostics.stop_patience
+        self.exploding = config.diagnostics.stop_exploding
+        self.streak = 0
+
+    def check(self, report: EpochReport) -> str | None:
+        diag = report.diagnostics
+        if self.exploding and diag.get("diag/exploding"):
+            return f"exploding gradients in epoch {report.epoch}"
+        first = diag.get("diag/grad_norm/layer_01")
+        if self.below is None or first is None:
+            return None
+        self.streak = self.streak + 1 if first < self.below else 0
+        if self.streak >= self.patience:
+            return (
+                f"vanishing gradients: first-layer gradient norm < {self.below:g} "
+                f"for {self.streak} epochs"
+            )
+        return None
+
+
 def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
     """Train one configuration; ``params`` from Optuna, ``study`` the resolved study config."""
     config = StudyConfig.model_validate(study)
@@ -76,12 +101,17 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
         momentum=training.momentum,
         weight_decay=training.weight_decay,
         seed=training.seed,
-        diagnostics=training.diagnostics,
+        diagnostics=config.diagnostics.enabled,
+        probe_size=config.diagnostics.probe_size,
     )
+    health = HealthWatch(config)
     node = {"node_id": ray.get_runtime_context().get_node_id(), "device": device.type}
 
     def on_epoch(report: EpochReport, state: LoopState) -> str | None:
         metrics = {**report.metrics(), **node}
+        reason = health.check(report)
+        if reason:
+            metrics["stop_reason"] = reason
         every = training.checkpoint_every
         if every and not report.diverged and (report.epoch % every == 0 or report.epoch == settings.epochs):
             with tempfile.TemporaryDirectory() as directory:
@@ -89,6 +119,6 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
         else:
             tune.report(metrics)
-        return None
+        return reason
 
     train(model, data, settings, on_epoch, resume=_load_checkpoint())

@@ -19,6 +19,7 @@ from spaces.space import (
     TrialSpec,
     alpha_param,
     define_space,
+    enqueued_points,
     grid_space,
     resolve_trial,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "TrialSpec",
     "alpha_param",
     "define_space",
+    "enqueued_points",
     "grid_space",
     "load_config",
     "make_sampler",

@@ -136,6 +136,9 @@ class SearchSpaceConfig(_Strict):
         default_factory=lambda: ["none"], min_length=1
     )
     lr: LearningRate = Range(low=1e-4, high=1e-1, log=True)
+    #: Configurations to try first (Optuna ``enqueue_trial``), e.g. a known baseline:
+    #: ``{activation: relu, init: he_normal, bn: none, lr: 0.01}``; alpha as ``<activation>_alpha``.
+    enqueue: list[dict[str, Any]] = Field(default_factory=list)
 
     @field_validator("activations", mode="before")
     @classmethod
@@ -173,6 +176,25 @@ class SearchSpaceConfig(_Strict):
     def _dedupe(cls, v: list[str]) -> list[str]:
         return list(dict.fromkeys(v))
 
+    @model_validator(mode="after")
+    def _enqueued_points_fit(self) -> SearchSpaceConfig:
+        for i, point in enumerate(self.enqueue):
+            activation = point.get("activation")
+            if activation not in self.activations:
+                raise ValueError(
+                    f"enqueue.{i}.activation: {activation!r} is not among the searched activations "
+                    f"({', '.join(self.activations)})"
+                )
+            allowed = {"activation", "init", "bn", "lr", f"{activation}_alpha"}
+            for key in point:
+                if key not in allowed:
+                    raise ValueError(f"enqueue.{i}.{key}: unknown; allowed: {', '.join(sorted(allowed))}")
+            if point.get("init", self.initializers[0]) not in self.initializers:
+                raise ValueError(f"enqueue.{i}.init: {point['init']!r} is not among the searched initializers")
+            if point.get("bn", self.batch_norm[0]) not in self.batch_norm:
+                raise ValueError(f"enqueue.{i}.bn: {point['bn']!r} is not among the searched placements")
+        return self
+
 
 def _check_alpha(name: str, kind: str, alpha: object) -> None:
     where = f"alpha of {name}"
@@ -202,7 +224,6 @@ class TrainingConfig(_Strict):
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     seed: int = 0
-    diagnostics: bool = True
     checkpoint_every: Annotated[int, Field(ge=0)] = 1  # epochs between checkpoints; 0 = never
 
     @field_validator("optimizer")
@@ -211,6 +232,23 @@ class TrainingConfig(_Strict):
         if v not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {v!r}; allowed: {', '.join(OPTIMIZERS)}")
         return v
+
+
+class DiagnosticsConfig(_Strict):
+    """Gradient-flow diagnostics per epoch, their pictures, and optional gradient-health stopping.
+
+    Stopping ends a trial (Optuna: PRUNED, MLflow: KILLED with a reason) when its first-layer
+    gradient norm stays below ``stop_vanishing_below`` for ``stop_patience`` epochs, or, with
+    ``stop_exploding``, as soon as the exploding flag is raised.
+    """
+
+    enabled: bool = True
+    probe_size: Annotated[int, Field(ge=2)] = 256
+    plots_top: Annotated[int, Field(ge=0)] = 5
+    plots_diverged: bool = True
+    stop_vanishing_below: Annotated[float, Field(gt=0)] | None = None
+    stop_patience: Annotated[int, Field(ge=1)] = 3
+    stop_exploding: bool = False
 
 
 class SearcherConfig(_Strict):
@@ -243,6 +281,7 @@ class StudyConfig(_Strict):
     model: ModelConfig = ModelConfig()
     search: SearchSpaceConfig = SearchSpaceConfig()
     training: TrainingConfig = TrainingConfig()
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     searcher: SearcherConfig = SearcherConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     num_samples: Annotated[int, Field(ge=1, le=100000)] = 16

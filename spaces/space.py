@@ -64,6 +64,20 @@ def define_space(config: StudyConfig) -> Callable[[SuggestTrial], dict[str, Any]
     return DefineByRun(config)
 
 
+def enqueued_points(config: StudyConfig) -> list[dict[str, Any]]:
+    """``search.enqueue`` completed with the first choice of any factor a point leaves out."""
+    space = config.search
+    points = []
+    for point in space.enqueue:
+        full = {"init": space.initializers[0], "bn": space.batch_norm[0], **point}
+        if isinstance(space.lr, Range):
+            full.setdefault("lr", space.lr.low)
+        else:
+            full.pop("lr", None)
+        points.append(full)
+    return points
+
+
 def grid_space(config: StudyConfig) -> dict[str, list[Any]]:
     """The grid ``optuna.samplers.GridSampler`` walks: every parameter :func:`define_space` may
     suggest, each searched range cut into its ``grid`` points."""

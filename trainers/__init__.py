@@ -1,4 +1,5 @@
-"""How one configuration trains: data sets, the MLP zoo, the loop, gradient diagnostics.
+"""How one configuration trains: data sets, the MLP zoo, the loop, gradient diagnostics, and
+several seeds of one configuration fused into one batched model.
 
 The bottom floor of gradsweep: it imports neither ``spaces`` nor ``search``, and knows nothing of
 Ray, Optuna or MLflow.
@@ -7,6 +8,7 @@ Ray, Optuna or MLflow.
 from trainers.activations import ACTIVATIONS, Activation, build_activation
 from trainers.datasets import DATASETS, DataError, Splits, load_splits
 from trainers.diagnostics import FLAGS, GradientProbe, summarize
+from trainers.fused import FusedLoopState, FusedMLP, evaluate_fused, fuse, train_fused
 from trainers.initializers import INITIALIZERS, initialize
 from trainers.loop import (
     OPTIMIZERS,
@@ -16,6 +18,7 @@ from trainers.loop import (
     TrainSettings,
     evaluate,
     seed_everything,
+    shuffle_generator,
     train,
 )
 from trainers.model import BATCH_NORM_PLACEMENTS, MLP, build_mlp, learned_slopes
@@ -31,6 +34,8 @@ __all__ = [
     "Activation",
     "DataError",
     "EpochReport",
+    "FusedLoopState",
+    "FusedMLP",
     "GradientProbe",
     "LoopState",
     "Splits",
@@ -39,10 +44,14 @@ __all__ = [
     "build_activation",
     "build_mlp",
     "evaluate",
+    "evaluate_fused",
+    "fuse",
     "initialize",
     "learned_slopes",
     "load_splits",
     "seed_everything",
+    "shuffle_generator",
     "summarize",
     "train",
+    "train_fused",
 ]

@@ -1,0 +1,127 @@
+"""Diagnostics inside a real Ray Tune search: divergence, gradient-health stopping, pictures."""
+
+from __future__ import annotations
+
+import matplotlib.image
+import mlflow
+import optuna
+import pytest
+
+from search import run_study
+from search.plots import DPI, FIGSIZE, PARENT_FIGURE, TRIAL_FIGURE
+from search.tracking import OUTCOME_TAG, PARENT_TAG
+from spaces import load_config
+
+pytestmark = pytest.mark.slow
+EPOCHS = 3
+
+
+def _children(result):
+    client = mlflow.MlflowClient(tracking_uri=result.tracking_uri)
+    runs = client.search_runs(
+        [result.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'"
+    )
+    return client, runs
+
+
+@pytest.fixture(scope="module")
+def diverging_study(local_ray: None, tmp_path_factory: pytest.TempPathFactory):
+    config = load_config(
+        {
+            "name": "diverge",
+            "search": {
+                "activations": ["relu", "elu", "logistic"],
+                "initializers": ["he_normal", "pytorch_default"],
+                "lr": {"low": 0.01, "high": 0.05, "log": True},
+                # the first trial: an absurd learning rate that must diverge
+                "enqueue": [{"activation": "relu", "init": "he_normal", "lr": 1.0e4}],
+            },
+            "model": {"depth": 6, "width": 32},
+            "training": {"epochs": EPOCHS, "optimizer": "sgd", "batch_size": 64},
+            "diagnostics": {"plots_top": 2},
+            "num_samples": 4,
+            "output_dir": str(tmp_path_factory.mktemp("diverge")),
+        }
+    )
+    return run_study(config)
+
+
+def test_diverged_trial_fails_alone(diverging_study) -> None:
+    result = diverging_study
+    client, runs = _children(result)
+    assert len(runs) == 4
+    diverged = [r for r in runs if r.data.tags[OUTCOME_TAG] == "diverged"]
+    assert len(diverged) == 1
+    bad = diverged[0]
+    assert bad.info.status == "FAILED"
+    assert bad.data.params["lr"] == "10000.0"
+    assert int(bad.data.tags["gradsweep.diverged_epoch"]) >= 1
+    assert "non-finite" in bad.data.tags["gradsweep.reason"]
+    for run in runs:
+        if run is not bad:
+            assert run.info.status == "FINISHED"
+            history = client.get_metric_history(run.info.run_id, "val_accuracy")
+            assert len(history) == EPOCHS
+    study = optuna.load_study(study_name=result.study_name, storage=result.optuna_storage)
+    states = {t.number: t.state for t in study.trials}
+    assert states[int(bad.data.tags["optuna.trial_number"])] == optuna.trial.TrialState.FAIL
+    assert sum(s == optuna.trial.TrialState.COMPLETE for s in states.values()) == 3
+
+
+def test_leaderboard_lists_diverged_last_with_reason(diverging_study) -> None:
+    board = diverging_study.leaderboard
+    assert board.iloc[-1]["outcome"] == "diverged"
+    assert "non-finite" in board.iloc[-1]["reason"]
+    assert (board.iloc[:-1]["outcome"] == "completed").all()
+
+
+def test_diagnostic_metrics_and_flags_reach_mlflow(diverging_study) -> None:
+    client, runs = _children(diverging_study)
+    healthy = next(r for r in runs if r.info.status == "FINISHED")
+    for layer in ("layer_01", "layer_06"):
+        history = client.get_metric_history(healthy.info.run_id, f"diag/grad_norm/{layer}")
+        assert [m.step for m in history] == list(range(1, EPOCHS + 1))
+        assert all(m.value > 0 for m in history)
+    assert {"diag/act_std/layer_01", "diag/update_ratio/layer_01", "diag/grad_ratio_first_last"} <= set(
+        healthy.data.metrics
+    )
+    assert healthy.data.tags["diag.vanishing"] in ("true", "false")
+
+
+def test_pictures_are_logged_and_load(diverging_study, tmp_path) -> None:
+    result = diverging_study
+    client, runs = _children(result)
+    with_picture = [r for r in runs if any(a.path == "diagnostics" for a in client.list_artifacts(r.info.run_id))]
+    outcomes = sorted(r.data.tags[OUTCOME_TAG] for r in with_picture)
+    assert outcomes == ["completed", "completed", "diverged"]  # top 2 and every diverged one
+    expected = (int(FIGSIZE[1] * DPI), int(FIGSIZE[0] * DPI))
+    for run in with_picture:
+        path = client.download_artifacts(run.info.run_id, TRIAL_FIGURE, str(tmp_path))
+        assert matplotlib.image.imread(path).shape[:2] == expected
+    parent = client.download_artifacts(result.parent_run_id, PARENT_FIGURE, str(tmp_path))
+    assert matplotlib.image.imread(parent).shape[:2] == expected
+
+
+def test_gradient_health_stopping_prunes(local_ray: None, tmp_path) -> None:
+    config = load_config(
+        {
+            "name": "healthstop",
+            "search": {"activations": ["relu"], "initializers": ["he_normal"], "lr": 0.01},
+            "model": {"depth": 2, "width": 16},
+            "training": {"epochs": 4},
+            # every first-layer gradient is below 1e9: each trial must stop after 2 epochs
+            "diagnostics": {"stop_vanishing_below": 1.0e9, "stop_patience": 2},
+            "num_samples": 2,
+            "output_dir": str(tmp_path),
+        }
+    )
+    result = run_study(config)
+    _, runs = _children(result)
+    assert len(runs) == 2
+    for run in runs:
+        assert run.info.status == "KILLED"
+        assert run.data.tags[OUTCOME_TAG] == "stopped"
+        assert "vanishing gradients" in run.data.tags["gradsweep.reason"]
+        assert run.data.metrics["epochs_run"] == 2
+    study = optuna.load_study(study_name=result.study_name, storage=result.optuna_storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2

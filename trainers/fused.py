@@ -1,0 +1,485 @@
+"""Repeated seeds fused: k copies of one configuration trained as one batched model.
+
+Why: a deep narrow MLP on a small data set is bound by per-operation overhead, not arithmetic, so
+k seeds trained one after the other pay k times the overhead for work a batched matrix product
+does at once. Here every parameter gets a leading seed dimension, activations flow as
+``[k, batch, features]``, linear layers are ``torch.baddbmm``, and one optimizer steps all seeds.
+
+What stays per seed, so that seed ``s`` trains exactly as ``train`` would train it:
+
+- initialisation: each copy is built by the caller's ``build()`` after ``seed_everything(s)``,
+  then the copies' parameters are stacked (:func:`fuse`);
+- shuffle order: one :func:`~trainers.loop.shuffle_generator` per seed, the one ``train`` uses;
+- batch norm: batch statistics and running statistics per seed and per unit (the ``[k, batch, C]``
+  tensor is viewed as ``[batch, k*C]`` for ``F.batch_norm``);
+- PReLU: a slope (or one per unit) per seed;
+- optimizer state: SGD (momentum, weight decay), Adam and AdamW are elementwise, so one optimizer
+  over the stacked tensors is k independent optimizers; Adam's step count is shared, which is
+  right because every live seed steps together;
+- divergence: a seed whose loss goes non-finite is taken out of the fused model (its slices of
+  every parameter, buffer and optimizer state are dropped) before the step, so it cannot poison
+  the others, and it ends ``"diverged"`` exactly where ``train`` would have stopped it.
+
+With the activations and initializers of the registry and no dropout, per-seed results equal
+separate ``train`` runs up to float rounding (the batched kernels give bit-identical products on
+CPU here). RReLU and dropout draw their random numbers from the global generator per element in
+one fused tensor, so they are random per seed but not the same draws as separate runs.
+
+Not done in the fused path: gradient diagnostics (``settings.diagnostics`` is ignored; only the
+cheap ``prelu/slope/...`` figures are reported), and ``epoch_seconds`` is the fused epoch's wall
+time, shared by every seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from trainers.datasets import Splits
+from trainers.loop import (
+    OPTIMIZERS,
+    EpochReport,
+    TrainResult,
+    TrainSettings,
+    restore_shuffle,
+    seed_everything,
+    shuffle_generator,
+)
+from trainers.model import MLP
+
+#: ``on_epoch`` gets the epoch's report of every seed that ran it, keyed by seed, in seed order.
+OnFusedEpoch = Callable[[dict[int, EpochReport], "FusedLoopState"], "str | None"]
+
+
+class FusedLinear(nn.Module):
+    """k linear layers: ``weight`` ``[k, out, in]``, ``bias`` ``[k, out]`` (or none)."""
+
+    def __init__(self, layers: Sequence[nn.Linear]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]))
+        has_bias = layers[0].bias is not None
+        self.bias = (
+            nn.Parameter(torch.stack([m.bias.detach() for m in layers])) if has_bias else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.transpose(1, 2)
+        if self.bias is None:
+            return torch.bmm(x, w)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, w)
+
+
+class FusedBatchNorm1d(nn.Module):
+    """k ``BatchNorm1d`` layers, statistics per seed and unit; buffers ``[k, C]``."""
+
+    def __init__(self, layers: Sequence[nn.BatchNorm1d]) -> None:
+        super().__init__()
+        first = layers[0]
+        if not (first.affine and first.track_running_stats):
+            raise TypeError("fuse: only affine BatchNorm1d with running statistics is supported")
+        self.eps, self.momentum = first.eps, first.momentum
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]))
+        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in layers]))
+        self.register_buffer("running_mean", torch.stack([m.running_mean for m in layers]))
+        self.register_buffer("running_var", torch.stack([m.running_var for m in layers]))
+        # Every live seed trains every batch, so one count serves all of them.
+        self.register_buffer("num_batches_tracked", first.num_batches_tracked.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, b, c = x.shape
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average, as nn.BatchNorm1d
+                factor = 1.0 / float(self.num_batches_tracked)
+        out = F.batch_norm(
+            x.transpose(0, 1).reshape(b, k * c),
+            self.running_mean.view(-1),  # views: F.batch_norm updates the buffers in place
+            self.running_var.view(-1),
+            self.weight.view(-1),
+            self.bias.view(-1),
+            self.training,
+            factor,
+            self.eps,
+        )
+        return out.view(b, k, c).transpose(0, 1)
+
+
+class FusedPReLU(nn.Module):
+    """k PReLUs: ``weight`` ``[k, C]`` (one slope per unit) or ``[k, 1]`` (shared)."""
+
+    def __init__(self, layers: Sequence[nn.PReLU]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, b, c = x.shape
+        slopes = self.weight.expand(k, c).reshape(-1)
+        return F.prelu(x.transpose(0, 1).reshape(b, k * c), slopes).view(b, k, c).transpose(0, 1)
+
+
+def _fuse_module(modules: Sequence[nn.Module]) -> nn.Module:
+    first = modules[0]
+    if any(type(m) is not type(first) for m in modules):
+        raise TypeError("fuse: the copies differ in structure")
+    if isinstance(first, nn.Sequential):
+        children = OrderedDict(
+            (name, _fuse_module([m._modules[name] for m in modules])) for name in first._modules
+        )
+        return (FusedMLP if isinstance(first, MLP) else nn.Sequential)(children)
+    if isinstance(first, nn.Linear):
+        return FusedLinear(modules)
+    if isinstance(first, nn.BatchNorm1d):
+        return FusedBatchNorm1d(modules)
+    if isinstance(first, nn.PReLU):
+        return FusedPReLU(modules)
+    if next(first.parameters(), None) is None and next(first.buffers(), None) is None:
+        # Stateless and elementwise (activations, dropout): applies to [k, batch, C] as it is.
+        return first
+    raise TypeError(f"fuse: no fused version of {type(first).__name__}")
+
+
+class FusedMLP(nn.Sequential):
+    """k MLPs as one: the same child names as :class:`~trainers.model.MLP`, every parameter and
+    buffer with a leading seed dimension (``num_batches_tracked`` excepted).
+
+    Input ``[k, batch, features]``, or ``[batch, features]`` shared by all seeds (evaluation);
+    output ``[k, batch, classes]``.
+    """
+
+    @property
+    def k(self) -> int:
+        """Number of fused copies."""
+        return int(self.head.weight.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.k, -1, -1)
+        return super().forward(x)
+
+    def state_dict_of(self, i: int) -> dict[str, torch.Tensor]:
+        """Copy ``i``'s state, loadable into the ``MLP`` it was fused from."""
+        return {
+            name: (value[i] if value.dim() > 0 else value).detach().clone()
+            for name, value in self.state_dict().items()
+        }
+
+    @torch.no_grad()
+    def keep_(self, index: Sequence[int]) -> None:
+        """Keep only copies ``index`` (in that order), gradients included; in place."""
+        rows = torch.tensor(list(index), dtype=torch.long, device=self.head.weight.device)
+        for module in self.modules():
+            for name, p in list(module._parameters.items()):
+                if p is None:
+                    continue
+                kept = nn.Parameter(p.detach()[rows].clone())
+                if p.grad is not None:
+                    kept.grad = p.grad[rows].clone()
+                module._parameters[name] = kept
+            for name, b in list(module._buffers.items()):
+                if b is not None and b.dim() > 0:
+                    module._buffers[name] = b[rows].clone()
+
+
+def fuse(models: Sequence[nn.Module]) -> FusedMLP:
+    """Stack k structurally identical MLPs into one :class:`FusedMLP` (copies the tensors)."""
+    if not models:
+        raise ValueError("fuse: need at least one model")
+    fused = _fuse_module(list(models))
+    if not isinstance(fused, FusedMLP):
+        raise TypeError("fuse: expects trainers.model.MLP instances")
+    return fused.train(models[0].training)
+
+
+def _keep_optimizer_state(state: dict[str, Any], index: Sequence[int]) -> dict[str, Any]:
+    """An optimizer ``state_dict`` with only copies ``index`` of every per-parameter tensor."""
+    rows = torch.tensor(list(index), dtype=torch.long)
+    for per_param in state["state"].values():
+        for key, value in per_param.items():
+            if torch.is_tensor(value) and value.dim() > 0:  # Adam's scalar ``step`` is shared
+                per_param[key] = value[rows.to(value.device)].clone()
+    return state
+
+
+@dataclass
+class _Seed:
+    """One seed's progress inside the fused run."""
+
+    seed: int
+    shuffle: torch.Generator
+    best_val: float = 0.0
+    test_accuracy: float = 0.0
+    history: list[EpochReport] = field(default_factory=list)
+
+
+@dataclass
+class FusedLoopState:
+    """Live objects for ``on_epoch``: the fused model holds the live ``seeds``, in that order."""
+
+    model: FusedMLP
+    optimizer: torch.optim.Optimizer
+    epoch: int
+    seeds: list[int]
+    best_val_accuracy: dict[int, float]
+    settings: TrainSettings
+    shuffles: dict[int, torch.Generator]
+    finished: dict[int, dict[str, Any]]
+
+    def checkpoint(self) -> dict[str, Any]:
+        """A plain dict from which :func:`train_fused` resumes bit-for-bit (deep-copied)."""
+        return {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "epoch": self.epoch,
+            "seeds": list(self.seeds),
+            "best_val_accuracy": dict(self.best_val_accuracy),
+            "finished": copy.deepcopy(self.finished),
+            "settings": self.settings.__dict__,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "shuffle": {s: g.get_state() for s, g in self.shuffles.items()},
+            },
+        }
+
+
+def _slopes(model: FusedMLP, i: int) -> dict[str, float]:
+    """Copy ``i``'s mean PReLU slope per hidden layer (``trainers.model.learned_slopes``)."""
+    return {
+        f"prelu/slope/{name}": block.act.weight[i].detach().mean().item()
+        for name, block in model.named_children()
+        if name.startswith("layer_") and isinstance(getattr(block, "act", None), FusedPReLU)
+    }
+
+
+@torch.no_grad()
+def evaluate_fused(model: FusedMLP, x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
+    """Per copy, mean cross-entropy and accuracy in eval mode (as :func:`trainers.evaluate`)."""
+    model.eval()
+    logits = model(x)
+    out = []
+    for i in range(logits.shape[0]):
+        loss = F.cross_entropy(logits[i], y).item()
+        accuracy = (logits[i].argmax(dim=1) == y).float().mean().item()
+        out.append((loss, accuracy))
+    return out
+
+
+def train_fused(
+    build: Callable[[], nn.Module],
+    seeds: Sequence[int],
+    data: Splits,
+    settings: TrainSettings,
+    on_epoch: OnFusedEpoch | None = None,
+    resume: dict[str, Any] | None = None,
+) -> list[TrainResult]:
+    """Train ``build()`` once per seed, all seeds fused; one :class:`TrainResult` per seed.
+
+    ``build`` is called after ``seed_everything(seed)`` for each seed in turn, on CPU (as the
+    trainable builds before ``.to(device)``); the fused model then moves to ``data``'s device.
+    ``settings.seed`` is ignored: ``seeds`` decide. ``on_epoch(reports, state)`` gets, each
+    epoch, the :class:`EpochReport` of every seed that ran it (a seed that diverged is reported
+    once, with ``diverged=True``, then drops out); returning a reason stops every seed.
+    ``resume`` is a dict from :meth:`FusedLoopState.checkpoint`.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"train_fused: seeds must be distinct and not empty, got {seeds}")
+    copies = []
+    for seed in seeds:
+        seed_everything(seed)
+        copies.append(build())
+    device = data.x_train.device
+    model = fuse(copies).to(device)
+    del copies
+
+    def make_optimizer(params: Any) -> torch.optim.Optimizer:
+        return OPTIMIZERS[settings.optimizer](
+            params, settings.lr, settings.momentum, settings.weight_decay
+        )
+
+    n = data.x_train.shape[0]
+    live = [_Seed(s, shuffle_generator(s)) for s in seeds]
+    results: dict[int, TrainResult] = {}
+    start_epoch = 0
+    optimizer = make_optimizer(model.parameters())
+    if resume is not None:
+        start_epoch = int(resume["epoch"])
+        by_seed = {s.seed: s for s in live}
+        for seed, info in resume["finished"].items():
+            results[int(seed)] = TrainResult(
+                info["outcome"],
+                info["epochs_run"],
+                info["best_val_accuracy"],
+                info["test_accuracy"],
+                [],
+                info["reason"],
+            )
+        live = [by_seed[int(s)] for s in resume["seeds"]]
+        model.keep_([seeds.index(s.seed) for s in live])
+        model.load_state_dict(resume["model"])
+        optimizer = make_optimizer(model.parameters())
+        optimizer.load_state_dict(resume["optimizer"])
+        for s in live:
+            s.best_val = float(resume["best_val_accuracy"][s.seed])
+            restore_shuffle(
+                s.shuffle, {"shuffle": resume["rng"]["shuffle"][s.seed]}, start_epoch, n
+            )
+        torch.set_rng_state(resume["rng"]["torch"])
+        np.random.set_state(resume["rng"]["numpy"])
+        random.setstate(resume["rng"]["python"])
+        if resume["rng"].get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
+
+    def drop(out: list[int]) -> torch.optim.Optimizer:
+        """Take copies ``out`` (positions in ``live``) out of the model and the optimizer."""
+        keep = [i for i in range(len(live)) if i not in out]
+        state = _keep_optimizer_state(optimizer.state_dict(), keep)
+        model.keep_(keep)
+        live[:] = [live[i] for i in keep]
+        if not live:
+            return optimizer
+        fresh = make_optimizer(model.parameters())
+        fresh.load_state_dict(state)
+        return fresh
+
+    def finish(s: _Seed, outcome: str, epoch: int, reason: str = "") -> None:
+        results[s.seed] = TrainResult(
+            outcome,
+            epoch,
+            s.best_val,
+            s.test_accuracy,
+            s.history,
+            reason,  # type: ignore[arg-type]
+        )
+
+    for epoch in range(start_epoch + 1, settings.epochs + 1):
+        if not live:
+            break
+        t0 = time.perf_counter()
+        model.train()
+        orders = torch.stack([torch.randperm(n, generator=s.shuffle) for s in live]).to(device)
+        totals = [0.0] * len(live)
+        seen = 0
+        step_diverged: list[tuple[_Seed, dict[str, float]]] = []
+        for start in range(0, n, settings.batch_size):
+            idx = orders[:, start : start + settings.batch_size]
+            if idx.shape[1] < 2 and start > 0:
+                continue  # batch norm cannot train on a single sample
+            logits = model(data.x_train[idx])
+            k, b, classes = logits.shape
+            losses = (
+                F.cross_entropy(
+                    logits.reshape(k * b, classes),
+                    data.y_train[idx].reshape(k * b),
+                    reduction="none",
+                )
+                .view(k, b)
+                .mean(dim=1)
+            )
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            values = losses.tolist()
+            bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+            if bad:  # as train(): no step for a non-finite loss; the others step without it
+                step_diverged += [(live[i], _slopes(model, i)) for i in bad]
+                totals = [t for i, t in enumerate(totals) if i not in bad]
+                values = [v for i, v in enumerate(values) if i not in bad]
+                orders = orders[[i for i in range(len(live)) if i not in bad]]
+                optimizer = drop(bad)
+                if not live:
+                    break
+            optimizer.step()
+            totals = [t + v * b for t, v in zip(totals, values, strict=True)]
+            seen += b
+
+        reports: dict[int, EpochReport] = {}
+        seconds = time.perf_counter() - t0
+        for s, slopes in step_diverged:
+            reports[s.seed] = EpochReport(
+                epoch,
+                math.nan,
+                math.nan,
+                0.0,
+                0.0,
+                s.best_val,
+                seconds,
+                diverged=True,
+                diagnostics=slopes,
+            )
+        val_diverged: list[int] = []
+        if live:
+            val = evaluate_fused(model, data.x_val, data.y_val)
+            test = evaluate_fused(model, data.x_test, data.y_test)
+            seconds = time.perf_counter() - t0
+            for i, s in enumerate(live):
+                val_loss, val_accuracy = val[i]
+                s.test_accuracy = test[i][1]
+                diverged = not math.isfinite(val_loss)
+                s.best_val = max(s.best_val, val_accuracy)
+                reports[s.seed] = EpochReport(
+                    epoch,
+                    totals[i] / max(seen, 1),
+                    val_loss,
+                    val_accuracy,
+                    s.test_accuracy,
+                    s.best_val,
+                    seconds,
+                    diverged=diverged,
+                    diagnostics=_slopes(model, i),
+                )
+                if diverged:
+                    val_diverged.append(i)
+        for s, _ in step_diverged:
+            s.history.append(reports[s.seed])
+            finish(s, "diverged", epoch, f"non-finite loss in epoch {epoch}")
+        for i in val_diverged:
+            live[i].history.append(reports[live[i].seed])
+            finish(live[i], "diverged", epoch, f"non-finite loss in epoch {epoch}")
+        if val_diverged:
+            optimizer = drop(val_diverged)
+        for s in live:
+            s.history.append(reports[s.seed])
+        reports = {seed: reports[seed] for seed in seeds if seed in reports}
+        if on_epoch is not None:
+            state = FusedLoopState(
+                model,
+                optimizer,
+                epoch,
+                [s.seed for s in live],
+                {s.seed: s.best_val for s in live},
+                settings,
+                {s.seed: s.shuffle for s in live},
+                {
+                    seed: {
+                        "outcome": r.outcome,
+                        "epochs_run": r.epochs_run,
+                        "best_val_accuracy": r.best_val_accuracy,
+                        "test_accuracy": r.test_accuracy,
+                        "reason": r.reason,
+                    }
+                    for seed, r in results.items()
+                },
+            )
+            reason = on_epoch(reports, state)
+            if reason:
+                for s in live:
+                    finish(s, "stopped", epoch, reason)
+                live.clear()
+
+    for s in live:
+        finish(s, "completed", settings.epochs)
+    return [results[seed] for seed in seeds]
