@@ -76,6 +76,23 @@ def depth_figure(curves: dict[str, list[float]], title: str) -> Figure:
     return fig
 
 
+def first_epoch_curves(board: pd.DataFrame, histories: dict[str, History]) -> dict[str, list[float]]:
+    """Gradient norm by depth at the first measured epoch, for the best run of each activation
+    (``board`` is ranked best first)."""
+    curves: dict[str, list[float]] = {}
+    seen: set[str] = set()
+    for _, row in board.iterrows():
+        history = histories.get(row["run_id"], {})
+        if row["activation"] in seen or not history:
+            continue
+        first = min(history)
+        _, _, norms = per_layer({first: history[first]}, "grad_norm")
+        if norms.size and not all(math.isnan(v) for v in norms[:, 0]):
+            seen.add(row["activation"])
+            curves[f"{row['activation']} ({row['run_name'].split(' ')[0]})"] = list(norms[:, 0])
+    return curves
+
+
 def log_pictures(
     client: MlflowClient,
     board: pd.DataFrame,
@@ -96,14 +113,7 @@ def log_pictures(
         fig = trial_figure(histories.get(run_id, {}), names[run_id])
         client.log_figure(run_id, fig, TRIAL_FIGURE)
         plt.close(fig)
-    curves: dict[str, list[float]] = {}
-    for _, row in healthy.iterrows():
-        history = histories.get(row["run_id"], {})
-        if row["activation"] in curves or not history:
-            continue
-        _, _, norms = per_layer({min(history): history[min(history)]}, "grad_norm")
-        if norms.size and not all(math.isnan(v) for v in norms[:, 0]):
-            curves[f"{row['activation']} ({row['run_name'].split(' ')[0]})"] = list(norms[:, 0])
+    curves = first_epoch_curves(healthy, histories)
     if curves:
         fig = depth_figure(curves, "gradient norm by depth, best trial per activation")
         client.log_figure(parent_run_id, fig, PARENT_FIGURE)

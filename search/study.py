@@ -169,7 +169,11 @@ def run_study(
     output.mkdir(parents=True, exist_ok=True)
     started_ray = connect_ray(address, config)
     client = MlflowClient(tracking_uri=uri)
-    experiment_id = get_or_create_experiment(client, config.tracking.experiment, output / "artifacts")
+    # A tracking server stores artifacts itself (mlflow-artifacts:/); a local path would be one
+    # only this machine can see, not the server's UI.
+    remote = uri.startswith(("http://", "https://"))
+    artifact_root = None if remote else output / "artifacts"
+    experiment_id = get_or_create_experiment(client, config.tracking.experiment, artifact_root)
     parent_run_id = start_parent_run(client, experiment_id, name, config)
     writer = RunWriter(client)
     tracker = MlflowTracker(writer, experiment_id, parent_run_id, name, config)
