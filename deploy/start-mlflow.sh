@@ -2,7 +2,7 @@
 # Run the MLflow tracking server in the foreground: runs in PostgreSQL, artifacts proxied.
 #
 # Environment (defaults in brackets):
-#   MLFLOW_BACKEND_STORE_URI      required, e.g. postgresql://USER:PASSWORD@HOST:5432/mlflow
+#   MLFLOW_BACKEND_STORE_URI      required, e.g. postgresql+psycopg2://USER:PASSWORD@HOST:5432/mlflow
 #   MLFLOW_ARTIFACTS_DESTINATION  [./mlartifacts] where the server keeps artifacts (a path or s3://...);
 #                                 clients upload and download through the server (mlflow-artifacts:/)
 #   MLFLOW_DEFAULT_ARTIFACT_ROOT  [unset: mlflow-artifacts:/] artifact root of new experiments
@@ -25,7 +25,7 @@ die() {
 }
 
 [[ -n "${MLFLOW_BACKEND_STORE_URI:-}" ]] \
-    || die "MLFLOW_BACKEND_STORE_URI is not set (e.g. postgresql://USER:PASSWORD@HOST:5432/mlflow)"
+    || die "MLFLOW_BACKEND_STORE_URI is not set (e.g. postgresql+psycopg2://USER:PASSWORD@HOST:5432/mlflow)"
 
 args=(
     --backend-store-uri "$MLFLOW_BACKEND_STORE_URI"

@@ -85,13 +85,64 @@ def run(
         result = run_study(cfg, address=address, tracking_uri=tracking_uri, study_name=study, progress=True)
     except UserError as exc:
         raise fail(str(exc)) from None
-    sys.stdout.write(render(result.leaderboard, "table", top=20, title=f"Leaderboard: {result.study_name}"))
-    out.print(f"study [bold]{result.study_name}[/] - {len(result.leaderboard)} trials in {result.seconds:.0f} s")
-    out.print(f"MLflow parent run {result.parent_run_id} in {result.tracking_uri}")
-    if result.failed_writes:
-        out.print(f"[yellow]{len(result.failed_writes)} MLflow writes failed; see the log above[/]")
-    out.print("Open the MLflow UI:  " + ui_command(result.tracking_uri))
-    out.print(f"Leaderboard again:   gradsweep leaderboard --study {result.study_name} --tracking-uri {result.tracking_uri}")
+    _summary(result)
+
+
+def _summary(result: object) -> None:
+    """The end of a run: leaderboard, notes, and where to look next."""
+    from search.leaderboard import render
+
+    board = result.leaderboard  # type: ignore[attr-defined]
+    name, uri = result.study_name, result.tracking_uri  # type: ignore[attr-defined]
+    if not board.empty:
+        sys.stdout.write(render(board, "table", top=20, title=f"Leaderboard: {name}"))
+    for note in result.notes:  # type: ignore[attr-defined]
+        out.print(f"[yellow]note:[/] {note}", highlight=False)
+    out.print(f"study [bold]{name}[/] - {len(board)} trials in {result.seconds:.0f} s", highlight=False)  # type: ignore[attr-defined]
+    out.print(f"MLflow parent run {result.parent_run_id} in {uri}", highlight=False)  # type: ignore[attr-defined]
+    out.print("Open the MLflow UI:  " + ui_command(uri), highlight=False, soft_wrap=True)
+    out.print(f"Leaderboard again:   gradsweep leaderboard --study {name} --tracking-uri {uri}",
+              highlight=False, soft_wrap=True)
+
+
+@app.command()
+def resume(
+    study: Annotated[str, typer.Option(help="The study to finish, as printed by 'gradsweep run'.")],
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the study.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster (default: local).")] = None,
+) -> None:
+    """Finish a study whose driver died: finished trials stay, interrupted ones resume."""
+    _quiet()
+    from search.errors import UserError
+    from search.study import resume_study
+
+    try:
+        result = resume_study(study, tracking_uri=tracking_uri, address=address or os.environ.get("RAY_ADDRESS"), progress=True)
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    _summary(result)
+
+
+@app.command()
+def sync(
+    output_dir: Annotated[Path, typer.Option(help="The studies' output directory.")] = Path("gradsweep-runs"),
+    tracking_uri: Annotated[str | None, typer.Option(help="Send to this tracking URI instead.")] = None,
+) -> None:
+    """Replay MLflow writes that were saved to disk while the tracking server was unreachable."""
+    _quiet()
+    from search.journal import replay
+
+    spools = sorted((output_dir / "mlflow-spool").glob("*.jsonl"))
+    if not spools:
+        out.print(f"nothing to sync in {output_dir / 'mlflow-spool'}")
+        return
+    left_total = 0
+    for path in spools:
+        done, left = replay(path, tracking_uri)
+        left_total += left
+        out.print(f"{path.stem}: {done} writes delivered" + (f", {left} still pending" if left else ""))
+    if left_total:
+        raise fail(f"--tracking-uri: {left_total} writes still undeliverable; is MLflow up?")
 
 
 def ui_command(tracking_uri: str) -> str:

@@ -83,6 +83,8 @@ def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
     rows = []
     for run in child_runs(client, parent):
         params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+        if tags.get(OUTCOME_TAG) == "interrupted":
+            continue  # an attempt cut short by a lost driver; its resumed run is listed instead
         rows.append(
             {
                 "run_name": run.info.run_name,

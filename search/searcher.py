@@ -57,3 +57,28 @@ class HonestOptunaSearch(OptunaSearch):
         except Exception as exc:  # never let bookkeeping end the search
             log.warning("could not tell Optuna trial %s: %s", ot_trial.number, exc)
         self._completed_trials.add(trial_id)
+
+
+class ResumingOptunaSearch(HonestOptunaSearch):
+    """Hands out interrupted Optuna trials again before asking Optuna for new ones.
+
+    ``resume`` maps an interrupted trial's number to extra constants for its config (the
+    checkpoint to continue from). Re-running the define-by-run function on the *existing* Optuna
+    trial returns the values it already has, so the trial keeps its number and parameters and no
+    duplicate appears in the study.
+    """
+
+    def __init__(self, *args: Any, resume: dict[int, dict[str, Any]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._resume = dict(resume)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self._resume and trial_id not in self._ot_trials:
+            from optuna.trial import Trial
+
+            number, extra = self._resume.popitem()
+            frozen = next(t for t in self._ot_study.get_trials(deepcopy=False) if t.number == number)
+            ot_trial = Trial(self._ot_study, frozen._trial_id)
+            self._ot_trials[trial_id] = ot_trial
+            return {**self._suggest_from_define_by_run_func(self._space, ot_trial), **extra}
+        return super().suggest(trial_id)

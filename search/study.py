@@ -6,9 +6,11 @@ tracking URI, cluster address), so bad input never leaves a half-made run behind
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,29 +21,35 @@ import optuna
 import pandas as pd
 import ray
 from mlflow import MlflowClient
+from mlflow.entities import RunTag
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from search.errors import UserError
-from search.leaderboard import leaderboard, render
+from search.journal import Journal, spool_path
+from search.leaderboard import find_parent_run, leaderboard, render
 from search.plots import log_pictures
 from search.progress import ProgressCallback
-from search.searcher import HonestOptunaSearch
+from search.resume import close_orphans, plan_resume
+from search.searcher import ResumingOptunaSearch
 from search.tracking import (
     MlflowTracker,
-    RunWriter,
     check_tracking_uri,
     default_tracking_uri,
     get_or_create_experiment,
     start_parent_run,
 )
 from search.trainable import run_trial
-from spaces import StudyConfig, define_space, enqueued_points, make_sampler
+from spaces import TRIAL_NUMBER_KEY, StudyConfig, define_space, enqueued_points, make_sampler
 from trainers import DataError, load_splits
 
 log = logging.getLogger(__name__)
 # Tune's new console output prints tables even at verbose=0; gradsweep shows its own progress.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Results live in MLflow; Ray's CSV/JSON/TensorBoard loggers would write every result again.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# ... and so the ResultGrid that fit() returns (which gradsweep does not read) finds no files.
+logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 METRIC, MODE = "best_val_accuracy", "max"
 
 
@@ -57,7 +65,7 @@ class StudyResult:
     leaderboard: pd.DataFrame
     output_dir: Path
     seconds: float
-    failed_writes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what a user should know (spooled writes, ...)
 
 
 def resolve_paths(config: StudyConfig, tracking_uri: str | None) -> tuple[Path, str, str]:
@@ -152,6 +160,142 @@ def connect_ray(address: str | None, config: StudyConfig) -> bool:
         raise UserError(f"--address: cannot attach to Ray at {address or 'local'}: {exc}") from None
 
 
+@dataclass
+class _Session:
+    """Everything one study's Tuner runs share (a first run, or a resume)."""
+
+    config: StudyConfig
+    name: str
+    output: Path
+    uri: str
+    storage: str
+    client: MlflowClient
+    experiment_id: str
+    parent_run_id: str
+    journal: Journal
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"t{int(trial.config.get(TRIAL_NUMBER_KEY, 0)):03d}_{trial.trial_id}"
+
+
+def _tune(
+    session: _Session,
+    *,
+    num_samples: int,
+    run_name: str,
+    progress: bool,
+    resume: dict[int, dict[str, str]] | None = None,
+    resumed_tags: dict[int, dict[str, str]] | None = None,
+) -> MlflowTracker:
+    """Run one Tuner over the study; the tracker it returns holds the per-trial histories."""
+    config = session.config
+    tracker = MlflowTracker(
+        session.journal, session.experiment_id, session.parent_run_id, session.name, config,
+        extra_tags={str(k): v for k, v in (resumed_tags or {}).items()},
+    )
+    if num_samples < 1:
+        return tracker
+    searcher = ResumingOptunaSearch(
+        space=define_space(config),
+        metric=METRIC,
+        mode=MODE,
+        sampler=make_sampler(config),
+        points_to_evaluate=(enqueued_points(config) or None) if resume is None else None,
+        study_name=session.name,
+        storage=optuna.storages.RDBStorage(session.storage),
+        epochs=config.training.epochs,
+        resume=resume or {},
+    )
+    callbacks: list[tune.Callback] = [tracker]
+    if progress:
+        callbacks.append(ProgressCallback(num_samples, run_name))
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, study=config.model_dump(mode="json")),
+        {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
+    )
+    tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=make_scheduler(config),
+            metric=METRIC,
+            mode=MODE,
+            num_samples=num_samples,
+            max_concurrent_trials=config.max_concurrent,
+            reuse_actors=True,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=str(session.output / "ray"),
+            callbacks=callbacks,
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            # num_to_keep would force an experiment snapshot per checkpoint: O(trials) each time.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        ),
+    ).fit()
+    return tracker
+
+
+def _finish(session: _Session, tracker: MlflowTracker, status: str, patience_s: float) -> tuple[pd.DataFrame, list[str]]:
+    """Leaderboard, pictures, orphan sweep and parent status; spool what MLflow can't take."""
+    journal, client, config = session.journal, session.client, session.config
+    board = pd.DataFrame()
+    notes: list[str] = []
+    if journal.flush(timeout_s=patience_s):
+        try:
+            parent = client.get_run(session.parent_run_id)
+            closed = close_orphans(client, parent, "its trial ended without a final status")
+            if closed:
+                notes.append(f"{len(closed)} orphaned runs marked FAILED")
+            board = leaderboard(client, session.name)
+            journal.log_text("parent", render(board, "csv"), "leaderboard.csv")
+            journal.log_text("parent", render(board, "markdown"), "leaderboard.md")
+            if config.diagnostics.enabled:
+                histories = {journal.run_ids[k]: h for k, h in tracker.history.items() if k in journal.run_ids}
+                log_pictures(client, board, histories, session.parent_run_id,
+                             config.diagnostics.plots_top, config.diagnostics.plots_diverged)
+        except Exception as exc:  # MLflow went away between flush and here
+            notes.append(f"leaderboard not written: {exc.__class__.__name__}: {exc}")
+    journal.set_terminated("parent", status)
+    spooled = journal.close(close_patience_s=patience_s)
+    if spooled:
+        notes.append(
+            f"MLflow unreachable: {spooled} writes saved to {journal.spool}; "
+            f"run 'gradsweep sync' when it is back"
+        )
+    notes.extend(f"MLflow rejected: {r}" for r in journal.rejected)
+    return board, notes
+
+
+def _open_session(config: StudyConfig, name: str, output: Path, uri: str, storage: str,
+                  parent_run_id: str | None = None) -> _Session:
+    client = MlflowClient(tracking_uri=uri)
+    # A tracking server stores artifacts itself (mlflow-artifacts:/); a local path would be one
+    # only this machine can see, not the server's UI.
+    remote = uri.startswith(("http://", "https://"))
+    artifact_root = None if remote else output / "artifacts"
+    experiment_id = get_or_create_experiment(client, config.tracking.experiment, artifact_root)
+    if parent_run_id is None:
+        parent_run_id = start_parent_run(client, experiment_id, name, config)
+        client.log_batch(parent_run_id, tags=[
+            RunTag("gradsweep.output_dir", str(output)),
+            RunTag("gradsweep.optuna_storage", _redact(storage)),
+        ])
+    journal = Journal(client, spool_path(output, name), run_ids={"parent": parent_run_id})
+    return _Session(config, name, output, uri, storage, client, experiment_id, parent_run_id, journal)
+
+
+def _redact(url: str) -> str:
+    """A storage URL without its password: secrets never reach MLflow."""
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url
+
+
 def run_study(
     config: StudyConfig,
     *,
@@ -159,6 +303,7 @@ def run_study(
     tracking_uri: str | None = None,
     study_name: str | None = None,
     progress: bool = False,
+    close_patience_s: float = 60.0,
 ) -> StudyResult:
     """Run ``config``'s search and return its name, MLflow parent run and leaderboard."""
     t0 = time.perf_counter()
@@ -168,80 +313,93 @@ def run_study(
 
     output.mkdir(parents=True, exist_ok=True)
     started_ray = connect_ray(address, config)
-    client = MlflowClient(tracking_uri=uri)
-    # A tracking server stores artifacts itself (mlflow-artifacts:/); a local path would be one
-    # only this machine can see, not the server's UI.
-    remote = uri.startswith(("http://", "https://"))
-    artifact_root = None if remote else output / "artifacts"
-    experiment_id = get_or_create_experiment(client, config.tracking.experiment, artifact_root)
-    parent_run_id = start_parent_run(client, experiment_id, name, config)
-    writer = RunWriter(client)
-    tracker = MlflowTracker(writer, experiment_id, parent_run_id, name, config)
-    status = "FAILED"
+    session = _open_session(config, name, output, uri, storage)
+    status, tracker = "FAILED", None
     try:
-        searcher = HonestOptunaSearch(
-            space=define_space(config),
-            metric=METRIC,
-            mode=MODE,
-            sampler=make_sampler(config),
-            points_to_evaluate=enqueued_points(config) or None,
-            study_name=name,
-            storage=optuna.storages.RDBStorage(storage),
-            epochs=config.training.epochs,
-        )
-        callbacks: list[tune.Callback] = [tracker]
-        if progress:
-            callbacks.append(ProgressCallback(config.num_samples, name))
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, study=config.model_dump(mode="json")),
-            {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=make_scheduler(config),
-                metric=METRIC,
-                mode=MODE,
-                num_samples=config.num_samples,
-                max_concurrent_trials=config.max_concurrent,
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=str(output / "ray"),
-                callbacks=callbacks,
-                verbose=0,
-                failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                # num_to_keep would force an experiment snapshot per checkpoint: O(trials) each time.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            ),
-        )
-        tuner.fit()
+        tracker = _tune(session, num_samples=config.num_samples, run_name=name, progress=progress)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        writer.flush()
-        board = leaderboard(client, name)
-        client.log_text(parent_run_id, render(board, "csv"), "leaderboard.csv")
-        client.log_text(parent_run_id, render(board, "markdown"), "leaderboard.md")
-        if config.diagnostics.enabled:
-            log_pictures(client, board, tracker.history, parent_run_id,
-                         config.diagnostics.plots_top, config.diagnostics.plots_diverged)
-        writer.close()
-        client.set_terminated(parent_run_id, status=status)
+        board, notes = _finish(session, tracker or _empty_tracker(session), status, close_patience_s)
         if started_ray:
             ray.shutdown()
+    return _result(session, board, notes, t0)
+
+
+def resume_study(
+    study_name: str,
+    *,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    progress: bool = False,
+    close_patience_s: float = 60.0,
+) -> StudyResult:
+    """Finish a study whose driver died: see :mod:`search.resume`."""
+    t0 = time.perf_counter()
+    uri = tracking_uri or os.environ.get("GRADSWEEP_TRACKING_URI") or default_tracking_uri(Path("gradsweep-runs").resolve())
+    check_tracking_uri(uri)
+    if address:
+        check_address(address)
+    client = MlflowClient(tracking_uri=uri)
+    parent = find_parent_run(client, study_name)
+    tags = parent.data.tags
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = json.loads(Path(client.download_artifacts(parent.info.run_id, "config.json", tmp)).read_text())
+        config = StudyConfig.model_validate(raw)
+    except Exception as exc:
+        raise UserError(f"--study {study_name}: its saved config can't be read ({exc})") from None
+    output = Path(tags.get("gradsweep.output_dir", config.output_dir))
+    storage = os.environ.get("GRADSWEEP_OPTUNA_STORAGE") or config.optuna_storage or f"sqlite:///{output / 'optuna.db'}"
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except Exception as exc:
+        raise UserError(f"--study {study_name}: no Optuna study in {_redact(storage)} ({exc.__class__.__name__})") from None
+    plan = plan_resume(client, parent, study)
+    remaining = config.num_samples - plan.finished
+    started_ray = connect_ray(address, config) if remaining > 0 else False
+    client.log_batch(parent.info.run_id, tags=[RunTag("gradsweep.resumed", time.strftime("%Y-%m-%dT%H:%M:%S"))])
+    if parent.info.status != "RUNNING":
+        client.update_run(parent.info.run_id, status="RUNNING")  # children nest under an active run
+    session = _open_session(config, study_name, output, uri, storage, parent.info.run_id)
+    status, tracker = "FAILED", None
+    try:
+        tracker = _tune(
+            session,
+            num_samples=remaining,
+            run_name=f"{study_name}-resume-{time.strftime('%H%M%S')}",
+            progress=progress,
+            resume=plan.resume,
+            resumed_tags=plan.tags,
+        )
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        board, notes = _finish(session, tracker or _empty_tracker(session), status, close_patience_s)
+        if started_ray:
+            ray.shutdown()
+    notes.insert(0, f"resumed: {plan.finished} trials already finished, {len(plan.resume)} resumed, "
+                    f"{max(0, remaining - len(plan.resume))} new")
+    return _result(session, board, notes, t0)
+
+
+def _empty_tracker(session: _Session) -> MlflowTracker:
+    return MlflowTracker(session.journal, session.experiment_id, session.parent_run_id, session.name, session.config)
+
+
+def _result(session: _Session, board: pd.DataFrame, notes: list[str], t0: float) -> StudyResult:
     return StudyResult(
-        study_name=name,
-        parent_run_id=parent_run_id,
-        experiment_id=experiment_id,
-        tracking_uri=uri,
-        optuna_storage=storage,
+        study_name=session.name,
+        parent_run_id=session.parent_run_id,
+        experiment_id=session.experiment_id,
+        tracking_uri=session.uri,
+        optuna_storage=session.storage,
         leaderboard=board,
-        output_dir=output,
+        output_dir=session.output,
         seconds=time.perf_counter() - t0,
-        failed_writes=list(writer.failed),
+        notes=notes,
     )

@@ -17,10 +17,10 @@ import ray
 import torch
 from ray import tune
 
+from search.resume import CHECKPOINT_FILE, RESUME_KEY, owned_by_user
 from spaces import StudyConfig, resolve_trial
 from trainers import EpochReport, LoopState, TrainSettings, build_mlp, load_splits, seed_everything, train
 
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def _save_checkpoint(state: LoopState, directory: str) -> None:
@@ -30,13 +30,22 @@ def _save_checkpoint(state: LoopState, directory: str) -> None:
     os.replace(tmp, Path(directory) / CHECKPOINT_FILE)
 
 
-def _load_checkpoint() -> dict[str, Any] | None:
+def _load(path: Path) -> dict[str, Any]:
+    # The checkpoint holds pickled RNG states: only files this user owns are loaded.
+    if not owned_by_user(path):
+        raise PermissionError(f"refusing to load a checkpoint owned by another user: {path}")
+    return torch.load(path, weights_only=False)
+
+
+def _load_checkpoint(resume_from: str | None) -> dict[str, Any] | None:
+    """Ray's checkpoint of this trial (a retry), else the one a resumed study points to."""
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as directory:
-        # Our own file, written by _save_checkpoint under the study's storage path.
-        return torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=False)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            return _load(Path(directory) / CHECKPOINT_FILE)
+    if resume_from:
+        return _load(Path(resume_from) / CHECKPOINT_FILE)
+    return None
 
 
 class HealthWatch:
@@ -121,4 +130,4 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
             tune.report(metrics)
         return reason
 
-    train(model, data, settings, on_epoch, resume=_load_checkpoint())
+    train(model, data, settings, on_epoch, resume=_load_checkpoint(params.get(RESUME_KEY)))

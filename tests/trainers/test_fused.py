@@ -34,7 +34,7 @@ def data():
 
 def builder(data, activation: str, init: str, bn: str, **kw) -> Callable[[], MLP]:
     return functools.partial(
-        build_mlp, data.n_features, data.n_classes, 6, 32, activation, None, init, bn, **kw
+        build_mlp, data.n_features, data.n_classes, 10, 64, activation, None, init, bn, **kw
     )
 
 
@@ -209,9 +209,9 @@ def test_random_activations_and_dropout_train_per_seed(data) -> None:
     """RReLU and dropout are random per element in the fused tensor: not the same draws as
     separate runs, but every seed trains and the seeds differ."""
     build = builder(data, "rrelu", "he_normal", "none", dropout=0.1)
-    settings = TrainSettings(epochs=1, batch_size=64, diagnostics=False)
+    settings = TrainSettings(epochs=2, batch_size=64, lr=1e-2, diagnostics=False)
     results = train_fused(build, SEEDS, data, settings)
-    assert all(r.outcome == "completed" and r.best_val_accuracy > 0.2 for r in results)
+    assert all(r.outcome == "completed" and r.best_val_accuracy > 0.6 for r in results)
     assert len({r.history[-1].val_loss for r in results}) == len(SEEDS)
 
 

@@ -1,0 +1,219 @@
+"""An ordered, durable journal of MLflow writes: nothing a trial reported is lost.
+
+Every MLflow write of a study is an operation *as data* (create a run, log a batch, set a
+status, log a text artifact) addressed by a *key* (a Tune trial id, or ``"parent"``), not by a run
+id: the run id only exists once ``create_run`` went through. One background thread applies the
+operations in order:
+
+- a transient failure (server down or restarting, network, a locked SQLite file) is retried with
+  capped exponential backoff, for as long as the study runs; later operations wait behind it in
+  memory, so order is kept and Ray Tune's event loop never blocks;
+- a permanent failure (MLflow rejected the request itself) is logged, counted and skipped;
+- on :meth:`close`, whatever still can't be delivered within ``close_patience_s`` is saved as
+  JSON lines to the spool file, and ``gradsweep sync`` replays it (:func:`replay`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import RestException
+
+log = logging.getLogger(__name__)
+
+# Our journal does the retrying; MLflow's own HTTP retries would hide an outage for minutes.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
+#: Error codes with which MLflow rejects a request itself: retrying cannot help.
+PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
+             "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "MALFORMED_REQUEST"}
+_CLOSE = object()
+
+Op = dict[str, Any]
+
+
+def is_permanent(exc: Exception) -> bool:
+    """True when MLflow answered and refused the request (as opposed to being unreachable)."""
+    return isinstance(exc, RestException) and exc.error_code in PERMANENT
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def apply(client: MlflowClient, run_ids: dict[str, str], op: Op) -> None:
+    """Apply one operation; ``create_run`` records the new run id under the op's key."""
+    kind = op["op"]
+    if kind == "create_run":
+        if op["key"] in run_ids:
+            return  # already created (a replay after a partly delivered spool)
+        run = client.create_run(op["experiment_id"], run_name=op["run_name"], tags=op["tags"])
+        run_ids[op["key"]] = run.info.run_id
+        return
+    run_id = run_ids[op["key"]]
+    if kind == "log_batch":
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, ts, step) for k, v, ts, step in op.get("metrics", [])],
+            params=[Param(k, v) for k, v in op.get("params", [])],
+            tags=[RunTag(k, v) for k, v in op.get("tags", [])],
+        )
+    elif kind == "set_terminated":
+        client.set_terminated(run_id, status=op["status"])
+    elif kind == "log_text":
+        client.log_text(run_id, op["text"], op["artifact_file"])
+    else:
+        raise ValueError(f"unknown journal operation {kind!r}")
+
+
+class Journal:
+    """The study's MLflow writer (see module docstring). Thread-safe ``submit``; one consumer."""
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        spool: Path,
+        run_ids: dict[str, str] | None = None,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.client, self.spool, self.max_backoff_s = client, spool, max_backoff_s
+        self.run_ids: dict[str, str] = dict(run_ids or {})
+        self.rejected: list[str] = []  # permanent failures, for the closing summary
+        self.spooled = 0
+        self.retried = 0
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._deadline: float | None = None
+        self._left: list[Op] = []
+        self._thread = threading.Thread(target=self._work, name="gradsweep-journal", daemon=True)
+        self._thread.start()
+
+    # -- producers ------------------------------------------------------------------------------
+    def submit(self, op: Op) -> None:
+        self._queue.put(op)
+
+    def create_run(self, key: str, experiment_id: str, run_name: str, tags: dict[str, str]) -> None:
+        self.submit({"op": "create_run", "key": key, "experiment_id": experiment_id,
+                     "run_name": run_name, "tags": tags})
+
+    def log_batch(self, key: str, metrics: list[tuple[str, float, int, int]] = (),  # type: ignore[assignment]
+                  params: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> None:
+        """Queue a batch, split to MLflow's per-call limits."""
+        for part in _chunks(sorted((params or {}).items()), MAX_PARAMS):
+            self.submit({"op": "log_batch", "key": key, "params": part})
+        for part in _chunks(sorted((tags or {}).items()), MAX_TAGS):
+            self.submit({"op": "log_batch", "key": key, "tags": part})
+        for part in _chunks(list(metrics), MAX_METRICS):
+            self.submit({"op": "log_batch", "key": key, "metrics": part})
+
+    def set_terminated(self, key: str, status: str) -> None:
+        self.submit({"op": "set_terminated", "key": key, "status": status})
+
+    def log_text(self, key: str, text: str, artifact_file: str) -> None:
+        self.submit({"op": "log_text", "key": key, "text": text, "artifact_file": artifact_file})
+
+    # -- control --------------------------------------------------------------------------------
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every operation queued so far was delivered; False on timeout."""
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout_s)
+
+    def close(self, close_patience_s: float = 60.0) -> int:
+        """Deliver what can be delivered within ``close_patience_s``, spool the rest to disk.
+
+        Returns how many operations were spooled (0 when everything reached MLflow).
+        """
+        self._deadline = time.monotonic() + close_patience_s
+        self._queue.put(_CLOSE)
+        self._thread.join()
+        if self._left:
+            self.spool.parent.mkdir(parents=True, exist_ok=True)
+            header = {"tracking_uri": self.client.tracking_uri, "run_ids": self.run_ids}
+            with self.spool.open("a") as f:
+                f.write(json.dumps({"header": header}) + "\n")
+                for op in self._left:
+                    f.write(json.dumps(op) + "\n")
+            self.spooled = len(self._left)
+            log.warning("MLflow unreachable: %d writes saved to %s", self.spooled, self.spool)
+        return self.spooled
+
+    # -- consumer -------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _CLOSE:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            if self._left:  # already giving up: keep order, spool everything after
+                self._left.append(item)
+                continue
+            self._deliver(item)
+
+    def _deliver(self, op: Op) -> None:
+        backoff = 0.25
+        while True:
+            try:
+                apply(self.client, self.run_ids, op)
+                return
+            except Exception as exc:
+                if is_permanent(exc):
+                    log.warning("MLflow rejected %s for %s: %s", op["op"], op.get("key"), exc)
+                    self.rejected.append(f"{op['op']} {op.get('key')}: {exc}")
+                    return
+                if op["op"] != "create_run" and op["key"] not in self.run_ids:
+                    self._left.append(op)  # its run was never created: spooled with it
+                    return
+                if self._deadline is not None and time.monotonic() > self._deadline:
+                    self._left.append(op)
+                    return
+                self.retried += 1
+                log.info("MLflow write failed (%s); retrying in %.1f s", exc.__class__.__name__, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+
+
+def spool_path(output_dir: Path, study: str) -> Path:
+    """Where a study's undeliverable MLflow writes are saved."""
+    return output_dir / "mlflow-spool" / f"{study}.jsonl"
+
+
+def replay(path: Path, tracking_uri: str | None = None, patience_s: float = 30.0) -> tuple[int, int]:
+    """Replay a spool file into MLflow; returns (delivered, still spooled).
+
+    The file is rewritten with what could not be delivered, or removed when all went through.
+    """
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    run_ids: dict[str, str] = {}
+    ops: list[Op] = []
+    uri = tracking_uri
+    for line in lines:
+        if "header" in line:
+            run_ids.update(line["header"]["run_ids"])
+            uri = uri or line["header"]["tracking_uri"]
+        else:
+            ops.append(line)
+    journal = Journal(MlflowClient(tracking_uri=uri), path.with_suffix(".retry"), run_ids)
+    for op in ops:
+        journal.submit(op)
+    left = journal.close(close_patience_s=patience_s)
+    retry = path.with_suffix(".retry")
+    if left:
+        os.replace(retry, path)
+    else:
+        path.unlink()
+    return len(ops) - left, left

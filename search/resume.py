@@ -1,0 +1,103 @@
+"""Picking a study up after its driver died: what finished, what to resume, what to close.
+
+The Optuna study is the record of which configurations exist; MLflow holds what each attempt
+logged; Ray holds the checkpoints. Resuming reconciles the three instead of unpickling Ray's
+experiment state (``Tuner.restore`` would execute pickles from the storage path):
+
+- Optuna trials COMPLETE, PRUNED or FAIL are finished and never run again;
+- Optuna trials still RUNNING were interrupted: each runs again under its own number and
+  parameters, from its last checkpoint, in a new child run tagged ``gradsweep.resumed_from``;
+- a child run left RUNNING is closed: KILLED ``interrupted`` when its trial resumes, or the status
+  matching its Optuna trial when only the final MLflow write was lost.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from mlflow import MlflowClient
+from mlflow.entities import Run, RunTag
+from optuna.trial import TrialState
+
+from search.leaderboard import child_runs
+from search.tracking import OUTCOME_TAG
+
+CHECKPOINT_FILE = "checkpoint.pt"
+RESUME_KEY = "resume_checkpoint"
+_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+
+
+@dataclass
+class ResumePlan:
+    """What a resume will do."""
+
+    finished: int
+    #: Optuna trial number -> extra config constants (the checkpoint to continue from)
+    resume: dict[int, dict[str, str]] = field(default_factory=dict)
+    #: Optuna trial number -> tags of its new child run
+    tags: dict[int, dict[str, str]] = field(default_factory=dict)
+    closed: list[str] = field(default_factory=list)
+
+
+def latest_checkpoint(trial_path: str) -> str | None:
+    """The newest ``checkpoint_*`` directory of a Ray trial that holds a complete checkpoint."""
+    if not trial_path or not Path(trial_path).is_dir():
+        return None
+    found = sorted(p for p in Path(trial_path).glob("checkpoint_*") if (p / CHECKPOINT_FILE).is_file())
+    return str(found[-1]) if found else None
+
+
+def owned_by_user(path: Path) -> bool:
+    """Checkpoints are unpickled: only load files this user owns."""
+    return path.stat().st_uid == os.getuid()
+
+
+def _close(client: MlflowClient, run: Run, status: str, outcome: str, reason: str) -> None:
+    client.log_batch(
+        run.info.run_id, tags=[RunTag(OUTCOME_TAG, outcome), RunTag("gradsweep.reason", reason)]
+    )
+    client.set_terminated(run.info.run_id, status=status)
+
+
+def close_orphans(client: MlflowClient, parent: Run, reason: str) -> list[str]:
+    """Mark every child run still RUNNING as FAILED with ``reason``; returns their ids."""
+    closed = []
+    for run in child_runs(client, parent):
+        if run.info.status == "RUNNING":
+            _close(client, run, "FAILED", "orphaned", reason)
+            closed.append(run.info.run_id)
+    return closed
+
+
+def plan_resume(client: MlflowClient, parent: Run, study: optuna.Study) -> ResumePlan:
+    """Close the stale child runs and list the interrupted trials with their checkpoints."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    plan = ResumePlan(finished=sum(t.state in _STATUS for t in trials.values()))
+    interrupted = {n for n, t in trials.items() if t.state == TrialState.RUNNING}
+    for run in child_runs(client, parent):
+        if run.info.status != "RUNNING":
+            continue
+        number = int(run.data.tags.get("optuna.trial_number", -1))
+        trial = trials.get(number)
+        if trial is None:
+            _close(client, run, "FAILED", "orphaned", "no Optuna trial matches this run")
+        elif trial.state in _STATUS:
+            _close(client, run, _STATUS[trial.state], run.data.tags.get(OUTCOME_TAG, "completed"),
+                   "closed on resume: the driver died before writing this final status")
+        else:
+            checkpoint = latest_checkpoint(run.data.tags.get("ray.trial_path", ""))
+            if checkpoint:
+                plan.resume[number] = {RESUME_KEY: checkpoint}
+            plan.tags[number] = {"gradsweep.resumed_from": run.info.run_id}
+            _close(client, run, "KILLED", "interrupted",
+                   "driver lost; the trial resumed in a new run" + (" from its checkpoint" if checkpoint else ""))
+            interrupted.discard(number)
+        plan.closed.append(run.info.run_id)
+    for number in interrupted:  # asked by Optuna, but its run was never created
+        plan.resume.setdefault(number, {})
+    for number in plan.tags:
+        plan.resume.setdefault(number, {})
+    return plan

@@ -1,0 +1,525 @@
+"""A real 2-node Ray cluster, MLflow server and Optuna on PostgreSQL, as docker-compose runs them.
+
+The nodes and the server are started with the very scripts compose runs (``deploy/*.sh``), with
+token auth, on ports of their own and temp dirs of their own, so a Ray or MLflow someone else runs
+on this machine is never touched. Each is started in a new session and stopped by killing its
+process group: never ``ray stop``, which would stop every Ray on the machine. PostgreSQL is the
+machine's own (127.0.0.1:5432, trust auth); the test creates fresh databases and drops them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+
+from search import run_study
+from search.tracking import PARENT_TAG, STUDY_TAG
+from spaces import load_config
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent  # ray, mlflow of the Python running the tests
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+N_TRIALS, EPOCHS = 4, 2
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
+
+
+# ---------------------------------------------------------------------------------------------
+# docker-compose.yml and the scripts (no Docker daemon here: check what can be checked)
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _script_of(service: dict) -> str | None:
+    for key in ("entrypoint", "command"):
+        value = service.get(key)
+        if value:
+            words = value if isinstance(value, list) else value.split()
+            return next((w for w in words if w.endswith(".sh")), words[0])
+    return None
+
+
+def test_compose_services_run_scripts_that_exist() -> None:
+    services = _compose()["services"]
+    assert {"postgres", "mlflow", "ray-head", "ray-worker", "optuna-dashboard"} <= set(services)
+    assert services["ray-worker-gpu"]["profiles"] == ["gpu"]
+    gpu = services["ray-worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    for name, service in services.items():
+        script = _script_of(service)
+        if script is None:  # an upstream image run with its own command (postgres)
+            assert not service["image"].startswith("gradsweep"), name
+            continue
+        # The image's WORKDIR is /app, a copy of the repository root.
+        path = ROOT / script.removeprefix("/app/")
+        assert path.is_file(), f"{name}: {script} is not in the repository"
+        assert path.stat().st_mode & stat.S_IXUSR, f"{name}: {script} is not executable"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name}: mounts missing {source}"
+    # Ray storage is one volume on the head and every worker.
+    for name in ("ray-head", "ray-worker", "ray-worker-gpu"):
+        assert "ray-storage:/app/gradsweep-runs" in services[name]["volumes"], name
+
+
+def test_compose_publishes_ports_on_loopback_only() -> None:
+    published = 0
+    for name, service in _compose()["services"].items():
+        for port in service.get("ports", []):
+            published += 1
+            if isinstance(port, dict):
+                assert port.get("host_ip") == "127.0.0.1", f"{name}: {port}"
+            else:
+                assert str(port).startswith("127.0.0.1:"), f"{name}: {port} is not on 127.0.0.1"
+    assert published >= 3  # MLflow, Ray dashboard, optuna-dashboard
+
+
+def test_compose_takes_secrets_from_env_file_only() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "${RAY_AUTH_TOKEN:?" in text and "${POSTGRES_PASSWORD:?" in text
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    for secret in ("RAY_AUTH_TOKEN", "POSTGRES_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        assert example[secret] == "", f".env.example must not carry a value for {secret}"
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    assert ".env" in (ROOT / ".dockerignore").read_text().split()
+    assert (ROOT / "Dockerfile").read_text().startswith("# ") and "FROM python:3.11-slim" in (
+        ROOT / "Dockerfile"
+    ).read_text()
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in DEPLOY.glob("start-*.sh")))
+def test_scripts_are_strict_bash(script: str) -> None:
+    path = DEPLOY / script
+    assert path.stat().st_mode & stat.S_IXUSR
+    text = path.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
+    subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "RAY_AUTH_MODE must be 'token'"),
+        ({"RAY_AUTH_MODE": "token"}, "RAY_AUTH_TOKEN is empty"),
+        ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "short"}, "shorter than 32"),
+    ],
+)
+@pytest.mark.parametrize("script", ["start-head.sh", "start-worker.sh"])
+def test_ray_scripts_refuse_to_start_without_token_auth(
+    script: str, env: dict, message: str
+) -> None:
+    clean = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
+    done = subprocess.run(
+        [str(DEPLOY / script)],
+        env={**clean, **env, "RAY_BIN": "false"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_mlflow_script_needs_a_backend_store() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_BACKEND_STORE_URI"}
+    done = subprocess.run(
+        [str(DEPLOY / "start-mlflow.sh")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "MLFLOW_BACKEND_STORE_URI" in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes we start, and stop by process group
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (held together while choosing, so distinct)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(closing(socket.socket())) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+@dataclass
+class Service:
+    """A command started in a new session (its own process group), logging to ``log``."""
+
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+    @classmethod
+    def start(cls, name: str, argv: list[str], env: dict[str, str], log: Path) -> Service:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return cls(name, proc, log)
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"--- {self.name} ({self.log}) ---\n" + "\n".join(text.splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}\n{self.tail()}")
+
+    def signal(self, sig: int) -> None:
+        with suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def members(self) -> list[int]:
+        return _group_members(self.proc.pid)
+
+
+def _marked(marker: bytes) -> list[int]:
+    """Processes other than this one whose environment holds ``marker`` (this run's token)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with suppress(OSError):
+                if marker in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+def _stop_all(services: list[Service], marker: bytes, grace_s: float = 5.0) -> None:
+    """SIGTERM every group, SIGKILL what is left after ``grace_s``, then reap the leaders.
+
+    The leaders are reaped last: until then their pids, hence the group ids, can't be reused, so
+    the signals only reach processes this module started. Then a sweep by PID for anything that
+    carries this run's token yet left its group.
+    """
+    for service in services:
+        service.signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while any(s.members() for s in services) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for service in services:
+        service.signal(signal.SIGKILL)
+    for service in services:
+        service.proc.wait(timeout=30)
+    strays = _marked(marker)
+    for pid in strays:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    left: list[int] = []
+    while time.monotonic() < deadline:
+        left = [p for s in services for p in s.members()] + _marked(marker)
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left, f"processes {left} survived SIGKILL"
+    assert not strays, f"processes {strays} had left their process group (killed by PID)"
+
+
+def _wait_for(
+    what: str, ready: Callable[[], bool], services: list[Service], timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for service in services:
+            service.check_alive()
+        if ready():
+            return
+        time.sleep(0.5)
+    logs = "\n".join(s.tail() for s in services)
+    raise TimeoutError(f"{what} not ready after {timeout_s:.0f} s\n{logs}")
+
+
+def _reload_ray_auth() -> None:
+    """Make this process's Ray read RAY_AUTH_* again.
+
+    Ray caches the mode and token at the first ``ray.init`` of a process (and a local
+    ``ray.init`` turns token mode on by itself), so without this a driver that ran a local Ray
+    earlier in this pytest process would present another token.
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL databases, the MLflow server, the Ray cluster
+
+
+@pytest.fixture(scope="module")
+def databases() -> Iterator[dict[str, str]]:
+    """Fresh ``gradsweep_test_<random>_{mlflow,optuna}`` databases, dropped afterwards."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        admin = psycopg2.connect(dbname="postgres", connect_timeout=5, **PG)
+    except psycopg2.OperationalError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {exc}")
+    admin.autocommit = True
+    prefix = f"gradsweep_test_{secrets.token_hex(4)}"
+    names = {role: f"{prefix}_{role}" for role in ("mlflow", "optuna")}
+    try:
+        with admin.cursor() as cur:
+            for name in names.values():
+                cur.execute(f'CREATE DATABASE "{name}"')
+        yield {
+            role: f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{name}"
+            for role, name in names.items()
+        }
+    finally:
+        with admin.cursor() as cur:
+            for name in names.values():
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@dataclass
+class Cluster:
+    address: str
+    token: str
+    tracking_uri: str
+    node_ids: set[str]
+    services: list[Service]
+    root: Path
+
+
+def _base_env() -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in AUTH_VARS and not k.startswith("MLFLOW_")
+    }
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+def _mlflow_healthy(uri: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def cluster(databases: dict[str, str]) -> Iterator[Cluster]:
+    """deploy/start-mlflow.sh, deploy/start-head.sh and deploy/start-worker.sh, 1 CPU per node."""
+    import ray
+
+    # Short: Ray puts unix sockets under the temp dir, and their paths are limited to 107 bytes.
+    root = Path(tempfile.mkdtemp(prefix="gsw-", dir="/tmp"))
+    token = secrets.token_hex(32)
+    services: list[Service] = []
+    saved = {k: os.environ.get(k) for k in AUTH_VARS}
+    try:
+        mlflow_port, gcs, dashboard, *head_ports = _free_ports(9)
+        worker_ports = _free_ports(6)
+        tracking_uri = f"http://127.0.0.1:{mlflow_port}"
+        env = _base_env()
+        services.append(
+            Service.start(
+                "mlflow",
+                [str(DEPLOY / "start-mlflow.sh")],
+                {
+                    **env,
+                    "MLFLOW_BACKEND_STORE_URI": databases["mlflow"],
+                    "MLFLOW_ARTIFACTS_DESTINATION": str(root / "mlartifacts"),
+                    "MLFLOW_PORT": str(mlflow_port),
+                    "MLFLOW_WORKERS": "1",
+                },
+                root / "mlflow.log",
+            )
+        )
+        ray_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_BLOCK": "true"}
+        ray_env |= {"RAY_NUM_CPUS": "1", "RAY_INCLUDE_DASHBOARD": "false"}
+        # Two raylets on one machine: every per-node port must differ.
+        per_node = (
+            "--node-manager-port",
+            "--object-manager-port",
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port",
+            "--metrics-export-port",
+        )
+        head_args = [a for pair in zip(per_node, map(str, head_ports), strict=True) for a in pair]
+        head_env = {**ray_env, "RAY_TEMP_DIR": str(root / "head"), "RAY_HEAD_PORT": str(gcs)}
+        head_env["RAY_DASHBOARD_PORT"] = str(dashboard)
+        head = Service.start(
+            "ray-head", [str(DEPLOY / "start-head.sh"), *head_args], head_env, root / "head.log"
+        )
+        services.append(head)
+        _wait_for(
+            "ray head", (root / "head" / "ray_current_cluster").exists, services, timeout_s=60
+        )
+        worker_args = [
+            a for pair in zip(per_node, map(str, worker_ports), strict=True) for a in pair
+        ]
+        worker_env = {**ray_env, "RAY_TEMP_DIR": str(root / "worker")}
+        worker_env["RAY_HEAD_ADDRESS"] = f"127.0.0.1:{gcs}"
+        services.append(
+            Service.start(
+                "ray-worker",
+                [str(DEPLOY / "start-worker.sh"), *worker_args],
+                worker_env,
+                root / "worker.log",
+            )
+        )
+
+        # This process is the driver: the same token as the nodes.
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        os.environ.pop("RAY_ADDRESS", None)
+        os.environ |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+        _reload_ray_auth()
+        address = f"127.0.0.1:{gcs}"
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        try:
+            alive: list[str] = []
+
+            def two_nodes() -> bool:
+                alive[:] = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+                return len(alive) == 2
+
+            _wait_for("2 Ray nodes", two_nodes, services, timeout_s=60)
+            cpus = ray.cluster_resources().get("CPU")
+            assert cpus == 2, f"cluster has {cpus} CPUs"
+        finally:
+            ray.shutdown()
+        _wait_for("MLflow server", lambda: _mlflow_healthy(tracking_uri), services, timeout_s=90)
+        yield Cluster(address, token, tracking_uri, set(alive), services, root)
+    finally:
+        _stop_all(services, f"RAY_AUTH_TOKEN={token}".encode())
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _reload_ray_auth()
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+@pytest.fixture(scope="module")
+def study(cluster: Cluster, databases: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
+    """4 trials x 2 epochs, 2 at a time, 1 CPU each: one trial per node at any moment."""
+    out = tmp_path_factory.mktemp("cluster-study")  # Tune's storage_path: both nodes see it
+    config = load_config(
+        {
+            "name": "cluster",
+            "search": {
+                "activations": {
+                    "relu": {},
+                    "tanh": {},
+                    "elu": {"alpha": {"low": 0.5, "high": 1.5}},
+                },
+                "initializers": ["he_normal", "glorot_uniform"],
+                "batch_norm": ["none"],
+            },
+            "model": {"depth": 2, "width": 16},
+            "training": {"epochs": EPOCHS, "batch_size": 64},
+            "num_samples": N_TRIALS,
+            "max_concurrent": 2,
+            "resources": {"cpu": 1},
+            "tracking": {"experiment": "gradsweep-cluster-test"},
+            "output_dir": str(out),
+        }
+    )
+    # The Optuna storage comes the way a cluster deployment passes it: the environment.
+    os.environ["GRADSWEEP_OPTUNA_STORAGE"] = databases["optuna"]
+    try:
+        result = run_study(config, address=cluster.address, tracking_uri=cluster.tracking_uri)
+    finally:
+        os.environ.pop("GRADSWEEP_OPTUNA_STORAGE", None)
+    client = mlflow.MlflowClient(tracking_uri=cluster.tracking_uri)
+    runs = client.search_runs(
+        [result.experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{result.study_name}'"
+    )
+    return result, client, runs
+
+
+def test_driver_without_the_token_is_refused(cluster: Cluster) -> None:
+    env = {**_base_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env["RAY_gcs_server_port_wait_time_s"] = "2"  # tries to connect: 2 (default 20, 1 s apart)
+    code = f"import ray; ray.init(address={cluster.address!r})"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert re.search(r"(?i)auth|token|unauthenticated", done.stderr), done.stderr[-2000:]
+
+
+def test_trials_ran_on_both_nodes(cluster: Cluster, study) -> None:
+    result, _, runs = study
+    assert result.optuna_storage.startswith("postgresql+psycopg2://")
+    assert not [note for note in result.notes if "MLflow" in note], result.notes
+    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == result.parent_run_id]
+    assert len(children) == N_TRIALS
+    nodes = {r.data.tags["node_id"] for r in children}
+    assert nodes == cluster.node_ids, f"trials ran on {nodes}, cluster has {cluster.node_ids}"
+
+
+def test_optuna_study_is_in_postgresql(study, databases: dict[str, str]) -> None:
+    result, _, _ = study
+    loaded = optuna.load_study(study_name=result.study_name, storage=databases["optuna"])
+    assert len(loaded.trials) == N_TRIALS
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in loaded.trials)
+
+
+def test_mlflow_server_has_one_parent_and_n_children(study) -> None:
+    result, client, runs = study
+    parents = [r for r in runs if PARENT_TAG not in r.data.tags]
+    assert [p.info.run_id for p in parents] == [result.parent_run_id]
+    assert parents[0].info.status == "FINISHED"
+    assert len(runs) == 1 + N_TRIALS
+    for run in runs:
+        if run.info.run_id != result.parent_run_id:
+            assert run.data.tags[PARENT_TAG] == result.parent_run_id
+            assert run.info.status == "FINISHED"
+            assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == EPOCHS
+    # Artifacts go through the server (mlflow-artifacts:/), not to a path only the driver sees.
+    experiment = client.get_experiment(result.experiment_id)
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")
+    names = {a.path for a in client.list_artifacts(result.parent_run_id)}
+    assert {"leaderboard.csv", "config.json"} <= names
