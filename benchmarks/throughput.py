@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import math
@@ -130,16 +131,20 @@ def build_for(config: StudyConfig, params: dict[str, Any]) -> functools.partial:
 # (a) the raw loop
 
 
-def run_raw(config: StudyConfig, trials: list[dict[str, Any]], diagnostics: bool) -> float:
+def run_raw(
+    config: StudyConfig, trials: list[dict[str, Any]], diagnostics: bool, device: str = "cpu"
+) -> float:
     """Seconds for every trial trained sequentially with ``trainers.train``, as a trial would."""
     torch.set_num_threads(1)  # what each trial gets (resources.cpu = 1)
-    data = load_splits(config.data.name)
+    data = load_splits(config.data.name).to(device)
     t0 = time.perf_counter()
     for params in trials:
         spec = resolve_trial(config, params)
         seed_everything(config.training.seed)
-        model = build_for(config, params)()
+        model = build_for(config, params)().to(device)
         train(model, data, settings_for(config, spec.lr, diagnostics))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -265,6 +270,8 @@ class Probes:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.stamps: list[float] = []  # perf_counter() at each trial completion
+        self.events: list[tuple[str, str, float, float]] = []  # (kind, trial, time, epoch_s)
+        self.marks: dict[str, float] = {}
         self._lock = threading.Lock()
         self._saved: list[tuple[Any, str, Any]] = []
 
@@ -320,15 +327,101 @@ class Probes:
         self.wrap(study_module, "leaderboard", "leaderboard query")
         self.wrap(study_module, "connect_ray", "ray: start (connect_ray)")
         if tracker is not None:
-            complete = tracker.on_trial_complete
-
-            def stamp(*args: Any, **kwargs: Any) -> Any:
-                self.stamps.append(time.perf_counter())
-                return complete(*args, **kwargs)
-
-            self._saved.append((tracker, "on_trial_complete", complete))
-            tracker.on_trial_complete = stamp
+            for name in ("on_trial_start", "on_trial_result", "on_trial_complete"):
+                self._record(tracker, name)
+            for name in ("setup", "on_experiment_end"):
+                self._mark(tracker, name)
+        self._mark(tune.Tuner, "fit", end=True)
         return self
+
+    def _mark(self, owner: Any, name: str, end: bool = False) -> None:
+        """Record when ``name`` is entered (and left, with ``end``) in ``self.marks``."""
+        original = getattr(owner, name)
+
+        def mark(*args: Any, **kwargs: Any) -> Any:
+            self.marks.setdefault(name, time.perf_counter())
+            try:
+                return original(*args, **kwargs)
+            finally:
+                if end:
+                    self.marks[f"{name} end"] = time.perf_counter()
+
+        self._saved.append((owner, name, original))
+        setattr(owner, name, mark)
+
+    def fit_timeline(self) -> dict[str, float]:
+        """Seconds of ``Tuner.fit`` before the first trial starts, while trials run, after."""
+        m, starts, ends = self.marks, self._times("start"), self._times("complete")
+        if not ("fit" in m and "fit end" in m and starts and ends):
+            return {}
+        return {
+            "fit: until Tune set up": m.get("setup", m["fit"]) - m["fit"],
+            "fit: set up to first trial start": starts[0] - m.get("setup", m["fit"]),
+            "fit: first trial start to last trial end": ends[-1] - starts[0],
+            "fit: last trial end to return": m["fit end"] - ends[-1],
+        }
+
+    def _times(self, kind: str) -> list[float]:
+        return sorted(t for k, _, t, _ in self.events if k == kind)
+
+    def _record(self, owner: Any, name: str) -> None:
+        """Time-stamp a Tune callback event (Tune passes everything by keyword)."""
+        original = getattr(owner, name)
+        kind = name.removeprefix("on_trial_")
+
+        def record(*args: Any, **kwargs: Any) -> Any:
+            now = time.perf_counter()
+            trial = kwargs.get("trial")
+            result = kwargs.get("result") or {}
+            with self._lock:
+                self.events.append(
+                    (
+                        kind,
+                        getattr(trial, "trial_id", "?"),
+                        now,
+                        float(result.get("epoch_seconds", 0.0)),
+                    )
+                )
+                if kind == "complete":
+                    self.stamps.append(now)
+            return original(*args, **kwargs)
+
+        self._saved.append((owner, name, original))
+        setattr(owner, name, record)
+
+    def trial_breakdown(self) -> dict[str, float]:
+        """Where each trial's time went, summed over trials, from the driver's event times.
+
+        ``epoch compute``: the epochs' own ``epoch_seconds`` (training + evaluation, without
+        diagnostics); ``start``: trial start to first result, less that epoch (actor start or
+        reuse, imports, data, build, report latency); ``between epochs``: time between results
+        less the epoch (diagnostics, checkpoint write and upload, report round trip);
+        ``finish``: last result to completion. ``span`` is the sum of all four.
+        """
+        by_trial: dict[str, list[tuple[str, float, float]]] = {}
+        for kind, trial, t, epoch_s in self.events:
+            by_trial.setdefault(trial, []).append((kind, t, epoch_s))
+        out = {
+            "epoch compute": 0.0,
+            "start": 0.0,
+            "between epochs": 0.0,
+            "finish": 0.0,
+            "span": 0.0,
+        }
+        for events in by_trial.values():
+            starts = [t for k, t, _ in events if k == "start"]
+            results = [(t, e) for k, t, e in events if k == "result"]
+            ends = [t for k, t, _ in events if k == "complete"]
+            if not (starts and results and ends):
+                continue
+            out["span"] += ends[-1] - starts[0]
+            out["epoch compute"] += sum(e for _, e in results)
+            out["start"] += results[0][0] - starts[0] - results[0][1]
+            out["between epochs"] += sum(
+                t - prev - e for (prev, _), (t, e) in itertools.pairwise(results)
+            )
+            out["finish"] += ends[-1] - results[-1][0]
+        return out
 
     def __exit__(self, *exc: object) -> None:
         for owner, name, original in reversed(self._saved):
@@ -377,7 +470,13 @@ def run_gradsweep(
         f"  (c) same configurations as (a): {same == asked}; Optuna states: {sorted(states)}; "
         f"MLflow child runs: {len(children)}"
     )
-    return seconds, {"trial_epoch_seconds": epoch_seconds, **probes.seconds}
+    trial_parts = {f"trials: {k}": v for k, v in probes.trial_breakdown().items()}
+    return seconds, {
+        "trial_epoch_seconds": epoch_seconds,
+        **probes.seconds,
+        **probes.fit_timeline(),
+        **trial_parts,
+    }
 
 
 def time_ray_start_stop() -> tuple[float, float]:
@@ -592,28 +691,27 @@ def run_driver(trials: int, searcher: str, tmp: Path) -> dict[str, Any]:
         study_module.run_trial = real
         ray.shutdown()
     stamps = probes.stamps
-    window = max(2, trials // 10)
-    first = (stamps[window - 1] - stamps[0]) / (window - 1) if len(stamps) >= window else math.nan
-    last = (stamps[-1] - stamps[-window]) / (window - 1) if len(stamps) >= window else math.nan
+    half = stamps[len(stamps) // 2 :]
+    tail = stamps[-max(2, trials // 10) :]
     return {
         "wall": wall,
         "driver_cpu": cpu,
         "completed": len(stamps),
-        "first_window_s_per_trial": first,
-        "last_window_s_per_trial": last,
-        "window": window,
+        # Mean time between trial completions, start-up excluded: the steady per-trial cost.
+        "steady_last_half": (half[-1] - half[0]) / (len(half) - 1) if len(half) > 1 else math.nan,
+        "steady_last_tenth": (tail[-1] - tail[0]) / (len(tail) - 1) if len(tail) > 1 else math.nan,
         **probes.seconds,
     }
 
 
-def part_driver(quick: bool, out: dict[str, Any]) -> None:
+def part_driver(quick: bool, out: dict[str, Any], searchers: list[str]) -> None:
     sizes = (20, 200) if quick else (100, 1000)
     print(
         f"\n== driver: search.run_study with a trivial trainable, {CONCURRENCY} at a time, "
-        f"1 epoch, no checkpoints, no diagnostics, Optuna and MLflow on SQLite, Ray pre-started"
+        "1 epoch, no checkpoints, no diagnostics, Optuna and MLflow on SQLite, Ray pre-started"
     )
     out["driver"] = {}
-    for searcher in ("tpe", "random"):
+    for searcher in searchers:
         per = {}
         for n in sizes:
             with tempfile.TemporaryDirectory(prefix="gradsweep-driver-") as tmp:
@@ -625,22 +723,22 @@ def part_driver(quick: bool, out: dict[str, Any]) -> None:
             print(
                 f"  {searcher:6s} {n:5d} trials: wall {r['wall']:6.1f} s = "
                 f"{r['wall'] / n * 1000:6.1f} ms/trial; driver process CPU "
-                f"{r['driver_cpu'] / n * 1000:6.1f} ms/trial; between completions: first "
-                f"{r['window']} trials {r['first_window_s_per_trial'] * 1000:.1f} ms, last "
-                f"{r['window']} {r['last_window_s_per_trial'] * 1000:.1f} ms"
+                f"{r['driver_cpu'] / n * 1000:6.1f} ms/trial; between completions "
+                f"{r['steady_last_half'] * 1000:.1f} ms over the last half, "
+                f"{r['steady_last_tenth'] * 1000:.1f} ms over the last tenth"
             )
-            print(f"         per trial, ms: {parts}")
+            print(f"         summed per trial, ms: {parts}")
         small, large = sizes
         growth = (per[large]["wall"] / large) / (per[small]["wall"] / small)
-        marginal = per[large]["last_window_s_per_trial"] / per[small]["first_window_s_per_trial"]
+        steady = per[large]["steady_last_tenth"] / per[small]["steady_last_half"]
         print(
-            f"  {searcher:6s} wall per trial at {large} vs {small}: {growth:.2f}x; time between "
-            f"completions, last {per[large]['window']} of {large} vs first "
-            f"{per[small]['window']} of {small}: {marginal:.2f}x (target <= 2x)"
+            f"  {searcher:6s} wall per trial, {large} vs {small} trials: {growth:.2f}x; time "
+            f"between completions, last tenth of {large} vs last half of {small}: {steady:.2f}x "
+            "(target <= 2x)"
         )
         out["driver"][searcher] = {str(k): v for k, v in per.items()} | {
             "growth_wall_per_trial": growth,
-            "growth_marginal": marginal,
+            "growth_steady": steady,
         }
 
 
@@ -652,6 +750,11 @@ def main() -> None:
     parser.add_argument("--only", choices=["throughput", "fused", "driver"], default=None)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--driver-searchers",
+        default="tpe",
+        help="comma-separated searchers for the driver part (tpe is the default study's)",
+    )
     args = parser.parse_args()
     logging.getLogger("ray").setLevel(logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.ERROR)
@@ -667,7 +770,12 @@ def main() -> None:
     )
     out: dict[str, Any] = {}
     t0 = time.perf_counter()
-    parts = {"throughput": part_throughput, "fused": part_fused, "driver": part_driver}
+    searchers = [x.strip() for x in args.driver_searchers.split(",") if x.strip()]
+    parts = {
+        "throughput": part_throughput,
+        "fused": part_fused,
+        "driver": functools.partial(part_driver, searchers=searchers),
+    }
     for name, part in parts.items():
         if args.only in (None, name):
             before = os.getloadavg()[0]

@@ -12,10 +12,13 @@
 #   MLFLOW_ALLOWED_HOSTS          [MLflow's: localhost, private IPs] Host headers to accept, e.g.
 #                                 "mlflow,mlflow:*,localhost:*,127.0.0.1:*" behind a compose name
 #   MLFLOW_AUTH                   [none] "basic": username/password on every request except /health
-#                                 (needs MLFLOW_AUTH_ADMIN_PASSWORD on first start and
-#                                 MLFLOW_FLASK_SERVER_SECRET_KEY; MLFLOW_AUTH_CONFIG_PATH may point
-#                                 to an .ini whose database_uri keeps users in PostgreSQL). Clients
-#                                 then set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.
+#                                 (needs the mlflow[auth] extra, MLFLOW_FLASK_SERVER_SECRET_KEY and,
+#                                 on first start, MLFLOW_AUTH_ADMIN_PASSWORD for user "admin").
+#                                 Clients set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.
+#   MLFLOW_AUTH_DATABASE_URI      [./basic_auth.db] where basic auth keeps its users, e.g.
+#                                 postgresql+psycopg2://USER:PASSWORD@HOST:5432/mlflow_auth
+#   MLFLOW_AUTH_DEFAULT_PERMISSION [READ] what a user may do on others' experiments: READ, EDIT,
+#                                 MANAGE or NO_PERMISSIONS (ignored with MLFLOW_AUTH_CONFIG_PATH)
 # Any arguments are passed on to `mlflow server`.
 set -euo pipefail
 
@@ -43,6 +46,16 @@ case "${MLFLOW_AUTH:-none}" in
     basic)
         [[ -n "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]] \
             || die "MLFLOW_AUTH=basic needs MLFLOW_FLASK_SERVER_SECRET_KEY (a long random string)"
+        if [[ -n "${MLFLOW_AUTH_DATABASE_URI:-}" && -z "${MLFLOW_AUTH_CONFIG_PATH:-}" ]]; then
+            # MLflow reads these two settings from an .ini only; it holds a password: 0600.
+            config="$(mktemp -d)/basic_auth.ini"
+            (
+                umask 077
+                printf '[mlflow]\ndefault_permission = %s\ndatabase_uri = %s\n' \
+                    "${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}" "${MLFLOW_AUTH_DATABASE_URI//%/%%}" >"$config"
+            )
+            export MLFLOW_AUTH_CONFIG_PATH="$config"
+        fi
         args+=(--app-name basic-auth)
         ;;
     *) die "MLFLOW_AUTH must be none or basic (got '$MLFLOW_AUTH')" ;;

@@ -80,7 +80,9 @@ ACTIVATIONS: dict[str, Activation] = {
             "tanh",
             lambda alpha=None, width=0, **_: nn.Tanh(),
             "sigmoid",
-            closed_form=lambda z, _: (torch.exp(z) - torch.exp(-z)) / (torch.exp(z) + torch.exp(-z)),
+            closed_form=lambda z, _: (
+                (torch.exp(z) - torch.exp(-z)) / (torch.exp(z) + torch.exp(-z))
+            ),
         ),
         Activation(
             "softsign",
@@ -138,8 +140,9 @@ ACTIVATIONS: dict[str, Activation] = {
             lambda alpha=None, width=0, **_: nn.SELU(),
             "selu",
             alpha_doc="none: lambda and alpha are fixed constants",
-            closed_form=lambda z, _: SELU_LAMBDA
-            * torch.where(z > 0, z, SELU_ALPHA * (torch.exp(z) - 1)),
+            closed_form=lambda z, _: (
+                SELU_LAMBDA * torch.where(z > 0, z, SELU_ALPHA * (torch.exp(z) - 1))
+            ),
         ),
         Activation(
             "gelu",
@@ -157,7 +160,9 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 
-def build_activation(name: str, alpha: object = None, width: int = 1, **options: object) -> nn.Module:
+def build_activation(
+    name: str, alpha: object = None, width: int = 1, **options: object
+) -> nn.Module:
     """Build activation ``name``; ``alpha=None`` takes the literature default."""
     spec = ACTIVATIONS[name]
     if spec.alpha_kind == "none":

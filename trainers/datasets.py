@@ -105,7 +105,9 @@ def table(path: str | None = None, target: str | None = None) -> Arrays:
         c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c].dtype)
     ]
     if non_numeric:
-        raise DataError(f"data.options.path: non-numeric feature columns {non_numeric} in {file.name}")
+        raise DataError(
+            f"data.options.path: non-numeric feature columns {non_numeric} in {file.name}"
+        )
     labels = np.unique(frame[target].to_numpy(), return_inverse=True)[1]
     return Arrays(features.to_numpy(dtype=np.float32), labels)
 

@@ -39,7 +39,10 @@ def hidden_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def saturation_fraction(module: nn.Module, out: torch.Tensor) -> float | None:
-    """Share of outputs within 1% (of the output range) of an asymptote; None if not saturating."""
+    """Share of outputs within 0.01 of an asymptote; None if the module does not saturate.
+
+    0.01 is 1% of the asymptote's size (1 for all three), so 1% of sigmoid's range, 0.5% of tanh's.
+    """
     for kind, (low, high) in _SATURATING.items():
         if isinstance(module, kind):
             margin = 0.01 * (high - low) / (1.0 if low == 0.0 else 2.0)
@@ -64,7 +67,7 @@ class GradientProbe:
         }
 
     def gradients(self) -> dict[str, torch.Tensor]:
-        """Weight gradients of every hidden layer on the probe batch (train mode, no side effects)."""
+        """Each hidden layer's weight gradient on the probe batch (train mode, no side effects)."""
         return self._run()[0]
 
     def measure(self) -> dict[str, float]:

@@ -332,7 +332,9 @@ def train_fused(
         model.keep_([seeds.index(s.seed) for s in live])
         model.load_state_dict(resume["model"])
         optimizer = make_optimizer(model.parameters())
-        optimizer.load_state_dict(resume["optimizer"])
+        # A copy: load_state_dict keeps the tensors it is given, and the run would then write
+        # into the caller's checkpoint.
+        optimizer.load_state_dict(copy.deepcopy(resume["optimizer"]))
         for s in live:
             s.best_val = float(resume["best_val_accuracy"][s.seed])
             restore_shuffle(

@@ -139,21 +139,23 @@ class LoopState:
         A deep copy: ``state_dict()`` shares storage with the live parameters and optimizer
         moments, so a checkpoint kept in memory would otherwise drift as training goes on.
         """
-        return copy.deepcopy({
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch,
-            "best_val_accuracy": self.best_val_accuracy,
-            "settings": self.settings.__dict__,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-                # On a GPU dropout and RReLU draw from the CUDA generators.
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                **({"shuffle": self.shuffle.get_state()} if self.shuffle is not None else {}),
-            },
-        })
+        return copy.deepcopy(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epoch,
+                "best_val_accuracy": self.best_val_accuracy,
+                "settings": self.settings.__dict__,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "numpy": np.random.get_state(),
+                    "python": random.getstate(),
+                    # On a GPU dropout and RReLU draw from the CUDA generators.
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    **({"shuffle": self.shuffle.get_state()} if self.shuffle is not None else {}),
+                },
+            }
+        )
 
 
 OnEpoch = Callable[[EpochReport, LoopState], "str | None"]
@@ -230,9 +232,17 @@ def train(
             seen += idx.numel()
 
         if diverged:
-            report = EpochReport(epoch, math.nan, math.nan, 0.0, 0.0, best_val,
-                                 time.perf_counter() - t0, diverged=True,
-                                 diagnostics=learned_slopes(model))
+            report = EpochReport(
+                epoch,
+                math.nan,
+                math.nan,
+                0.0,
+                0.0,
+                best_val,
+                time.perf_counter() - t0,
+                diverged=True,
+                diagnostics=learned_slopes(model),
+            )
         else:
             val_loss, val_accuracy = evaluate(model, data.x_val, data.y_val)
             _, test_accuracy = evaluate(model, data.x_test, data.y_test)
@@ -242,14 +252,29 @@ def train(
             diagnostics = probe.measure() if probe is not None and not diverged else {}
             diagnostics.update(learned_slopes(model))
             # Mean over the samples trained on: a skipped single-sample batch is not counted.
-            report = EpochReport(epoch, total / max(seen, 1), val_loss, val_accuracy, test_accuracy, best_val,
-                                 seconds, diverged=diverged, diagnostics=diagnostics)
+            report = EpochReport(
+                epoch,
+                total / max(seen, 1),
+                val_loss,
+                val_accuracy,
+                test_accuracy,
+                best_val,
+                seconds,
+                diverged=diverged,
+                diagnostics=diagnostics,
+            )
         history.append(report)
         state = LoopState(model, optimizer, epoch, best_val, settings, shuffle)
         reason = on_epoch(report, state) if on_epoch is not None else None
         if report.diverged:
-            return TrainResult("diverged", epoch, best_val, test_accuracy, history,
-                               f"non-finite loss in epoch {epoch}")
+            return TrainResult(
+                "diverged",
+                epoch,
+                best_val,
+                test_accuracy,
+                history,
+                f"non-finite loss in epoch {epoch}",
+            )
         if reason:
             return TrainResult("stopped", epoch, best_val, test_accuracy, history, reason)
 

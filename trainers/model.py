@@ -81,13 +81,17 @@ def build_mlp(
         parts: OrderedDict[str, nn.Module] = OrderedDict(linear=linear)
         if batch_norm == "before":
             parts["bn"] = nn.BatchNorm1d(width)
-        parts["act"] = build_activation(activation, alpha, width, per_unit=prelu_per_unit) if (
-            activation == "prelu"
-        ) else build_activation(activation, alpha, width)
+        parts["act"] = (
+            build_activation(activation, alpha, width, per_unit=prelu_per_unit)
+            if (activation == "prelu")
+            else build_activation(activation, alpha, width)
+        )
         if batch_norm == "after":
             parts["bn"] = nn.BatchNorm1d(width)
         if dropout > 0:
-            parts["dropout"] = nn.AlphaDropout(dropout) if activation == "selu" else nn.Dropout(dropout)
+            parts["dropout"] = (
+                nn.AlphaDropout(dropout) if activation == "selu" else nn.Dropout(dropout)
+            )
         blocks[layer_name(i)] = nn.Sequential(parts)
         fan_in = width
     head = nn.Linear(fan_in, n_classes)

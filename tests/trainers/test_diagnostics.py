@@ -21,6 +21,7 @@ from trainers import (
     summarize,
     train,
 )
+from trainers.diagnostics import saturation_fraction
 
 NAMES = list(ACTIVATIONS)
 SIGMOIDS = [n for n, spec in ACTIVATIONS.items() if spec.family == "sigmoid"]
@@ -100,7 +101,9 @@ def test_probing_does_not_change_training(digits: Splits, activation: str) -> No
     for diagnostics in (False, True):
         seed_everything(0)
         net = build(digits, activation, batch_norm="before", dropout=0.1)
-        result = train(net, digits, TrainSettings(**{**settings.__dict__, "diagnostics": diagnostics}))
+        result = train(
+            net, digits, TrainSettings(**{**settings.__dict__, "diagnostics": diagnostics})
+        )
         runs.append((result, net.state_dict()))
     (off, weights_off), (on, weights_on) = runs
     assert [(r.train_loss, r.val_loss, r.val_accuracy) for r in off.history] == [
@@ -170,6 +173,25 @@ def test_update_ratio_after_an_epoch(digits: Splits) -> None:
     assert torch.equal(net.layer_01.linear.weight, w0 * 1.1)
 
 
+@pytest.mark.parametrize(
+    ("module", "outputs"),
+    [
+        (nn.Sigmoid(), [0.005, 0.995, 0.5, 0.98]),
+        (nn.Tanh(), [-0.995, 0.995, 0.0, 0.98]),
+        (nn.Softsign(), [-0.995, 0.995, 0.0, -0.98]),
+    ],
+)
+def test_saturation_fraction_counts_outputs_near_an_asymptote(
+    module: nn.Module, outputs: list[float]
+) -> None:
+    """Within 0.01 of an asymptote counts (the first two of each case), 0.02 away does not."""
+    assert saturation_fraction(module, torch.tensor(outputs)) == pytest.approx(0.5)
+
+
+def test_saturation_fraction_is_none_for_non_saturating_modules() -> None:
+    assert saturation_fraction(nn.ReLU(), torch.ones(3)) is None
+
+
 def layer_norms(norms: list[float]) -> dict[str, float]:
     return {f"diag/grad_norm/layer_{i:02d}": v for i, v in enumerate(norms, start=1)}
 
@@ -207,4 +229,4 @@ def test_summarize_dying_and_saturated() -> None:
     assert summarize(metrics)["diag/saturated"] == 0.0
     metrics = {**layer_norms([1.0, 1.0]), "diag/saturation/layer_01": 0.4}
     assert summarize(metrics)["diag/saturated"] == 0.0
-    assert summarize({})== {}
+    assert summarize({}) == {}

@@ -196,6 +196,9 @@ def test_resume_from_checkpoint_is_bit_exact(data) -> None:
         assert r.test_accuracy == s.test_accuracy
         if s.outcome == "completed":
             assert [e.val_loss for e in r.history] == [e.val_loss for e in s.history[1:]]
+    # The checkpoint is not written into: resuming from it again gives the same run.
+    again = train_fused(build, SEEDS, data, settings, resume=saved["checkpoint"])
+    assert [r.best_val_accuracy for r in again] == [r.best_val_accuracy for r in resumed]
 
 
 def test_stop_reason_stops_every_seed(data) -> None:

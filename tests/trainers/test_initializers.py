@@ -62,7 +62,9 @@ def expected(
     """(distribution, scale): the bound for ``"uniform"``, the std for ``"normal"``."""
     if init == "matched":
         family = "sigmoid" if activation is None else ACTIVATIONS[activation].family
-        return expected(MATCHED_BY_FAMILY.get(family, "he_normal"), activation, alpha, fan_in, fan_out)
+        return expected(
+            MATCHED_BY_FAMILY.get(family, "he_normal"), activation, alpha, fan_in, fan_out
+        )
     formulas = {
         "pytorch_default": ("uniform", 1.0 / math.sqrt(fan_in)),
         "glorot_uniform": ("uniform", math.sqrt(6.0 / (fan_in + fan_out))),
@@ -79,7 +81,9 @@ def expected(
     return formulas[init]
 
 
-def initialized(init: str, activation: str | None, alpha: object, shape: tuple[int, int]) -> nn.Linear:
+def initialized(
+    init: str, activation: str | None, alpha: object, shape: tuple[int, int]
+) -> nn.Linear:
     linear = nn.Linear(*shape)
     initialize(linear, init, activation, alpha)
     return linear

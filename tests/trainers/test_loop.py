@@ -1,4 +1,4 @@
-"""Contract tests for the training loop: determinism, resume, stop, divergence, per-epoch reports."""
+"""Contract tests for the training loop: determinism, resume, stop, divergence, epoch reports."""
 
 from __future__ import annotations
 
@@ -189,8 +189,9 @@ def test_train_loss_is_the_mean_over_trained_samples(digits: Splits) -> None:
     with torch.no_grad():
         net.head.weight.zero_()
         net.head.bias.zero_()
-    settings = TrainSettings(epochs=1, batch_size=batch_size, lr=0.0, optimizer="sgd",
-                             momentum=0.0, diagnostics=False)
+    settings = TrainSettings(
+        epochs=1, batch_size=batch_size, lr=0.0, optimizer="sgd", momentum=0.0, diagnostics=False
+    )
     result = train(net, digits, settings)
     assert result.history[0].train_loss == pytest.approx(math.log(10), rel=1e-6)
 
@@ -198,8 +199,16 @@ def test_train_loss_is_the_mean_over_trained_samples(digits: Splits) -> None:
 def test_metrics_are_flat_and_include_diagnostics(digits: Splits) -> None:
     result = train(build(digits), digits, TrainSettings(epochs=1, diagnostics=True))
     metrics = result.history[0].metrics()
-    for key in ("epoch", "train_loss", "val_loss", "val_accuracy", "test_accuracy",
-                "best_val_accuracy", "epoch_seconds", "diverged"):
+    for key in (
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_accuracy",
+        "test_accuracy",
+        "best_val_accuracy",
+        "epoch_seconds",
+        "diverged",
+    ):
         assert key in metrics
     assert metrics["diverged"] == 0.0
     assert "diag/grad_norm/layer_01" in metrics

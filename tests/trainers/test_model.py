@@ -63,7 +63,10 @@ def test_dropout_kind(activation: str) -> None:
     for block in model.hidden:
         assert type(block[-1]) is want
         assert block[-1].p == 0.1
-    assert not any(isinstance(m, nn.Dropout | nn.AlphaDropout) for m in build_mlp(5, 3, 2, 8, activation).modules())
+    assert not any(
+        isinstance(m, nn.Dropout | nn.AlphaDropout)
+        for m in build_mlp(5, 3, 2, 8, activation).modules()
+    )
 
 
 @pytest.mark.parametrize("activation", NAMES)
@@ -119,8 +122,10 @@ def test_vanishing_gradients_are_real() -> None:
     """Logistic + default init starves the first layers (Glorot 2010); ELU + He does not."""
     logistic = first_last_gradient_ratio("logistic", "pytorch_default")
     elu = first_last_gradient_ratio("elu", "he_normal")
-    print(f"\nfirst/last weight-gradient norm, 20x64 on digits: logistic+pytorch_default "
-          f"{logistic:.3e}, elu+he_normal {elu:.3e}")
+    print(
+        f"\nfirst/last weight-gradient norm, 20x64 on digits: logistic+pytorch_default "
+        f"{logistic:.3e}, elu+he_normal {elu:.3e}"
+    )
     assert logistic < 1e-2
     assert elu > 0.1
 

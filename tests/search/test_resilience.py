@@ -1,0 +1,203 @@
+"""Nothing lost: a SIGKILLed driver resumes, an MLflow outage loses no metric point.
+
+Real processes: the driver is `python -m search.cli` in its own process group (so killing it
+takes its embedded Ray with it, and nothing else); the MLflow server is deploy/start-mlflow.sh.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from contextlib import closing, suppress
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from search.tracking import OUTCOME_TAG, PARENT_TAG, STUDY_TAG
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+TERMINAL = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def _free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(argv: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                start_new_session=True)
+
+
+def _kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+
+
+def _wait(what: str, ready: Callable[[], bool], timeout_s: float, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with suppress(Exception):
+            if ready():
+                return
+        time.sleep(0.2)
+    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+    raise TimeoutError(f"{what} not reached in {timeout_s:.0f} s\n{tail}")
+
+
+def _config(tmp_path: Path, name: str, **extra: object) -> Path:
+    config = {
+        "name": name,
+        "data": {"name": "synthetic", "options": {"n_samples": 20000, "n_features": 40}},
+        "search": {"activations": ["relu", "elu", "tanh"], "initializers": ["he_normal"], "lr": 0.003},
+        "model": {"depth": 4, "width": 128},
+        "training": {"epochs": 6, "batch_size": 32},
+        "diagnostics": {"enabled": False},
+        "num_samples": 6,
+        "max_concurrent": 2,
+        "output_dir": str(tmp_path / "out"),
+        **extra,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _children(client: mlflow.MlflowClient, study: str):
+    parents = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`{STUDY_TAG}` = '{study}' and tags.`gradsweep.role` = 'study'",
+    )
+    assert len(parents) == 1, "exactly one parent run per study"
+    parent = parents[0]
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'"
+    )
+    return parent, children
+
+
+def test_driver_loss_then_resume(tmp_path: Path) -> None:
+    config = _config(tmp_path, "drv")
+    db = tmp_path / "out" / "optuna.db"
+    uri = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
+    log = tmp_path / "driver.log"
+    driver = _start([sys.executable, "-m", "search.cli", "run", str(config), "--study", "drv"], tmp_path, log)
+
+    def ready_to_kill() -> bool:
+        """Two trials finished, and a running one has checkpointed at least 2 epochs."""
+        trials = optuna.load_study(study_name="drv", storage=f"sqlite:///{db}").trials
+        running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        done = sum(t.state in TERMINAL for t in trials)
+        ray_dir = tmp_path / "out" / "ray" / "drv"
+        return done >= 2 and any(
+            len(list(ray_dir.glob(f"t{n:03d}_*/checkpoint_*/checkpoint.pt"))) >= 2 for n in running
+        )
+
+    try:
+        _wait("2 finished trials and a running checkpointed one", ready_to_kill, 300, log)
+    finally:
+        _kill_group(driver)
+    before = optuna.load_study(study_name="drv", storage=f"sqlite:///{db}").trials
+    finished_before = {t.number for t in before if t.state in TERMINAL}
+    interrupted = {t.number for t in before if t.state == TrialState.RUNNING}
+    assert finished_before and interrupted and len(before) < 6 + 1
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    parent_before, children_before = _children(client, "drv")
+    ended_before = {r.data.tags["optuna.trial_number"]: r.info.end_time for r in children_before
+                    if r.info.status != "RUNNING"}
+
+    resume = subprocess.run(
+        [sys.executable, "-m", "search.cli", "resume", "--study", "drv", "--tracking-uri", uri],
+        cwd=tmp_path, capture_output=True, text=True, timeout=400,
+    )
+    assert resume.returncode == 0, resume.stdout[-3000:] + resume.stderr[-3000:]
+
+    after = optuna.load_study(study_name="drv", storage=f"sqlite:///{db}").trials
+    assert sorted(t.number for t in after) == list(range(6)), "no duplicate, none missing"
+    assert all(t.state in TERMINAL for t in after)
+    parent, children = _children(client, "drv")
+    assert parent.info.run_id == parent_before.info.run_id
+    assert parent.info.status == "FINISHED"
+    assert [r for r in children if r.info.status == "RUNNING"] == []
+    live = [r for r in children if r.data.tags.get(OUTCOME_TAG) != "interrupted"]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in live) == list(range(6))
+    for run in live:  # finished trials were not re-run
+        number = run.data.tags["optuna.trial_number"]
+        if int(number) in finished_before and number in ended_before:
+            assert run.info.end_time == ended_before[number]
+            assert "gradsweep.resumed_from" not in run.data.tags
+    resumed = [r for r in live if "gradsweep.resumed_from" in r.data.tags]
+    assert {int(r.data.tags["optuna.trial_number"]) for r in resumed} == interrupted
+    continued = 0
+    for run in resumed:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+        assert steps == list(range(steps[0], 7)), "one point per epoch it ran"
+        continued += steps[0] > 1
+    assert continued >= 1, "at least one interrupted trial continued from its checkpoint"
+    board = client.download_artifacts(parent.info.run_id, "leaderboard.csv", str(tmp_path))
+    assert len(Path(board).read_text().strip().splitlines()) == 7
+
+
+def _healthy(url: str) -> bool:
+    with urllib.request.urlopen(url + "/health", timeout=2) as r:
+        return r.status == 200
+
+
+def test_mlflow_outage_loses_no_metric_point(tmp_path: Path) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server_env = {
+        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'server.db'}",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
+        "MLFLOW_PORT": str(port),
+        "MLFLOW_WORKERS": "1",
+        "MLFLOW_BIN": str(Path(sys.executable).parent / "mlflow"),
+    }
+    server_log = tmp_path / "server.log"
+    start = [str(ROOT / "deploy" / "start-mlflow.sh")]
+    server = _start(start, tmp_path, server_log, server_env)
+    driver = None
+    try:
+        _wait("mlflow server", lambda: _healthy(url), 90, server_log)
+        config = _config(tmp_path, "outage", num_samples=4, training={"epochs": 8, "batch_size": 32})
+        log = tmp_path / "driver.log"
+        driver = _start([sys.executable, "-m", "search.cli", "run", str(config), "--study", "outage",
+                         "--tracking-uri", url], tmp_path, log)
+        client = mlflow.MlflowClient(tracking_uri=url)
+        _wait("first epochs in MLflow", lambda: any(
+            client.get_metric_history(r.info.run_id, "val_accuracy") for r in _children(client, "outage")[1]
+        ), 240, log)
+        _kill_group(server, signal.SIGTERM)  # the outage: ~10 s without a tracking server
+        time.sleep(10)
+        server = _start(start, tmp_path, server_log, server_env)
+        _wait("mlflow server back", lambda: _healthy(url), 90, server_log)
+        assert driver.poll() is None, "the outage must fall inside the search"
+        assert driver.wait(timeout=400) == 0, log.read_text()[-3000:]
+        _, children = _children(client, "outage")
+        assert len(children) == 4
+        for run in children:
+            assert run.info.status == "FINISHED"
+            epochs = int(run.data.metrics["epochs_run"])
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+            assert steps == list(range(1, epochs + 1)), f"{run.info.run_name}: {steps}"
+        assert not list((tmp_path / "out" / "mlflow-spool").glob("*.jsonl")), "nothing left to sync"
+    finally:
+        if driver is not None and driver.poll() is None:
+            _kill_group(driver)
+        _kill_group(server, signal.SIGTERM)
