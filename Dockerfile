@@ -18,13 +18,13 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
     fi
 
 WORKDIR /app
-# Dependencies before sources, so editing code doesn't reinstall them. ray[default] adds the
-# dashboard; the project's own pin keeps it at the version gradsweep is tested with.
+# ray[default] adds the Ray dashboard, mlflow[auth] the server's optional basic auth; the
+# project's own pins keep both at the versions gradsweep is tested with.
 COPY pyproject.toml README.md ./
 COPY search search
 COPY spaces spaces
 COPY trainers trainers
-RUN pip install . "ray[default]" "optuna-dashboard>=0.20"
+RUN pip install . "ray[default]" "mlflow[auth]" "optuna-dashboard>=0.20"
 COPY deploy deploy
 
 # Non-root: trials run arbitrary configurations; /app/gradsweep-runs is the shared Ray storage

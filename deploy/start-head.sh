@@ -5,8 +5,9 @@
 #   RAY_AUTH_MODE          must be "token"
 #   RAY_AUTH_TOKEN         the cluster's shared secret; the same on every node and every driver
 #   RAY_NODE_IP_ADDRESS    [127.0.0.1] address other nodes reach this one on; "auto" lets Ray pick
+#                          (Ray advertises 127.0.0.1 as this machine's own reachable address)
 #   RAY_HEAD_PORT          [6379] GCS port; workers join HEAD_IP:RAY_HEAD_PORT
-#   RAY_INCLUDE_DASHBOARD  [true]
+#   RAY_INCLUDE_DASHBOARD  [true] the dashboard needs ray[default] (the image has it)
 #   RAY_DASHBOARD_HOST     [127.0.0.1] interface the dashboard binds to (0.0.0.0 in a container)
 #   RAY_DASHBOARD_PORT     [8265]
 #   RAY_NUM_CPUS, RAY_NUM_GPUS  [detected] resources this node offers to trials

@@ -47,11 +47,11 @@ case "${MLFLOW_AUTH:-none}" in
         [[ -n "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]] \
             || die "MLFLOW_AUTH=basic needs MLFLOW_FLASK_SERVER_SECRET_KEY (a long random string)"
         if [[ -n "${MLFLOW_AUTH_DATABASE_URI:-}" && -z "${MLFLOW_AUTH_CONFIG_PATH:-}" ]]; then
-            # MLflow reads these two settings from an .ini only; it holds a password: 0600.
+            # MLflow reads these settings from an .ini only; it may hold a password: 0600.
             config="$(mktemp -d)/basic_auth.ini"
             (
                 umask 077
-                printf '[mlflow]\ndefault_permission = %s\ndatabase_uri = %s\n' \
+                printf '[mlflow]\ndefault_permission = %s\ndatabase_uri = %s\nadmin_username = admin\n' \
                     "${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}" "${MLFLOW_AUTH_DATABASE_URI//%/%%}" >"$config"
             )
             export MLFLOW_AUTH_CONFIG_PATH="$config"

@@ -160,28 +160,92 @@ def leaderboard(
     ] = None,
     top: Annotated[int | None, typer.Option(min=1, help="Show the best N only.")] = None,
     format: Annotated[str, typer.Option("--format", help="table, csv, markdown or json.")] = "table",
+    by: Annotated[
+        str | None, typer.Option(help="Factor table instead: activation, init, bn or activation_bn.")
+    ] = None,
 ) -> None:
-    """Print a study's leaderboard, read from MLflow."""
+    """Print a study's leaderboard (or a factor table with CIs and tests), read from MLflow."""
     if format not in ("table", "csv", "markdown", "json"):
         raise fail(f"--format: {format!r} is not one of table, csv, markdown, json")
+    if by is not None and by not in ("activation", "init", "bn", "activation_bn"):
+        raise fail(f"--by: {by!r} is not one of activation, init, bn, activation_bn")
     _quiet()
-    from mlflow import MlflowClient
-
     from search.errors import UserError
     from search.leaderboard import leaderboard as board
     from search.leaderboard import render
+
+    try:
+        client = _tracking_client(tracking_uri)
+        frame = board(client, study)
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    if by is not None:
+        from search.analysis import factor_table, pairwise_tests
+
+        table, tests = factor_table(frame, by), pairwise_tests(frame, by)
+        if format == "table":
+            out.print(f"[bold]{study} by {by}[/] (trials that ran every epoch; 95% bootstrap CI of the mean)")
+            sys.stdout.write(table.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n\n")
+            out.print("pairwise Mann-Whitney U, Holm-corrected:")
+            sys.stdout.write(tests.to_string(index=False, float_format=lambda v: f"{v:.4g}") + "\n")
+        elif format == "csv":
+            sys.stdout.write(table.to_csv(index=False))
+        elif format == "json":
+            sys.stdout.write(table.to_json(orient="records", indent=2) + "\n")
+        else:
+            from search.report import _md
+
+            sys.stdout.write(_md(table) + "\n" + _md(tests))
+        return
+    text = render(frame, format, top=top, title=f"Leaderboard: {study}")  # type: ignore[arg-type]
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def _tracking_client(tracking_uri: str | None):  # noqa: ANN202
+    """An MlflowClient on the given (or default) tracking URI, checked first."""
+    from mlflow import MlflowClient
+
+    from search.errors import UserError
     from search.tracking import check_tracking_uri, default_tracking_uri
 
     uri = tracking_uri or os.environ.get("GRADSWEEP_TRACKING_URI") or default_tracking_uri(Path("gradsweep-runs"))
+    check_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"--tracking-uri: no MLflow database at {uri.removeprefix('sqlite:///')}")
+    return MlflowClient(tracking_uri=uri)
+
+
+@app.command()
+def report(
+    study: Annotated[str, typer.Option(help="Study name, as printed by 'gradsweep run'.")],
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="Where to write (default: OUTPUT/reports/STUDY).")] = None,
+    importance: Annotated[str, typer.Option(help="fanova or ped-anova.")] = "fanova",
+) -> None:
+    """Write the study report (claims, factor tables, importance, pictures) and log it on MLflow."""
+    if importance not in ("fanova", "ped-anova"):
+        raise fail(f"--importance: {importance!r} is not one of fanova, ped-anova")
+    _quiet()
+    from search.errors import UserError
+    from search.leaderboard import find_parent_run
+    from search.report import build_report
+
     try:
-        check_tracking_uri(uri)
-        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-            raise UserError(f"--tracking-uri: no MLflow database at {uri.removeprefix('sqlite:///')}")
-        frame = board(MlflowClient(tracking_uri=uri), study)
+        client = _tracking_client(tracking_uri)
+        parent = find_parent_run(client, study)
     except UserError as exc:
         raise fail(str(exc)) from None
-    text = render(frame, format, top=top, title=f"Leaderboard: {study}")  # type: ignore[arg-type]
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    output = Path(parent.data.tags.get("gradsweep.output_dir", "gradsweep-runs"))
+    directory = out_dir or output / "reports" / study
+    result = build_report(client, study, directory, os.environ.get("GRADSWEEP_OPTUNA_STORAGE"),
+                          importance=importance)
+    for note in result.notes:
+        out.print(f"note: {note}", highlight=False)
+    if not result.claims.empty:
+        sys.stdout.write(result.claims[["claim", "n_a", "n_b", "effect", "ci_low", "ci_high", "p_holm", "verdict"]]
+                         .to_string(index=False, float_format=lambda v: f"{v:.4g}") + "\n")
+    out.print(f"report written to {directory / 'report.md'} and logged on the parent run under report/",
+              highlight=False, soft_wrap=True)
 
 
 @app.command("presets")

@@ -99,10 +99,14 @@ def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
                 "status": run.info.status,
                 "outcome": tags.get(OUTCOME_TAG, run.info.status.lower()),
                 "reason": tags.get("gradsweep.reason", ""),
+                "grad_ratio": metrics.get("diag/grad_ratio_first_last", math.nan),
+                "seeds": int(metrics.get("seeds", 1)),
+                "best_val_accuracy_std": metrics.get("best_val_accuracy_std", math.nan),
                 "run_id": run.info.run_id,
             }
         )
-    frame = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "rank"] + ["run_id"])
+    extra = ["grad_ratio", "seeds", "best_val_accuracy_std", "run_id"]
+    frame = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "rank"] + extra)
     if frame.empty:
         frame.insert(0, "rank", pd.Series(dtype=int))
         return frame
@@ -118,7 +122,7 @@ def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
 def render(frame: pd.DataFrame, fmt: Format = "table", top: int | None = None, title: str = "") -> str:
     """Render the leaderboard as text (``table`` uses rich)."""
     shown = frame.head(top) if top else frame
-    visible = shown.drop(columns=["run_id"], errors="ignore")
+    visible = shown[[c for c in COLUMNS if c in shown.columns]]
     if fmt == "csv":
         return visible.to_csv(index=False)
     if fmt == "json":

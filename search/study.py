@@ -30,6 +30,7 @@ from search.journal import Journal, spool_path
 from search.leaderboard import find_parent_run, leaderboard, render
 from search.plots import log_pictures
 from search.progress import ProgressCallback
+from search.report import build_report
 from search.resume import close_orphans, plan_resume
 from search.searcher import ResumingOptunaSearch
 from search.tracking import (
@@ -257,6 +258,9 @@ def _finish(session: _Session, tracker: MlflowTracker, status: str, patience_s: 
                 histories = {journal.run_ids[k]: h for k, h in tracker.history.items() if k in journal.run_ids}
                 log_pictures(client, board, histories, session.parent_run_id,
                              config.diagnostics.plots_top, config.diagnostics.plots_diverged)
+            if not board.empty:
+                build_report(client, session.name, session.output / "reports" / session.name,
+                             optuna_storage=session.storage)
         except Exception as exc:  # MLflow went away between flush and here
             notes.append(f"leaderboard not written: {exc.__class__.__name__}: {exc}")
     journal.set_terminated("parent", status)

@@ -523,3 +523,47 @@ def test_mlflow_server_has_one_parent_and_n_children(study) -> None:
     assert experiment.artifact_location.startswith("mlflow-artifacts:")
     names = {a.path for a in client.list_artifacts(result.parent_run_id)}
     assert {"leaderboard.csv", "config.json"} <= names
+
+
+def test_cli_takes_the_cluster_from_the_environment(
+    cluster: Cluster, databases: dict[str, str], tmp_path: Path
+) -> None:
+    """`gradsweep run` with RAY_ADDRESS, GRADSWEEP_TRACKING_URI, GRADSWEEP_OPTUNA_STORAGE only."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "search": {"activations": ["relu", "tanh"], "initializers": ["he_normal"]},
+                "model": {"depth": 2, "width": 8},
+                "training": {"epochs": 1},
+                "num_samples": 2,
+                "output_dir": str(tmp_path / "out"),
+            }
+        )
+    )
+    env = _base_env() | {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": cluster.token,
+        "RAY_ADDRESS": cluster.address,
+        "GRADSWEEP_TRACKING_URI": cluster.tracking_uri,
+        "GRADSWEEP_OPTUNA_STORAGE": databases["optuna"],
+    }
+    done = subprocess.run(
+        [str(BIN / "gradsweep"), "run", str(config), "--study", "cli-on-cluster"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert cluster.tracking_uri in done.stdout
+    loaded = optuna.load_study(study_name="cli-on-cluster", storage=databases["optuna"])
+    assert len(loaded.trials) == 2
+    client = mlflow.MlflowClient(tracking_uri=cluster.tracking_uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("gradsweep").experiment_id],
+        filter_string=f"tags.`{STUDY_TAG}` = 'cli-on-cluster'",
+    )
+    assert len(runs) == 1 + 2
+    assert not (tmp_path / "out" / "mlflow.db").exists()  # nothing fell back to local SQLite

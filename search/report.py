@@ -1,0 +1,192 @@
+"""The study report: factor leaderboards, importance, pictures and the notes' claims.
+
+Everything is computed from MLflow (trials) and the Optuna study (importance, history), written
+as ``report.md`` plus PNGs and CSVs into a directory, and logged on the study's parent run under
+``report/``. Run at the end of every study, and again with ``gradsweep report --study NAME``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
+
+from search.analysis import FACTORS, factor_table, judge_claims, pairwise_tests, usable  # noqa: E402
+from search.leaderboard import find_parent_run, leaderboard, render  # noqa: E402
+
+IMPORTANCE = {
+    "fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
+    "ped-anova": lambda: optuna.importance.PedAnovaImportanceEvaluator(),
+}
+
+
+@dataclass
+class Report:
+    """Where the report went and what it found."""
+
+    directory: Path
+    factors: dict[str, pd.DataFrame]
+    pairwise: dict[str, pd.DataFrame]
+    claims: pd.DataFrame
+    importance: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+
+def _md(frame: pd.DataFrame, digits: int = 4) -> str:
+    if frame.empty:
+        return "_no data_\n"
+    shown = frame.copy()
+    for column in shown.columns:
+        if shown[column].dtype.kind == "f":
+            shown[column] = shown[column].map(lambda v: "-" if pd.isna(v) else f"{v:.{digits}g}")
+    header = "| " + " | ".join(map(str, shown.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in shown.columns) + "|"
+    body = ["| " + " | ".join(map(str, row)) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def _save(fig: plt.Figure, path: Path) -> str:
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path.name
+
+
+def metric_by_activation(trials: pd.DataFrame, table: pd.DataFrame, metric: str, path: Path) -> str:
+    """Box and strip plot of the metric per activation, with the mean's 95% CI."""
+    data = usable(trials, metric)
+    order = list(table["level"])
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    groups = [data.loc[data["activation"] == a, metric].to_numpy(dtype=float) for a in order]
+    if order:
+        ax.boxplot(groups, tick_labels=order, showfliers=False)
+        rng = np.random.default_rng(0)
+        for i, values in enumerate(groups, start=1):
+            ax.scatter(i + rng.uniform(-0.15, 0.15, len(values)), values, s=12, alpha=0.6)
+        ax.errorbar(range(1, len(order) + 1), table["mean"],
+                    yerr=[table["mean"] - table["ci_low"], table["ci_high"] - table["mean"]],
+                    fmt="D", color="black", capsize=4, label="mean, 95% CI")
+        ax.legend(loc="lower left")
+    ax.set(ylabel=metric, title=f"{metric} by activation (completed trials)")
+    return _save(fig, path)
+
+
+def init_by_bn(trials: pd.DataFrame, metric: str, path: Path) -> str:
+    """Heatmap of the mean metric per initializer x BN placement."""
+    data = usable(trials, metric)
+    pivot = data.pivot_table(index="init", columns="bn", values=metric, aggfunc="mean")
+    fig, ax = plt.subplots(figsize=(8, 0.5 * max(len(pivot), 2) + 2))
+    if not pivot.empty:
+        image = ax.imshow(pivot.to_numpy(dtype=float), aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(pivot.columns)), pivot.columns)
+        ax.set_yticks(range(len(pivot.index)), pivot.index)
+        for (i, j), value in np.ndenumerate(pivot.to_numpy(dtype=float)):
+            if not math.isnan(value):
+                ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="white")
+        fig.colorbar(image, ax=ax, label=f"mean {metric}")
+    ax.set(title=f"mean {metric}: initializer x batch norm", xlabel="bn", ylabel="init")
+    return _save(fig, path)
+
+
+def _optuna_plot(plotter, study: optuna.Study, path: Path, **kwargs) -> str | None:  # noqa: ANN001
+    try:
+        ax = plotter(study, **kwargs)
+    except Exception:
+        return None
+    fig = ax.figure if hasattr(ax, "figure") else np.ravel(ax)[0].figure
+    fig.set_size_inches(10, 5)
+    return _save(fig, path)
+
+
+def build_report(
+    client: MlflowClient,
+    study_name: str,
+    directory: Path,
+    optuna_storage: str | None = None,
+    metric: str = "best_val_accuracy",
+    importance: str = "fanova",
+    log: bool = True,
+) -> Report:
+    """Write the report for ``study_name`` into ``directory`` and (``log``) onto its parent run."""
+    directory.mkdir(parents=True, exist_ok=True)
+    parent = find_parent_run(client, study_name)
+    trials = leaderboard(client, study_name)
+    notes: list[str] = []
+    used = len(usable(trials, metric)) if not trials.empty else 0
+    notes.append(f"{len(trials)} trials, {used} ran every epoch and are used in the statistics")
+    factors = {f: factor_table(trials, f, metric) for f in FACTORS} if used else {}
+    pairwise = {f: pairwise_tests(trials, f, metric) for f in FACTORS} if used else {}
+    claims = judge_claims(trials) if used else pd.DataFrame()
+    for f, table in factors.items():
+        table.to_csv(directory / f"leaderboard_by_{f}.csv", index=False)
+        (directory / f"leaderboard_by_{f}.md").write_text(_md(table))
+        pairwise[f].to_csv(directory / f"pairwise_{f}.csv", index=False)
+    claims.to_csv(directory / "claims.csv", index=False)
+
+    pictures: dict[str, str | None] = {}
+    if used:
+        pictures["metric by activation"] = metric_by_activation(
+            trials, factors["activation"], metric, directory / "metric_by_activation.png")
+        pictures["initializer x batch norm"] = init_by_bn(trials, metric, directory / "init_by_bn.png")
+    scores: dict[str, float] = {}
+    storage = optuna_storage or parent.data.tags.get("gradsweep.optuna_storage")
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except Exception as exc:
+        study = None
+        notes.append(f"Optuna study not readable ({exc.__class__.__name__}): no importance or history")
+    if study is not None:
+        from optuna.visualization import matplotlib as ovm
+
+        try:
+            scores = optuna.importance.get_param_importances(study, evaluator=IMPORTANCE[importance]())
+        except Exception as exc:  # too few trials, a single-valued space, ...
+            notes.append(f"importance not computed: {exc}")
+        if scores:
+            fig, ax = plt.subplots(figsize=(8, 0.4 * len(scores) + 1.5))
+            names = list(scores)[::-1]
+            ax.barh(names, [scores[n] for n in names])
+            ax.set(xlabel=f"importance ({importance})", title="hyperparameter importance")
+            pictures["importance"] = _save(fig, directory / "importance.png")
+        pictures["optimization history"] = _optuna_plot(
+            ovm.plot_optimization_history, study, directory / "optimization_history.png")
+        pictures["parallel coordinates"] = _optuna_plot(
+            ovm.plot_parallel_coordinate, study, directory / "parallel_coordinates.png",
+            params=[p for p in ("activation", "init", "bn", "lr") if any(p in t.params for t in study.trials)])
+
+    lines = [f"# gradsweep report: {study_name}", ""]
+    lines += [f"- {n}" for n in notes] + [""]
+    lines += ["## Leaderboard (top 20)", "", render(trials, "markdown", top=20) if not trials.empty else "_empty_", ""]
+    lines += ["## Claims from the notes, tested on this study", "",
+              "Verdicts come from the data: held / refuted need p < 0.05 (Mann-Whitney, Holm-corrected "
+              "over all claims) and a 95% bootstrap CI of the difference that excludes zero; "
+              f"fewer than 3 trials on a side is 'not enough data'. Effect = mean({metric}) of A - B; "
+              "for gradient flow, -|log10 first/last gradient ratio|.", "", _md(claims), ""]
+    for f, table in factors.items():
+        lines += [f"## By {f}", "", _md(table), "", "Pairwise (Mann-Whitney U, Holm):", "", _md(pairwise[f]), ""]
+    if scores:
+        lines += ["## Importance", "", _md(pd.DataFrame({"param": list(scores), "importance": list(scores.values())})), ""]
+    for title, name in pictures.items():
+        if name:
+            lines += [f"## {title.capitalize()}", "", f"![{title}]({name})", ""]
+    (directory / "report.md").write_text("\n".join(lines))
+
+    if log:
+        run_id = parent.info.run_id
+        now = int(pd.Timestamp.now().timestamp() * 1000)
+        if scores:
+            client.log_batch(run_id, metrics=[Metric(f"importance/{k}", float(v), now, 0) for k, v in scores.items()])
+        client.log_artifacts(run_id, str(directory), "report")
+        for f, table in factors.items():
+            client.log_text(run_id, table.to_csv(index=False), f"leaderboard_by_{f}.csv")
+            client.log_text(run_id, _md(table), f"leaderboard_by_{f}.md")
+    return Report(directory, factors, pairwise, claims, scores, notes)

@@ -1,0 +1,73 @@
+"""The report on a real planted study: a deep logistic net that can't train against ELU."""
+
+from __future__ import annotations
+
+import matplotlib.image
+import mlflow
+import pytest
+
+from search import run_study
+from search.analysis import usable
+from search.report import build_report
+from search.tracking import PARENT_TAG
+from spaces import load_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def planted(local_ray: None, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("planted")
+    points = [{"activation": a, "bn": bn} for a in ("elu", "logistic") for bn in ("none", "before") * 3]
+    config = load_config(
+        {
+            "name": "planted",
+            "search": {"activations": ["elu", "logistic"], "initializers": ["pytorch_default"],
+                       "batch_norm": ["none", "before"], "lr": 0.003, "enqueue": points},
+            "model": {"depth": 14, "width": 32},
+            "training": {"epochs": 2},
+            "num_samples": len(points),
+            "output_dir": str(out),
+        }
+    )
+    result = run_study(config)
+    client = mlflow.MlflowClient(tracking_uri=result.tracking_uri)
+    report = build_report(client, result.study_name, out / "report", result.optuna_storage)
+    return result, client, report
+
+
+def test_planted_claim_is_held(planted) -> None:
+    _, _, report = planted
+    claim = report.claims.set_index("claim").loc["elu > logistic"]
+    assert claim["n_a"] == 6 and claim["n_b"] == 6
+    assert claim["ci_low"] > 0
+    assert claim["verdict"] == "held"
+
+
+def test_report_files_exist_and_images_load(planted) -> None:
+    _, client, report = planted
+    md = (report.directory / "report.md").read_text()
+    assert "elu > logistic" in md and "## By activation" in md
+    for name in ("metric_by_activation.png", "init_by_bn.png", "importance.png", "optimization_history.png"):
+        image = matplotlib.image.imread(report.directory / name)
+        assert image.shape[0] > 100 and image.shape[1] > 100, name
+    assert report.importance and set(report.importance) <= {"activation", "bn", "init"}
+    assert max(report.importance, key=report.importance.get) in ("activation", "bn")
+
+
+def test_report_tables_agree_with_mlflow(planted) -> None:
+    result, client, report = planted
+    runs = client.search_runs([result.experiment_id],
+                              filter_string=f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'")
+    by_activation: dict[str, list[float]] = {}
+    for run in runs:
+        by_activation.setdefault(run.data.params["activation"], []).append(run.data.metrics["best_val_accuracy"])
+    table = report.factors["activation"].set_index("level")
+    for activation, values in by_activation.items():
+        assert table.loc[activation, "n"] == len(values)
+        assert table.loc[activation, "mean"] == pytest.approx(sum(values) / len(values))
+    assert len(usable(result.leaderboard)) == len(runs)
+    parent = client.get_run(result.parent_run_id)
+    assert "importance/activation" in parent.data.metrics
+    logged = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
+    assert "report/report.md" in logged and "report/claims.csv" in logged
