@@ -82,9 +82,11 @@ def resolve_paths(config: StudyConfig, tracking_uri: str | None) -> tuple[Path, 
 def check_address(address: str) -> None:
     """Fail fast when ``address`` names a Ray cluster that isn't there."""
     if address == "auto":
-        if not os.environ.get("RAY_ADDRESS") and not Path("/tmp/ray/ray_current_cluster").exists():
+        current = Path("/tmp/ray/ray_current_cluster")
+        found = os.environ.get("RAY_ADDRESS") or (current.read_text().strip() if current.is_file() else "")
+        if not found or found == "auto":
             raise UserError("--address auto: no running Ray cluster found on this machine")
-        return
+        address = found
     target = address if "://" in address else f"tcp://{address}"
     parsed = urlparse(target)
     if parsed.scheme not in ("tcp", "ray") or not parsed.hostname:
@@ -223,6 +225,7 @@ def _tune(
             metric=METRIC,
             mode=MODE,
             num_samples=num_samples,
+            time_budget_s=config.budget_minutes * 60 if config.budget_minutes else None,
             max_concurrent_trials=config.max_concurrent,
             reuse_actors=True,
             trial_dirname_creator=_trial_dirname,

@@ -285,6 +285,8 @@ class StudyConfig(_Strict):
     searcher: SearcherConfig = SearcherConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     num_samples: Annotated[int, Field(ge=1, le=100000)] = 16
+    #: Wall-clock budget of the whole search: no trial starts after it, running ones are stopped.
+    budget_minutes: Annotated[float, Field(gt=0)] | None = None
     max_concurrent: Annotated[int, Field(ge=1)] = 2
     max_failures: Annotated[int, Field(ge=0)] = 2
     resources: ResourcesConfig = ResourcesConfig()

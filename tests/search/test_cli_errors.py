@@ -63,6 +63,8 @@ CASES = [
      "--address: no Ray cluster reachable at 127.0.0.1:1"),
     ("address-bad-port", None, ["--address", "127.0.0.1:notaport"], "invalid port"),
     ("address-bad-scheme", None, ["--address", "http://127.0.0.1:6379"], "must be auto, HOST:PORT"),
+    ("address-auto-dead", None, ["--address", "auto", "--set", "name=RAYDEAD"],
+     "no Ray cluster reachable at 127.0.0.1:1"),
     ("tracking-uri-scheme", None, ["--tracking-uri", "file:///tmp/mlruns"],
      "--tracking-uri: unsupported"),
     ("tracking-uri-unreachable", None, ["--tracking-uri", "http://127.0.0.1:1"],
@@ -96,6 +98,8 @@ def test_run_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
                        config: str | None, argv: list[str], expected: str) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if "name=RAYDEAD" in argv:  # 'auto' finds its cluster through RAY_ADDRESS: a dead one here
+        monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     code = main(_prepare(tmp_path, config, argv))
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent  # ray, mlflow of the Python running the tests
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
-N_TRIALS, EPOCHS = 4, 2
+N_TRIALS, EPOCHS = 4, 6
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
 
 
@@ -443,7 +443,13 @@ def cluster(databases: dict[str, str]) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def study(cluster: Cluster, databases: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
-    """4 trials x 2 epochs, 2 at a time, 1 CPU each: one trial per node at any moment."""
+    """4 trials x 6 epochs, 2 at a time, 1 CPU each: one trial per node at any moment.
+
+    Tune reuses a finished trial's actor for a pending trial, cancelling the actor it had asked
+    for: a trial that ends before the other node's first actor is up (a cold Python and torch
+    import, seconds on a busy machine) would pull the whole study onto one node. So a trial lasts
+    several seconds here (6 epochs at batch size 16), not one.
+    """
     out = tmp_path_factory.mktemp("cluster-study")  # Tune's storage_path: both nodes see it
     config = load_config(
         {
@@ -458,7 +464,7 @@ def study(cluster: Cluster, databases: dict[str, str], tmp_path_factory: pytest.
                 "batch_norm": ["none"],
             },
             "model": {"depth": 2, "width": 16},
-            "training": {"epochs": EPOCHS, "batch_size": 64},
+            "training": {"epochs": EPOCHS, "batch_size": 16},
             "num_samples": N_TRIALS,
             "max_concurrent": 2,
             "resources": {"cpu": 1},
