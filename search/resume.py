@@ -6,7 +6,8 @@ experiment state (``Tuner.restore`` would execute pickles from the storage path)
 
 - Optuna trials COMPLETE, PRUNED or FAIL are finished and never run again;
 - Optuna trials still RUNNING were interrupted: each runs again under its own number and
-  parameters, from its last checkpoint, in a new child run tagged ``gradsweep.resumed_from``;
+  parameters, from its last checkpoint, in a new child run tagged ``gradsweep.resumed`` (and
+  ``gradsweep.resumed_from``, the interrupted attempt's run, when that reached MLflow);
 - a child run left RUNNING is closed: KILLED ``interrupted`` when its trial resumes, or the status
   matching its Optuna trial when only the final MLflow write was lost.
 """
@@ -72,7 +73,20 @@ def close_orphans(client: MlflowClient, parent: Run, reason: str) -> list[str]:
     return closed
 
 
-def plan_resume(client: MlflowClient, parent: Run, study: optuna.Study) -> ResumePlan:
+def find_checkpoint(ray_root: Path, study: str, number: int, trial_path: str = "") -> str | None:
+    """The newest checkpoint of Optuna trial ``number``: in its run's Ray trial directory, else in
+    any ``t<number>_*`` trial directory of this study's Ray experiments (the run may never have
+    reached MLflow before the driver died)."""
+    found = latest_checkpoint(trial_path)
+    if found:
+        return found
+    candidates = [
+        c for d in ray_root.glob(f"{study}*/t{number:03d}_*") if (c := latest_checkpoint(str(d)))
+    ]
+    return max(candidates, key=lambda c: Path(c).stat().st_mtime) if candidates else None
+
+
+def plan_resume(client: MlflowClient, parent: Run, study: optuna.Study, ray_root: Path) -> ResumePlan:
     """Close the stale child runs and list the interrupted trials with their checkpoints."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     plan = ResumePlan(finished=sum(t.state in _STATUS for t in trials.values()))
@@ -88,16 +102,16 @@ def plan_resume(client: MlflowClient, parent: Run, study: optuna.Study) -> Resum
             _close(client, run, _STATUS[trial.state], run.data.tags.get(OUTCOME_TAG, "completed"),
                    "closed on resume: the driver died before writing this final status")
         else:
-            checkpoint = latest_checkpoint(run.data.tags.get("ray.trial_path", ""))
-            if checkpoint:
-                plan.resume[number] = {RESUME_KEY: checkpoint}
-            plan.tags[number] = {"gradsweep.resumed_from": run.info.run_id}
+            checkpoint = find_checkpoint(ray_root, study.study_name, number,
+                                         run.data.tags.get("ray.trial_path", ""))
+            plan.resume[number] = {RESUME_KEY: checkpoint} if checkpoint else {}
+            plan.tags[number] = {"gradsweep.resumed": "true", "gradsweep.resumed_from": run.info.run_id}
             _close(client, run, "KILLED", "interrupted",
                    "driver lost; the trial resumed in a new run" + (" from its checkpoint" if checkpoint else ""))
             interrupted.discard(number)
         plan.closed.append(run.info.run_id)
-    for number in interrupted:  # asked by Optuna, but its run was never created
-        plan.resume.setdefault(number, {})
-    for number in plan.tags:
-        plan.resume.setdefault(number, {})
+    for number in interrupted:  # asked by Optuna, but its run never reached MLflow
+        checkpoint = find_checkpoint(ray_root, study.study_name, number)
+        plan.resume[number] = {RESUME_KEY: checkpoint} if checkpoint else {}
+        plan.tags[number] = {"gradsweep.resumed": "true"}
     return plan

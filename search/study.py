@@ -364,7 +364,7 @@ def resume_study(
         study = optuna.load_study(study_name=study_name, storage=storage)
     except Exception as exc:
         raise UserError(f"--study {study_name}: no Optuna study in {_redact(storage)} ({exc.__class__.__name__})") from None
-    plan = plan_resume(client, parent, study)
+    plan = plan_resume(client, parent, study, output / "ray")
     remaining = config.num_samples - plan.finished
     started_ray = connect_ray(address, config) if remaining > 0 else False
     client.log_batch(parent.info.run_id, tags=[RunTag("gradsweep.resumed", time.strftime("%Y-%m-%dT%H:%M:%S"))])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import stat
@@ -438,7 +439,7 @@ def cluster(databases: dict[str, str]) -> Iterator[Cluster]:
             else:
                 os.environ[key] = value
         _reload_ray_auth()
-        subprocess.run(["rm", "-rf", str(root)], check=False)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -141,8 +141,8 @@ def test_driver_loss_then_resume(tmp_path: Path) -> None:
         number = run.data.tags["optuna.trial_number"]
         if int(number) in finished_before and number in ended_before:
             assert run.info.end_time == ended_before[number]
-            assert "gradsweep.resumed_from" not in run.data.tags
-    resumed = [r for r in live if "gradsweep.resumed_from" in r.data.tags]
+            assert "gradsweep.resumed" not in run.data.tags
+    resumed = [r for r in live if "gradsweep.resumed" in r.data.tags]
     assert {int(r.data.tags["optuna.trial_number"]) for r in resumed} == interrupted
     continued = 0
     for run in resumed:
