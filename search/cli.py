@@ -98,8 +98,8 @@ def _summary(result: object) -> None:
         sys.stdout.write(render(board, "table", top=20, title=f"Leaderboard: {name}"))
     for note in result.notes:  # type: ignore[attr-defined]
         out.print(f"[yellow]note:[/] {note}", highlight=False)
-    out.print(f"study [bold]{name}[/] - {len(board)} trials in {result.seconds:.0f} s", highlight=False)  # type: ignore[attr-defined]
-    out.print(f"MLflow parent run {result.parent_run_id} in {uri}", highlight=False)  # type: ignore[attr-defined]
+    out.print(f"study [bold]{name}[/] - {len(board)} trials in {result.seconds:.0f} s", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
+    out.print(f"MLflow parent run {result.parent_run_id} in {uri}", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
     out.print("Open the MLflow UI:  " + ui_command(uri), highlight=False, soft_wrap=True)
     out.print(f"Leaderboard again:   gradsweep leaderboard --study {name} --tracking-uri {uri}",
               highlight=False, soft_wrap=True)

@@ -31,7 +31,9 @@ def study(local_ray: None, tmp_path_factory: pytest.TempPathFactory):
                     "tanh": {},
                     "leaky_relu": {"alpha": {"low": 0.01, "high": 0.3, "log": True}},
                     "elu": {"alpha": {"low": 0.5, "high": 1.5}},
+                    "prelu": {"alpha": 0.25},
                 },
+                "enqueue": [{"activation": "prelu", "init": "he_normal", "bn": "none"}],
                 "initializers": ["he_normal", "glorot_uniform"],
                 "batch_norm": ["none", "before"],
             },
@@ -126,3 +128,15 @@ def test_leaderboard_artifacts_on_parent(study) -> None:
     assert {"leaderboard.csv", "leaderboard.md", "config.json"} <= names
     local = Path(client.download_artifacts(result.parent_run_id, "leaderboard.csv"))
     assert len(local.read_text().strip().splitlines()) == N_TRIALS + 1
+
+
+def test_learned_prelu_slopes_reach_mlflow(study) -> None:
+    _, client, children = study
+    prelu = [r for r in children if r.data.params["activation"] == "prelu"]
+    assert prelu, "the enqueued prelu trial ran"
+    for run in prelu:
+        assert run.data.params["alpha"] == "0.25"
+        for layer in ("layer_01", "layer_03"):
+            history = client.get_metric_history(run.info.run_id, f"prelu/slope/{layer}")
+            assert [m.step for m in history] == list(range(1, EPOCHS + 1))
+            assert history[-1].value != 0.25, "the slope was learned"
