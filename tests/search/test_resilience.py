@@ -93,7 +93,12 @@ def _children(client: mlflow.MlflowClient, study: str):
 
 
 def test_driver_loss_then_resume(tmp_path: Path) -> None:
-    config = _config(tmp_path, "drv")
+    # Trials k and k+3 are twins (same configuration, same seed): a resumed trial must end exactly
+    # where its uninterrupted twin ended. Two trials run at a time, so twins are never both cut.
+    twins = [{"activation": a} for a in ("relu", "elu", "tanh") * 2]
+    config = _config(tmp_path, "drv", search={"activations": ["relu", "elu", "tanh"],
+                                              "initializers": ["he_normal"], "lr": 0.003,
+                                              "enqueue": twins})
     db = tmp_path / "out" / "optuna.db"
     uri = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
     log = tmp_path / "driver.log"
@@ -150,6 +155,17 @@ def test_driver_loss_then_resume(tmp_path: Path) -> None:
         assert steps == list(range(steps[0], 7)), "one point per epoch it ran"
         continued += steps[0] > 1
     assert continued >= 1, "at least one interrupted trial continued from its checkpoint"
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in live}
+    for run in resumed:  # resumed == uninterrupted, to 1e-6
+        number = int(run.data.tags["optuna.trial_number"])
+        twin = by_number[(number + 3) % 6]
+        assert twin.data.params["activation"] == run.data.params["activation"]
+        mine = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_loss")}
+        theirs = {m.step: m.value for m in client.get_metric_history(twin.info.run_id, "val_loss")}
+        for step, value in mine.items():
+            assert value == pytest.approx(theirs[step], rel=1e-6, abs=1e-6), f"epoch {step}"
+        for key in ("best_val_accuracy", "test_accuracy"):
+            assert run.data.metrics[key] == pytest.approx(twin.data.metrics[key], abs=1e-6)
     board = client.download_artifacts(parent.info.run_id, "leaderboard.csv", str(tmp_path))
     assert len(Path(board).read_text().strip().splitlines()) == 7
 
