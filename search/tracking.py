@@ -32,7 +32,12 @@ ROLE_TAG = "gradsweep.role"
 OUTCOME_TAG = "gradsweep.outcome"
 PARENT_TAG = "mlflow.parentRunId"
 #: Per-epoch metrics a trial reports that go to MLflow with step = epoch.
-EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "best_val_accuracy", "epoch_seconds")
+EPOCH_METRICS = (
+    "train_loss", "val_loss", "val_accuracy", "best_val_accuracy", "epoch_seconds",
+    # fused seeds: how many, how many diverged, spread of the per-seed best
+    "seeds", "seeds_diverged", "best_val_accuracy_std", "best_val_accuracy_ci_low",
+    "best_val_accuracy_ci_high",
+)
 
 
 def default_tracking_uri(output_dir: Path) -> str:
@@ -200,7 +205,7 @@ class MlflowTracker(tune.Callback):
         values = {
             k: float(v)
             for k, v in result.items()
-            if (k in EPOCH_METRICS or k.startswith(("diag/", "prelu/")))
+            if (k in EPOCH_METRICS or k.startswith(("diag/", "prelu/", "seed/")))
             and isinstance(v, int | float)
             and not isinstance(v, bool)
         }

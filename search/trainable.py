@@ -13,13 +13,24 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import torch
+from scipy import stats
 from ray import tune
 
 from search.resume import CHECKPOINT_FILE, RESUME_KEY, owned_by_user
 from spaces import StudyConfig, resolve_trial
-from trainers import EpochReport, LoopState, TrainSettings, build_mlp, load_splits, seed_everything, train
+from trainers import (
+    EpochReport,
+    LoopState,
+    TrainSettings,
+    build_mlp,
+    load_splits,
+    seed_everything,
+    train,
+    train_fused,
+)
 
 
 
@@ -73,8 +84,52 @@ class HealthWatch:
         return None
 
 
+def seed_summary(reports: dict[int, EpochReport]) -> dict[str, float]:
+    """One fused epoch as metrics: the mean over live seeds drives Optuna and the scheduler;
+    per-seed values, std and a 95% t-interval of ``best_val_accuracy`` go to MLflow."""
+    live = {s: r for s, r in reports.items() if not r.diverged}
+    out: dict[str, float] = {"seeds": float(len(reports)), "seeds_diverged": float(len(reports) - len(live))}
+    for i, (seed, report) in enumerate(sorted(reports.items())):
+        out[f"seed/{i}/best_val_accuracy"] = report.best_val_accuracy
+        out[f"seed/{i}/val_accuracy"] = report.val_accuracy
+        out[f"seed/{i}/seed"] = float(seed)
+    if not live:
+        first = next(iter(reports.values()))
+        return {**first.metrics(), **out, "diverged": 1.0}
+    for name in ("train_loss", "val_loss", "val_accuracy", "test_accuracy", "best_val_accuracy"):
+        out[name] = float(np.mean([getattr(r, name) for r in live.values()]))
+    out["epoch"] = float(next(iter(live.values())).epoch)
+    out["epoch_seconds"] = float(next(iter(live.values())).epoch_seconds)
+    out["diverged"] = 0.0
+    best = np.array([r.best_val_accuracy for r in live.values()])
+    out["best_val_accuracy_std"] = float(best.std(ddof=1)) if len(best) > 1 else 0.0
+    if len(best) > 1 and best.std() > 0:
+        low, high = stats.t.interval(0.95, len(best) - 1, loc=best.mean(), scale=stats.sem(best))
+    else:
+        low = high = float(best.mean())
+    out["best_val_accuracy_ci_low"], out["best_val_accuracy_ci_high"] = float(low), float(high)
+    for report in live.values():  # PReLU slopes of the first live seed, as in the plain path
+        out.update({k: v for k, v in report.diagnostics.items() if k.startswith("prelu/")})
+        break
+    return out
+
+
+def _report(metrics: dict[str, Any], state: Any, epoch: int, last: int, every: int, diverged: bool) -> None:
+    """``tune.report`` with a checkpoint every ``every`` epochs and at the last one."""
+    if every and not diverged and (epoch % every == 0 or epoch == last):
+        with tempfile.TemporaryDirectory() as directory:
+            _save_checkpoint(state, directory)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+    else:
+        tune.report(metrics)
+
+
 def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
-    """Train one configuration; ``params`` from Optuna, ``study`` the resolved study config."""
+    """Train one configuration; ``params`` from Optuna, ``study`` the resolved study config.
+
+    With ``training.seeds: k > 1`` the k seeds train fused in this one trial
+    (:func:`trainers.train_fused`); Tune and Optuna see their mean.
+    """
     config = StudyConfig.model_validate(study)
     spec = resolve_trial(config, params)
     torch.set_num_threads(max(1, int(config.resources.cpu)))
@@ -88,19 +143,20 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
         config.data.split_seed,
     ).to(device)
 
-    seed_everything(config.training.seed)
-    model = build_mlp(
-        data.n_features,
-        data.n_classes,
-        config.model.depth,
-        config.model.width,
-        spec.activation,
-        spec.alpha,
-        spec.init,
-        spec.bn,
-        config.model.dropout,
-        prelu_per_unit=spec.per_unit,
-    ).to(device)
+    def build() -> torch.nn.Module:
+        return build_mlp(
+            data.n_features,
+            data.n_classes,
+            config.model.depth,
+            config.model.width,
+            spec.activation,
+            spec.alpha,
+            spec.init,
+            spec.bn,
+            config.model.dropout,
+            prelu_per_unit=spec.per_unit,
+        )
+
     training = config.training
     settings = TrainSettings(
         epochs=training.epochs,
@@ -115,19 +171,30 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
     )
     health = HealthWatch(config)
     node = {"node_id": ray.get_runtime_context().get_node_id(), "device": device.type}
+    resume = _load_checkpoint(params.get(RESUME_KEY))
+    every, last = training.checkpoint_every, settings.epochs
+
+    if training.seeds > 1:
+        seeds = [training.seed + i for i in range(training.seeds)]
+
+        def on_fused_epoch(reports: dict[int, EpochReport], state: Any) -> str | None:
+            metrics = {**seed_summary(reports), **node}
+            epoch = int(metrics["epoch"])
+            _report(metrics, state, epoch, last, every, bool(metrics["diverged"]))
+            return None
+
+        train_fused(build, seeds, data, settings, on_fused_epoch, resume=resume)
+        return
+
+    seed_everything(training.seed)
+    model = build().to(device)
 
     def on_epoch(report: EpochReport, state: LoopState) -> str | None:
         metrics = {**report.metrics(), **node}
         reason = health.check(report)
         if reason:
             metrics["stop_reason"] = reason
-        every = training.checkpoint_every
-        if every and not report.diverged and (report.epoch % every == 0 or report.epoch == settings.epochs):
-            with tempfile.TemporaryDirectory() as directory:
-                _save_checkpoint(state, directory)
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-        else:
-            tune.report(metrics)
+        _report(metrics, state, report.epoch, last, every, report.diverged)
         return reason
 
-    train(model, data, settings, on_epoch, resume=_load_checkpoint(params.get(RESUME_KEY)))
+    train(model, data, settings, on_epoch, resume=resume)

@@ -224,6 +224,8 @@ class TrainingConfig(_Strict):
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     seed: int = 0
+    #: Seeds per trial, trained fused as one batched model; Optuna sees their mean (1 = plain).
+    seeds: Annotated[int, Field(ge=1, le=64)] = 1
     checkpoint_every: Annotated[int, Field(ge=0)] = 1  # epochs between checkpoints; 0 = never
 
     @field_validator("optimizer")
