@@ -326,6 +326,11 @@ class Probes:
         self.wrap(study_module, "log_pictures", "pictures (matplotlib)")
         self.wrap(study_module, "leaderboard", "leaderboard query")
         self.wrap(study_module, "connect_ray", "ray: start (connect_ray)")
+        self.wrap(study_module.ray, "shutdown", "ray: shutdown")
+        self.wrap(study_module, "preflight", "preflight (data, URIs)")
+        self.wrap(study_module, "get_or_create_experiment", "mlflow: experiment + parent run")
+        self.wrap(study_module, "start_parent_run", "mlflow: experiment + parent run")
+        self.wrap(optuna.storages.RDBStorage, "__init__", "optuna: open storage")
         if tracker is not None:
             for name in ("on_trial_start", "on_trial_result", "on_trial_complete"):
                 self._record(tracker, name)
@@ -761,13 +766,13 @@ def main() -> None:
         help="comma-separated searchers for the driver part (tpe is the default study's)",
     )
     args = parser.parse_args()
-    logging.getLogger("ray").setLevel(logging.ERROR)
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
-    logging.getLogger("alembic").setLevel(logging.ERROR)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
     import mlflow
     import ray
+
+    # After the imports: MLflow and Ray set their own loggers' levels when imported.
+    for name in ("ray", "ray.tune", "ray.train", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, ray {ray.__version__}, "

@@ -148,6 +148,7 @@ class MlflowTracker(tune.Callback):
         #: Optuna trial number -> extra tags for its run (e.g. what a resumed run continues)
         self.extra_tags = extra_tags or {}
         self.started: set[str] = set()
+        self.retries: dict[str, int] = {}
         self.last: dict[str, dict[str, Any]] = {}
         #: trial id -> epoch -> the per-layer figures the pictures need
         self.history: dict[str, dict[int, dict[str, float]]] = {}
@@ -219,6 +220,16 @@ class MlflowTracker(tune.Callback):
         self.journal.log_batch(
             trial.trial_id, metrics=[(k, v, now, epoch) for k, v in values.items()], tags=tags
         )
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A crashed trial is retried (from its last checkpoint): say so on its run."""
+        key = trial.trial_id
+        if key not in self.started:
+            return
+        self.retries[key] = self.retries.get(key, 0) + 1
+        epoch = int((self.last.get(key) or {}).get("epoch", 0))
+        self.journal.log_batch(key, tags={"gradsweep.retries": str(self.retries[key]),
+                                          "gradsweep.retried_after_epoch": str(epoch)})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = self.last.get(trial.trial_id) or trial.last_result

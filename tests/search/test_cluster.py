@@ -327,6 +327,7 @@ class Cluster:
     node_ids: set[str]
     services: list[Service]
     root: Path
+    worker_node_id: str = ""
 
 
 def _base_env() -> dict[str, str]:
@@ -425,12 +426,15 @@ def cluster(databases: dict[str, str]) -> Iterator[Cluster]:
                 return len(alive) == 2
 
             _wait_for("2 Ray nodes", two_nodes, services, timeout_s=60)
+            worker_node_id = next(
+                n["NodeID"] for n in ray.nodes() if n["NodeManagerPort"] == worker_ports[0]
+            )
             cpus = ray.cluster_resources().get("CPU")
             assert cpus == 2, f"cluster has {cpus} CPUs"
         finally:
             ray.shutdown()
         _wait_for("MLflow server", lambda: _mlflow_healthy(tracking_uri), services, timeout_s=90)
-        yield Cluster(address, token, tracking_uri, set(alive), services, root)
+        yield Cluster(address, token, tracking_uri, set(alive), services, root, worker_node_id)
     finally:
         _stop_all(services, f"RAY_AUTH_TOKEN={token}".encode())
         for key, value in saved.items():
@@ -574,3 +578,88 @@ def test_cli_takes_the_cluster_from_the_environment(
     )
     assert len(runs) == 1 + 2
     assert not (tmp_path / "out" / "mlflow.db").exists()  # nothing fell back to local SQLite
+
+
+def _raylet_pid(service: Service) -> int:
+    """The raylet among a node's processes (its own process group)."""
+    for pid in service.members():
+        with suppress(OSError):
+            if b"raylet" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]:
+                return pid
+    raise RuntimeError(f"no raylet in {service.name}'s process group\n{service.tail()}")
+
+
+def test_worker_loss_mid_search(cluster: Cluster, tmp_path: Path) -> None:
+    """Kill the worker node's raylet by PID mid-search (last test: the cluster loses a node).
+
+    Ray Tune retries the trials that ran there from their last checkpoint on the surviving head
+    node; the search ends with every trial terminal, no run RUNNING, and each retried trial's
+    history continues (no epoch twice) instead of restarting.
+    """
+    epochs, trials = 8, 4
+    config = tmp_path / "workerloss.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "workerloss",
+        # ~1 s per epoch: the lost node's trial must still be running when Ray notices the loss
+        "data": {"name": "synthetic", "options": {"n_samples": 12000, "n_features": 32}},
+        "search": {"activations": ["relu", "tanh"], "initializers": ["he_normal"]},
+        "model": {"depth": 3, "width": 64},
+        "training": {"epochs": epochs, "batch_size": 16},
+        "diagnostics": {"enabled": False},
+        "num_samples": trials,
+        "max_concurrent": 2,
+        "max_failures": 3,
+        "resources": {"cpu": 1},
+        "tracking": {"experiment": "gradsweep-cluster-test"},
+        "output_dir": str(tmp_path / "out"),
+    }))
+    study = f"workerloss-{secrets.token_hex(3)}"
+    log = tmp_path / "driver.log"
+    env = {**_base_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token}
+    with log.open("wb") as out:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "search.cli", "run", str(config), "--study", study,
+             "--address", cluster.address, "--tracking-uri", cluster.tracking_uri],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    client = mlflow.MlflowClient(tracking_uri=cluster.tracking_uri)
+
+    def children() -> list:
+        return client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            filter_string=f"tags.`{STUDY_TAG}` = '{study}' and tags.`gradsweep.role` = 'trial'",
+        )
+
+    def worker_trial_mid_way() -> bool:
+        if driver.poll() is not None:
+            raise RuntimeError(log.read_text()[-3000:])
+        return any(
+            r.info.status == "RUNNING" and r.data.tags.get("node_id") == cluster.worker_node_id
+            and len(client.get_metric_history(r.info.run_id, "val_accuracy")) >= 2
+            for r in children()
+        )
+
+    worker = next(s for s in cluster.services if s.name == "ray-worker")
+    try:
+        _wait_for("a trial 2 epochs into its run on the worker", worker_trial_mid_way,
+                  cluster.services[:2], timeout_s=240)
+        os.kill(_raylet_pid(worker), signal.SIGKILL)
+        assert driver.wait(timeout=500) == 0, log.read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+    runs = children()
+    assert len(runs) == trials
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    retried = [r for r in runs if "gradsweep.retries" in r.data.tags]
+    assert retried, "the trial on the lost worker was retried"
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+        assert steps == list(range(1, epochs + 1)), f"{run.info.run_name}: {steps}"
+        assert run.info.status == "FINISHED"
+    for run in retried:  # resumed from a checkpoint, not restarted: it had 2+ epochs before
+        assert int(run.data.tags["gradsweep.retried_after_epoch"]) >= 2
+    storage = f"sqlite:///{tmp_path / 'out' / 'optuna.db'}"
+    states = [t.state for t in optuna.load_study(study_name=study, storage=storage).trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * trials
