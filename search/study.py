@@ -76,7 +76,13 @@ def resolve_paths(config: StudyConfig, tracking_uri: str | None) -> tuple[Path, 
     uri = uri or default_tracking_uri(output)
     storage = os.environ.get("GRADSWEEP_OPTUNA_STORAGE") or config.optuna_storage
     storage = storage or f"sqlite:///{output / 'optuna.db'}"
-    return output, uri, storage
+    return output, with_driver(uri), with_driver(storage)
+
+
+def with_driver(url: str) -> str:
+    """``postgresql://`` -> ``postgresql+psycopg2://``: SQLAlchemy 2.1 would pick psycopg 3,
+    which gradsweep does not install; psycopg2 is what it ships with."""
+    return "postgresql+psycopg2://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
 
 
 def check_address(address: str) -> None:
@@ -359,7 +365,9 @@ def resume_study(
     except Exception as exc:
         raise UserError(f"--study {study_name}: its saved config can't be read ({exc})") from None
     output = Path(tags.get("gradsweep.output_dir", config.output_dir))
-    storage = os.environ.get("GRADSWEEP_OPTUNA_STORAGE") or config.optuna_storage or f"sqlite:///{output / 'optuna.db'}"
+    storage = with_driver(
+        os.environ.get("GRADSWEEP_OPTUNA_STORAGE") or config.optuna_storage or f"sqlite:///{output / 'optuna.db'}"
+    )
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except Exception as exc:
