@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import combinations
+from itertools import combinations, pairwise
 
 import numpy as np
 import pandas as pd
@@ -62,7 +62,9 @@ def holm(pvalues: list[float]) -> list[float]:
     return adjusted
 
 
-def factor_table(trials: pd.DataFrame, factor: str, metric: str = "best_val_accuracy") -> pd.DataFrame:
+def factor_table(
+    trials: pd.DataFrame, factor: str, metric: str = "best_val_accuracy"
+) -> pd.DataFrame:
     """Per level of ``factor``: n, mean, median, best, 95% CI of the mean; best mean first."""
     data = usable(trials, metric)
     columns = FACTORS[factor]
@@ -70,13 +72,25 @@ def factor_table(trials: pd.DataFrame, factor: str, metric: str = "best_val_accu
     for level, group in data.groupby(columns, sort=True):
         values = group[metric].to_numpy(dtype=float)
         low, high = bootstrap_ci(values)
-        name = " + ".join(map(str, level)) if isinstance(level, tuple) and len(columns) > 1 else (
-            level[0] if isinstance(level, tuple) else level
+        name = (
+            " + ".join(map(str, level))
+            if isinstance(level, tuple) and len(columns) > 1
+            else (level[0] if isinstance(level, tuple) else level)
         )
-        rows.append({"level": name, "n": len(values), "mean": values.mean(),
-                     "median": float(np.median(values)), "best": values.max(),
-                     "ci_low": low, "ci_high": high})
-    table = pd.DataFrame(rows, columns=["level", "n", "mean", "median", "best", "ci_low", "ci_high"])
+        rows.append(
+            {
+                "level": name,
+                "n": len(values),
+                "mean": values.mean(),
+                "median": float(np.median(values)),
+                "best": values.max(),
+                "ci_low": low,
+                "ci_high": high,
+            }
+        )
+    table = pd.DataFrame(
+        rows, columns=["level", "n", "mean", "median", "best", "ci_low", "ci_high"]
+    )
     return table.sort_values("mean", ascending=False).reset_index(drop=True)
 
 
@@ -85,19 +99,24 @@ def _levels(data: pd.DataFrame, factor: str) -> pd.Series:
     return data[columns].astype(str).agg(" + ".join, axis=1)
 
 
-def pairwise_tests(trials: pd.DataFrame, factor: str, metric: str = "best_val_accuracy") -> pd.DataFrame:
+def pairwise_tests(
+    trials: pd.DataFrame, factor: str, metric: str = "best_val_accuracy"
+) -> pd.DataFrame:
     """Mann-Whitney U for every pair of levels with >= 2 trials each, Holm-corrected."""
     data = usable(trials, metric)
     levels = _levels(data, factor)
-    groups = {lvl: data.loc[levels == lvl, metric].to_numpy(dtype=float) for lvl in sorted(set(levels))}
+    groups = {
+        lvl: data.loc[levels == lvl, metric].to_numpy(dtype=float) for lvl in sorted(set(levels))
+    }
     rows = []
     for a, b in combinations(groups, 2):
         x, y = groups[a], groups[b]
         if len(x) < 2 or len(y) < 2:
             continue
         p = float(stats.mannwhitneyu(x, y, alternative="two-sided").pvalue)
-        rows.append({"a": a, "b": b, "n_a": len(x), "n_b": len(y),
-                     "diff": x.mean() - y.mean(), "p": p})
+        rows.append(
+            {"a": a, "b": b, "n_a": len(x), "n_b": len(y), "diff": x.mean() - y.mean(), "p": p}
+        )
     table = pd.DataFrame(rows, columns=["a", "b", "n_a", "n_b", "diff", "p", "p_holm"])
     if not table.empty:
         table["p_holm"] = holm(table["p"].tolist())
@@ -106,7 +125,7 @@ def pairwise_tests(trials: pd.DataFrame, factor: str, metric: str = "best_val_ac
 
 @dataclass(frozen=True)
 class Claim:
-    """"Trials matching ``a`` beat trials matching ``b`` on ``metric``" (higher is better)."""
+    """ "Trials matching ``a`` beat trials matching ``b`` on ``metric``" (higher is better)."""
 
     name: str
     a: Callable[[pd.DataFrame], pd.Series]
@@ -124,40 +143,70 @@ def _both(f: Callable[[pd.DataFrame], pd.Series], g: Callable[[pd.DataFrame], pd
     return lambda d: f(d) & g(d)
 
 
+def _leaky_alpha(low: float, high: float) -> Callable[[pd.DataFrame], pd.Series]:
+    def select(d: pd.DataFrame) -> pd.Series:
+        alpha = pd.to_numeric(d["alpha"], errors="coerce")
+        return (d["activation"] == "leaky_relu") & alpha.between(low, high)
+
+    return select
+
+
 def notes_claims(trials: pd.DataFrame) -> list[Claim]:
     """The notes' claims that this study's factors can speak to."""
     present = set(trials["activation"].dropna())
     chain = [a for a in ACTIVATION_CHAIN if a in present]
     claims = [
         Claim(f"{a} > {b}", _is("activation", a), _is("activation", b), label_a=a, label_b=b)
-        for a, b in zip(chain, chain[1:], strict=False)
+        for a, b in pairwise(chain)
     ]
-    alpha = pd.to_numeric(trials.get("alpha"), errors="coerce")
-    leaky = trials["activation"] == "leaky_relu"
-    claims.append(Claim(
-        "leaky ReLU: alpha ~ 0.2 > alpha ~ 0.01",
-        lambda d, m=leaky & alpha.between(0.1, 0.35): m.reindex(d.index, fill_value=False),
-        lambda d, m=leaky & alpha.between(0.003, 0.03): m.reindex(d.index, fill_value=False),
-        label_a="alpha in [0.1, 0.35]", label_b="alpha in [0.003, 0.03]",
-    ))
-    claims.append(Claim("ReLU: He init > Glorot init",
-                        _both(_is("activation", "relu"), _is("init", "he_normal", "he_uniform")),
-                        _both(_is("activation", "relu"), _is("init", "glorot_uniform", "glorot_normal")),
-                        label_a="relu + he_*", label_b="relu + glorot_*"))
-    claims.append(Claim("BN helps deep logistic nets",
-                        _both(_is("activation", "logistic"), _is("bn", "before", "after")),
-                        _both(_is("activation", "logistic"), _is("bn", "none")),
-                        label_a="logistic + BN", label_b="logistic, no BN"))
-    claims.append(Claim("SELU + LeCun > ELU + He",
-                        _both(_is("activation", "selu"), _is("init", "lecun_normal", "lecun_uniform")),
-                        _both(_is("activation", "elu"), _is("init", "he_normal", "he_uniform")),
-                        label_a="selu + lecun_*", label_b="elu + he_*"))
+    claims.append(
+        Claim(
+            "leaky ReLU: alpha ~ 0.2 > alpha ~ 0.01",
+            _leaky_alpha(0.1, 0.35),
+            _leaky_alpha(0.003, 0.03),
+            label_a="alpha in [0.1, 0.35]",
+            label_b="alpha in [0.003, 0.03]",
+        )
+    )
+    claims.append(
+        Claim(
+            "ReLU: He init > Glorot init",
+            _both(_is("activation", "relu"), _is("init", "he_normal", "he_uniform")),
+            _both(_is("activation", "relu"), _is("init", "glorot_uniform", "glorot_normal")),
+            label_a="relu + he_*",
+            label_b="relu + glorot_*",
+        )
+    )
+    claims.append(
+        Claim(
+            "BN helps deep logistic nets",
+            _both(_is("activation", "logistic"), _is("bn", "before", "after")),
+            _both(_is("activation", "logistic"), _is("bn", "none")),
+            label_a="logistic + BN",
+            label_b="logistic, no BN",
+        )
+    )
+    claims.append(
+        Claim(
+            "SELU + LeCun > ELU + He",
+            _both(_is("activation", "selu"), _is("init", "lecun_normal", "lecun_uniform")),
+            _both(_is("activation", "elu"), _is("init", "he_normal", "he_uniform")),
+            label_a="selu + lecun_*",
+            label_b="elu + he_*",
+        )
+    )
     # BN cures vanishing/exploding gradients: |log10 first/last gradient ratio| is smaller with BN.
     for activation in sorted(present):
-        claims.append(Claim(f"BN evens out gradient flow ({activation})",
-                            _both(_is("activation", activation), _is("bn", "before", "after")),
-                            _both(_is("activation", activation), _is("bn", "none")),
-                            metric="grad_flow", label_a=f"{activation} + BN", label_b=f"{activation}, no BN"))
+        claims.append(
+            Claim(
+                f"BN evens out gradient flow ({activation})",
+                _both(_is("activation", activation), _is("bn", "before", "after")),
+                _both(_is("activation", activation), _is("bn", "none")),
+                metric="grad_flow",
+                label_a=f"{activation} + BN",
+                label_b=f"{activation}, no BN",
+            )
+        )
     return claims
 
 
@@ -171,16 +220,32 @@ def judge_claims(trials: pd.DataFrame, claims: list[Claim] | None = None) -> pd.
         x = data.loc[claim.a(data), claim.metric].dropna().to_numpy(dtype=float)
         y = data.loc[claim.b(data), claim.metric].dropna().to_numpy(dtype=float)
         x, y = x[np.isfinite(x)], y[np.isfinite(y)]
-        row = {"claim": claim.name, "a": claim.label_a, "b": claim.label_b, "metric": claim.metric,
-               "n_a": len(x), "n_b": len(y), "effect": math.nan, "ci_low": math.nan,
-               "ci_high": math.nan, "p": math.nan}
+        row = {
+            "claim": claim.name,
+            "a": claim.label_a,
+            "b": claim.label_b,
+            "metric": claim.metric,
+            "n_a": len(x),
+            "n_b": len(y),
+            "effect": math.nan,
+            "ci_low": math.nan,
+            "ci_high": math.nan,
+            "p": math.nan,
+        }
         if len(x) >= MIN_N and len(y) >= MIN_N:
             row["effect"] = float(x.mean() - y.mean())
             if np.ptp(np.concatenate([x, y])) > 0:
-                res = stats.bootstrap((x, y), lambda u, v, axis=-1: u.mean(axis=axis) - v.mean(axis=axis),
-                                      n_resamples=2000, rng=np.random.default_rng(0), method="percentile")
-                row["ci_low"], row["ci_high"] = (float(res.confidence_interval.low),
-                                                 float(res.confidence_interval.high))
+                res = stats.bootstrap(
+                    (x, y),
+                    lambda u, v, axis=-1: u.mean(axis=axis) - v.mean(axis=axis),
+                    n_resamples=2000,
+                    rng=np.random.default_rng(0),
+                    method="percentile",
+                )
+                row["ci_low"], row["ci_high"] = (
+                    float(res.confidence_interval.low),
+                    float(res.confidence_interval.high),
+                )
                 row["p"] = float(stats.mannwhitneyu(x, y, alternative="two-sided").pvalue)
         rows.append(row)
         pvalues.append(row["p"])

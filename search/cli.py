@@ -48,7 +48,11 @@ def _quiet() -> None:
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")] = False) -> None:
+def _main(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and library logs.")
+    ] = False,
+) -> None:
     STATE["debug"] = debug
 
 
@@ -78,11 +82,12 @@ def run(
         raise fail(str(exc)) from None
     _quiet()
     from search.errors import UserError
-    from search.leaderboard import render
     from search.study import run_study
 
     try:
-        result = run_study(cfg, address=address, tracking_uri=tracking_uri, study_name=study, progress=True)
+        result = run_study(
+            cfg, address=address, tracking_uri=tracking_uri, study_name=study, progress=True
+        )
     except UserError as exc:
         raise fail(str(exc)) from None
     _summary(result)
@@ -98,17 +103,26 @@ def _summary(result: object) -> None:
         sys.stdout.write(render(board, "table", top=20, title=f"Leaderboard: {name}"))
     for note in result.notes:  # type: ignore[attr-defined]
         out.print(f"[yellow]note:[/] {note}", highlight=False)
-    out.print(f"study [bold]{name}[/] - {len(board)} trials in {result.seconds:.0f} s", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
+    out.print(
+        f"study [bold]{name}[/] - {len(board)} trials in {result.seconds:.0f} s",
+        highlight=False,
+        soft_wrap=True,
+    )  # type: ignore[attr-defined]
     out.print(f"MLflow parent run {result.parent_run_id} in {uri}", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
     out.print("Open the MLflow UI:  " + ui_command(uri), highlight=False, soft_wrap=True)
-    out.print(f"Leaderboard again:   gradsweep leaderboard --study {name} --tracking-uri {uri}",
-              highlight=False, soft_wrap=True)
+    out.print(
+        f"Leaderboard again:   gradsweep leaderboard --study {name} --tracking-uri {uri}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
 def resume(
     study: Annotated[str, typer.Option(help="The study to finish, as printed by 'gradsweep run'.")],
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the study.")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI of the study.")
+    ] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster (default: local).")] = None,
 ) -> None:
     """Finish a study whose driver died: finished trials stay, interrupted ones resume."""
@@ -117,7 +131,12 @@ def resume(
     from search.study import resume_study
 
     try:
-        result = resume_study(study, tracking_uri=tracking_uri, address=address or os.environ.get("RAY_ADDRESS"), progress=True)
+        result = resume_study(
+            study,
+            tracking_uri=tracking_uri,
+            address=address or os.environ.get("RAY_ADDRESS"),
+            progress=True,
+        )
     except UserError as exc:
         raise fail(str(exc)) from None
     _summary(result)
@@ -125,8 +144,12 @@ def resume(
 
 @app.command()
 def sync(
-    output_dir: Annotated[Path, typer.Option(help="The studies' output directory.")] = Path("gradsweep-runs"),
-    tracking_uri: Annotated[str | None, typer.Option(help="Send to this tracking URI instead.")] = None,
+    output_dir: Annotated[Path, typer.Option(help="The studies' output directory.")] = Path(
+        "gradsweep-runs"
+    ),
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="Send to this tracking URI instead.")
+    ] = None,
 ) -> None:
     """Replay MLflow writes that were saved to disk while the tracking server was unreachable."""
     _quiet()
@@ -140,7 +163,9 @@ def sync(
     for path in spools:
         done, left = replay(path, tracking_uri)
         left_total += left
-        out.print(f"{path.stem}: {done} writes delivered" + (f", {left} still pending" if left else ""))
+        out.print(
+            f"{path.stem}: {done} writes delivered" + (f", {left} still pending" if left else "")
+        )
     if left_total:
         raise fail(f"--tracking-uri: {left_total} writes still undeliverable; is MLflow up?")
 
@@ -159,9 +184,12 @@ def leaderboard(
         str | None, typer.Option(help="MLflow tracking URI (default: the default run's).")
     ] = None,
     top: Annotated[int | None, typer.Option(min=1, help="Show the best N only.")] = None,
-    format: Annotated[str, typer.Option("--format", help="table, csv, markdown or json.")] = "table",
+    format: Annotated[
+        str, typer.Option("--format", help="table, csv, markdown or json.")
+    ] = "table",
     by: Annotated[
-        str | None, typer.Option(help="Factor table instead: activation, init, bn or activation_bn.")
+        str | None,
+        typer.Option(help="Factor table instead: activation, init, bn or activation_bn."),
     ] = None,
 ) -> None:
     """Print a study's leaderboard (or a factor table with CIs and tests), read from MLflow."""
@@ -184,8 +212,13 @@ def leaderboard(
 
         table, tests = factor_table(frame, by), pairwise_tests(frame, by)
         if format == "table":
-            out.print(f"[bold]{study} by {by}[/] (trials that ran every epoch; 95% bootstrap CI of the mean)")
-            sys.stdout.write(table.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n\n")
+            out.print(
+                f"[bold]{study} by {by}[/] (trials that ran every epoch; "
+                "95% bootstrap CI of the mean)"
+            )
+            sys.stdout.write(
+                table.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n\n"
+            )
             out.print("pairwise Mann-Whitney U, Holm-corrected:")
             sys.stdout.write(tests.to_string(index=False, float_format=lambda v: f"{v:.4g}") + "\n")
         elif format == "csv":
@@ -201,14 +234,18 @@ def leaderboard(
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
-def _tracking_client(tracking_uri: str | None):  # noqa: ANN202
+def _tracking_client(tracking_uri: str | None):
     """An MlflowClient on the given (or default) tracking URI, checked first."""
     from mlflow import MlflowClient
 
     from search.errors import UserError
     from search.tracking import check_tracking_uri, default_tracking_uri
 
-    uri = tracking_uri or os.environ.get("GRADSWEEP_TRACKING_URI") or default_tracking_uri(Path("gradsweep-runs"))
+    uri = (
+        tracking_uri
+        or os.environ.get("GRADSWEEP_TRACKING_URI")
+        or default_tracking_uri(Path("gradsweep-runs"))
+    )
     check_tracking_uri(uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise UserError(f"--tracking-uri: no MLflow database at {uri.removeprefix('sqlite:///')}")
@@ -219,7 +256,9 @@ def _tracking_client(tracking_uri: str | None):  # noqa: ANN202
 def report(
     study: Annotated[str, typer.Option(help="Study name, as printed by 'gradsweep run'.")],
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
-    out_dir: Annotated[Path | None, typer.Option(help="Where to write (default: OUTPUT/reports/STUDY).")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Where to write (default: OUTPUT/reports/STUDY).")
+    ] = None,
     importance: Annotated[str, typer.Option(help="fanova or ped-anova.")] = "fanova",
 ) -> None:
     """Write the study report (claims, factor tables, importance, pictures) and log it on MLflow."""
@@ -237,15 +276,23 @@ def report(
         raise fail(str(exc)) from None
     output = Path(parent.data.tags.get("gradsweep.output_dir", "gradsweep-runs"))
     directory = out_dir or output / "reports" / study
-    result = build_report(client, study, directory, os.environ.get("GRADSWEEP_OPTUNA_STORAGE"),
-                          importance=importance)
+    result = build_report(
+        client, study, directory, os.environ.get("GRADSWEEP_OPTUNA_STORAGE"), importance=importance
+    )
     for note in result.notes:
         out.print(f"note: {note}", highlight=False)
     if not result.claims.empty:
-        sys.stdout.write(result.claims[["claim", "n_a", "n_b", "effect", "ci_low", "ci_high", "p_holm", "verdict"]]
-                         .to_string(index=False, float_format=lambda v: f"{v:.4g}") + "\n")
-    out.print(f"report written to {directory / 'report.md'} and logged on the parent run under report/",
-              highlight=False, soft_wrap=True)
+        sys.stdout.write(
+            result.claims[
+                ["claim", "n_a", "n_b", "effect", "ci_low", "ci_high", "p_holm", "verdict"]
+            ].to_string(index=False, float_format=lambda v: f"{v:.4g}")
+            + "\n"
+        )
+    out.print(
+        f"report written to {directory / 'report.md'} and logged on the parent run under report/",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("presets")

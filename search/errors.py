@@ -4,4 +4,4 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """Bad input a user can fix: ``str()`` is the one line to print (key or value, what's allowed)."""
+    """Bad input a user can fix: ``str()`` is the one line to print (key or value, allowed)."""

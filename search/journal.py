@@ -37,8 +37,15 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
 #: Error codes with which MLflow rejects a request itself: retrying cannot help.
-PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
-             "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "MALFORMED_REQUEST"}
+PERMANENT = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_ALREADY_EXISTS",
+    "RESOURCE_DOES_NOT_EXIST",
+    "INVALID_STATE",
+    "BAD_REQUEST",
+    "PERMISSION_DENIED",
+    "MALFORMED_REQUEST",
+}
 _CLOSE = object()
 
 Op = dict[str, Any]
@@ -105,11 +112,23 @@ class Journal:
         self._queue.put(op)
 
     def create_run(self, key: str, experiment_id: str, run_name: str, tags: dict[str, str]) -> None:
-        self.submit({"op": "create_run", "key": key, "experiment_id": experiment_id,
-                     "run_name": run_name, "tags": tags})
+        self.submit(
+            {
+                "op": "create_run",
+                "key": key,
+                "experiment_id": experiment_id,
+                "run_name": run_name,
+                "tags": tags,
+            }
+        )
 
-    def log_batch(self, key: str, metrics: list[tuple[str, float, int, int]] = (),  # type: ignore[assignment]
-                  params: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> None:
+    def log_batch(
+        self,
+        key: str,
+        metrics: list[tuple[str, float, int, int]] = (),  # type: ignore[assignment]
+        params: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         """Queue a batch, split to MLflow's per-call limits."""
         for part in _chunks(sorted((params or {}).items()), MAX_PARAMS):
             self.submit({"op": "log_batch", "key": key, "params": part})
@@ -182,7 +201,9 @@ class Journal:
                     self._left.append(op)
                     return
                 self.retried += 1
-                log.info("MLflow write failed (%s); retrying in %.1f s", exc.__class__.__name__, backoff)
+                log.info(
+                    "MLflow write failed (%s); retrying in %.1f s", exc.__class__.__name__, backoff
+                )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
 
@@ -192,7 +213,9 @@ def spool_path(output_dir: Path, study: str) -> Path:
     return output_dir / "mlflow-spool" / f"{study}.jsonl"
 
 
-def replay(path: Path, tracking_uri: str | None = None, patience_s: float = 30.0) -> tuple[int, int]:
+def replay(
+    path: Path, tracking_uri: str | None = None, patience_s: float = 30.0
+) -> tuple[int, int]:
     """Replay a spool file into MLflow; returns (delivered, still spooled).
 
     The file is rewritten with what could not be delivered, or removed when all went through.

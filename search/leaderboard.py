@@ -119,7 +119,9 @@ def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def render(frame: pd.DataFrame, fmt: Format = "table", top: int | None = None, title: str = "") -> str:
+def render(
+    frame: pd.DataFrame, fmt: Format = "table", top: int | None = None, title: str = ""
+) -> str:
     """Render the leaderboard as text (``table`` uses rich)."""
     shown = frame.head(top) if top else frame
     visible = shown[[c for c in COLUMNS if c in shown.columns]]
@@ -134,7 +136,9 @@ def render(frame: pd.DataFrame, fmt: Format = "table", top: int | None = None, t
         columns.remove("reason")
     table = Table(title=title or None, title_justify="left")
     for column in columns:
-        table.add_column(_HEADERS.get(column, column), justify="right" if column in _NUMERIC else "left")
+        table.add_column(
+            _HEADERS.get(column, column), justify="right" if column in _NUMERIC else "left"
+        )
     for _, row in visible.iterrows():
         table.add_row(*[_cell(row[c]) for c in columns])
     console = Console(width=200)
@@ -143,8 +147,12 @@ def render(frame: pd.DataFrame, fmt: Format = "table", top: int | None = None, t
     return "\n".join(line.rstrip() for line in capture.get().splitlines()) + "\n"
 
 
-_HEADERS = {"run_name": "run", "best_val_accuracy": "best val acc", "test_accuracy": "test acc",
-            "epochs_run": "epochs"}
+_HEADERS = {
+    "run_name": "run",
+    "best_val_accuracy": "best val acc",
+    "test_accuracy": "test acc",
+    "epochs_run": "epochs",
+}
 _NUMERIC = {"rank", "alpha", "lr", "best_val_accuracy", "test_accuracy", "epochs_run"}
 
 
@@ -159,5 +167,7 @@ def _cell(value: object) -> str:
 def _markdown(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    body = [
+        "| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
     return "\n".join([header, rule, *body]) + "\n"

@@ -13,11 +13,11 @@ import re
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
 
 TRIAL_FIGURE = "diagnostics/gradient_flow.png"
 PARENT_FIGURE = "gradient_by_depth.png"
@@ -29,9 +29,16 @@ History = dict[int, dict[str, float]]  # epoch -> metrics
 
 def per_layer(history: History, figure: str) -> tuple[list[int], list[int], np.ndarray]:
     """(epochs, layers, matrix[layer, epoch]) of one per-layer figure, NaN where missing."""
-    epochs = sorted(e for e, m in history.items() if any(k.startswith(f"diag/{figure}/") for k in m))
+    epochs = sorted(
+        e for e, m in history.items() if any(k.startswith(f"diag/{figure}/") for k in m)
+    )
     layers = sorted(
-        {int(g[2]) for m in history.values() for k in m if (g := _LAYER.match(k)) and g[1] == figure}
+        {
+            int(g[2])
+            for m in history.values()
+            for k in m
+            if (g := _LAYER.match(k)) and g[1] == figure
+        }
     )
     matrix = np.full((len(layers), len(epochs)), np.nan)
     for j, epoch in enumerate(epochs):
@@ -46,8 +53,13 @@ def trial_figure(history: History, title: str) -> Figure:
     epochs, layers, norms = per_layer(history, "grad_norm")
     if norms.size:
         with np.errstate(divide="ignore"):
-            image = left.imshow(np.log10(norms), aspect="auto", origin="lower", cmap="viridis",
-                                extent=(epochs[0] - 0.5, epochs[-1] + 0.5, layers[0] - 0.5, layers[-1] + 0.5))
+            image = left.imshow(
+                np.log10(norms),
+                aspect="auto",
+                origin="lower",
+                cmap="viridis",
+                extent=(epochs[0] - 0.5, epochs[-1] + 0.5, layers[0] - 0.5, layers[-1] + 0.5),
+            )
         fig.colorbar(image, ax=left, label="log10 ‖∇W‖")
     else:
         left.text(0.5, 0.5, "no epoch finished", ha="center", va="center", transform=left.transAxes)
@@ -76,7 +88,9 @@ def depth_figure(curves: dict[str, list[float]], title: str) -> Figure:
     return fig
 
 
-def first_epoch_curves(board: pd.DataFrame, histories: dict[str, History]) -> dict[str, list[float]]:
+def first_epoch_curves(
+    board: pd.DataFrame, histories: dict[str, History]
+) -> dict[str, list[float]]:
     """Gradient norm by depth at the first measured epoch, for the best run of each activation
     (``board`` is ranked best first)."""
     curves: dict[str, list[float]] = {}

@@ -32,7 +32,9 @@ class ProgressCallback(tune.Callback):
         self.running += 1
         self.progress.update(self.task, running=self.running)
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         value = result.get("best_val_accuracy")
         if isinstance(value, float) and not value <= self.best:
             self.best = value

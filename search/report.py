@@ -14,15 +14,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric
 
-from search.analysis import FACTORS, factor_table, judge_claims, pairwise_tests, usable  # noqa: E402
-from search.leaderboard import find_parent_run, leaderboard, render  # noqa: E402
+from search.analysis import FACTORS, factor_table, judge_claims, pairwise_tests, usable
+from search.leaderboard import find_parent_run, leaderboard, render
 
 IMPORTANCE = {
     "fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
@@ -72,9 +72,15 @@ def metric_by_activation(trials: pd.DataFrame, table: pd.DataFrame, metric: str,
         rng = np.random.default_rng(0)
         for i, values in enumerate(groups, start=1):
             ax.scatter(i + rng.uniform(-0.15, 0.15, len(values)), values, s=12, alpha=0.6)
-        ax.errorbar(range(1, len(order) + 1), table["mean"],
-                    yerr=[table["mean"] - table["ci_low"], table["ci_high"] - table["mean"]],
-                    fmt="D", color="black", capsize=4, label="mean, 95% CI")
+        ax.errorbar(
+            range(1, len(order) + 1),
+            table["mean"],
+            yerr=[table["mean"] - table["ci_low"], table["ci_high"] - table["mean"]],
+            fmt="D",
+            color="black",
+            capsize=4,
+            label="mean, 95% CI",
+        )
         ax.legend(loc="lower left")
     ax.set(ylabel=metric, title=f"{metric} by activation (completed trials)")
     return _save(fig, path)
@@ -97,7 +103,7 @@ def init_by_bn(trials: pd.DataFrame, metric: str, path: Path) -> str:
     return _save(fig, path)
 
 
-def _optuna_plot(plotter, study: optuna.Study, path: Path, **kwargs) -> str | None:  # noqa: ANN001
+def _optuna_plot(plotter, study: optuna.Study, path: Path, **kwargs) -> str | None:
     try:
         ax = plotter(study, **kwargs)
     except Exception:
@@ -135,20 +141,27 @@ def build_report(
     pictures: dict[str, str | None] = {}
     if used:
         pictures["metric by activation"] = metric_by_activation(
-            trials, factors["activation"], metric, directory / "metric_by_activation.png")
-        pictures["initializer x batch norm"] = init_by_bn(trials, metric, directory / "init_by_bn.png")
+            trials, factors["activation"], metric, directory / "metric_by_activation.png"
+        )
+        pictures["initializer x batch norm"] = init_by_bn(
+            trials, metric, directory / "init_by_bn.png"
+        )
     scores: dict[str, float] = {}
     storage = optuna_storage or parent.data.tags.get("gradsweep.optuna_storage")
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except Exception as exc:
         study = None
-        notes.append(f"Optuna study not readable ({exc.__class__.__name__}): no importance or history")
+        notes.append(
+            f"Optuna study not readable ({exc.__class__.__name__}): no importance or history"
+        )
     if study is not None:
         from optuna.visualization import matplotlib as ovm
 
         try:
-            scores = optuna.importance.get_param_importances(study, evaluator=IMPORTANCE[importance]())
+            scores = optuna.importance.get_param_importances(
+                study, evaluator=IMPORTANCE[importance]()
+            )
         except Exception as exc:  # too few trials, a single-valued space, ...
             notes.append(f"importance not computed: {exc}")
         if scores:
@@ -158,23 +171,56 @@ def build_report(
             ax.set(xlabel=f"importance ({importance})", title="hyperparameter importance")
             pictures["importance"] = _save(fig, directory / "importance.png")
         pictures["optimization history"] = _optuna_plot(
-            ovm.plot_optimization_history, study, directory / "optimization_history.png")
+            ovm.plot_optimization_history, study, directory / "optimization_history.png"
+        )
         pictures["parallel coordinates"] = _optuna_plot(
-            ovm.plot_parallel_coordinate, study, directory / "parallel_coordinates.png",
-            params=[p for p in ("activation", "init", "bn", "lr") if any(p in t.params for t in study.trials)])
+            ovm.plot_parallel_coordinate,
+            study,
+            directory / "parallel_coordinates.png",
+            params=[
+                p
+                for p in ("activation", "init", "bn", "lr")
+                if any(p in t.params for t in study.trials)
+            ],
+        )
 
     lines = [f"# gradsweep report: {study_name}", ""]
     lines += [f"- {n}" for n in notes] + [""]
-    lines += ["## Leaderboard (top 20)", "", render(trials, "markdown", top=20) if not trials.empty else "_empty_", ""]
-    lines += ["## Claims from the notes, tested on this study", "",
-              "Verdicts come from the data: held / refuted need p < 0.05 (Mann-Whitney, Holm-corrected "
-              "over all claims) and a 95% bootstrap CI of the difference that excludes zero; "
-              f"fewer than 3 trials on a side is 'not enough data'. Effect = mean({metric}) of A - B; "
-              "for gradient flow, -|log10 first/last gradient ratio|.", "", _md(claims), ""]
+    lines += [
+        "## Leaderboard (top 20)",
+        "",
+        render(trials, "markdown", top=20) if not trials.empty else "_empty_",
+        "",
+    ]
+    lines += [
+        "## Claims from the notes, tested on this study",
+        "",
+        "Verdicts come from the data: held / refuted need p < 0.05 (Mann-Whitney, Holm-corrected "
+        "over all claims) and a 95% bootstrap CI of the difference that excludes zero; "
+        f"fewer than 3 trials on a side is 'not enough data'. Effect = mean({metric}) of A - B; "
+        "for gradient flow, -|log10 first/last gradient ratio|.",
+        "",
+        _md(claims),
+        "",
+    ]
     for f, table in factors.items():
-        lines += [f"## By {f}", "", _md(table), "", "Pairwise (Mann-Whitney U, Holm):", "", _md(pairwise[f]), ""]
+        lines += [
+            f"## By {f}",
+            "",
+            _md(table),
+            "",
+            "Pairwise (Mann-Whitney U, Holm):",
+            "",
+            _md(pairwise[f]),
+            "",
+        ]
     if scores:
-        lines += ["## Importance", "", _md(pd.DataFrame({"param": list(scores), "importance": list(scores.values())})), ""]
+        lines += [
+            "## Importance",
+            "",
+            _md(pd.DataFrame({"param": list(scores), "importance": list(scores.values())})),
+            "",
+        ]
     for title, name in pictures.items():
         if name:
             lines += [f"## {title.capitalize()}", "", f"![{title}]({name})", ""]
@@ -184,7 +230,10 @@ def build_report(
         run_id = parent.info.run_id
         now = int(pd.Timestamp.now().timestamp() * 1000)
         if scores:
-            client.log_batch(run_id, metrics=[Metric(f"importance/{k}", float(v), now, 0) for k, v in scores.items()])
+            client.log_batch(
+                run_id,
+                metrics=[Metric(f"importance/{k}", float(v), now, 0) for k, v in scores.items()],
+            )
         client.log_artifacts(run_id, str(directory), "report")
         for f, table in factors.items():
             client.log_text(run_id, table.to_csv(index=False), f"leaderboard_by_{f}.csv")

@@ -47,7 +47,9 @@ def latest_checkpoint(trial_path: str) -> str | None:
     """The newest ``checkpoint_*`` directory of a Ray trial that holds a complete checkpoint."""
     if not trial_path or not Path(trial_path).is_dir():
         return None
-    found = sorted(p for p in Path(trial_path).glob("checkpoint_*") if (p / CHECKPOINT_FILE).is_file())
+    found = sorted(
+        p for p in Path(trial_path).glob("checkpoint_*") if (p / CHECKPOINT_FILE).is_file()
+    )
     return str(found[-1]) if found else None
 
 
@@ -86,7 +88,9 @@ def find_checkpoint(ray_root: Path, study: str, number: int, trial_path: str = "
     return max(candidates, key=lambda c: Path(c).stat().st_mtime) if candidates else None
 
 
-def plan_resume(client: MlflowClient, parent: Run, study: optuna.Study, ray_root: Path) -> ResumePlan:
+def plan_resume(
+    client: MlflowClient, parent: Run, study: optuna.Study, ray_root: Path
+) -> ResumePlan:
     """Close the stale child runs and list the interrupted trials with their checkpoints."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     plan = ResumePlan(finished=sum(t.state in _STATUS for t in trials.values()))
@@ -99,15 +103,30 @@ def plan_resume(client: MlflowClient, parent: Run, study: optuna.Study, ray_root
         if trial is None:
             _close(client, run, "FAILED", "orphaned", "no Optuna trial matches this run")
         elif trial.state in _STATUS:
-            _close(client, run, _STATUS[trial.state], run.data.tags.get(OUTCOME_TAG, "completed"),
-                   "closed on resume: the driver died before writing this final status")
+            _close(
+                client,
+                run,
+                _STATUS[trial.state],
+                run.data.tags.get(OUTCOME_TAG, "completed"),
+                "closed on resume: the driver died before writing this final status",
+            )
         else:
-            checkpoint = find_checkpoint(ray_root, study.study_name, number,
-                                         run.data.tags.get("ray.trial_path", ""))
+            checkpoint = find_checkpoint(
+                ray_root, study.study_name, number, run.data.tags.get("ray.trial_path", "")
+            )
             plan.resume[number] = {RESUME_KEY: checkpoint} if checkpoint else {}
-            plan.tags[number] = {"gradsweep.resumed": "true", "gradsweep.resumed_from": run.info.run_id}
-            _close(client, run, "KILLED", "interrupted",
-                   "driver lost; the trial resumed in a new run" + (" from its checkpoint" if checkpoint else ""))
+            plan.tags[number] = {
+                "gradsweep.resumed": "true",
+                "gradsweep.resumed_from": run.info.run_id,
+            }
+            _close(
+                client,
+                run,
+                "KILLED",
+                "interrupted",
+                "driver lost; the trial resumed in a new run"
+                + (" from its checkpoint" if checkpoint else ""),
+            )
             interrupted.discard(number)
         plan.closed.append(run.info.run_id)
     for number in interrupted:  # asked by Optuna, but its run never reached MLflow

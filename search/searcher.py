@@ -77,7 +77,9 @@ class ResumingOptunaSearch(HonestOptunaSearch):
             from optuna.trial import Trial
 
             number, extra = self._resume.popitem()
-            frozen = next(t for t in self._ot_study.get_trials(deepcopy=False) if t.number == number)
+            frozen = next(
+                t for t in self._ot_study.get_trials(deepcopy=False) if t.number == number
+            )
             ot_trial = Trial(self._ot_study, frozen._trial_id)
             self._ot_trials[trial_id] = ot_trial
             return {**self._suggest_from_define_by_run_func(self._space, ot_trial), **extra}

@@ -70,7 +70,7 @@ class StudyResult:
 
 
 def resolve_paths(config: StudyConfig, tracking_uri: str | None) -> tuple[Path, str, str]:
-    """(absolute output dir, tracking URI, Optuna storage URL), from flags, env, config, defaults."""
+    """(absolute output dir, tracking URI, Optuna storage URL): flag, env, config, default."""
     output = Path(config.output_dir).expanduser().resolve()
     uri = tracking_uri or os.environ.get("GRADSWEEP_TRACKING_URI") or config.tracking.uri
     uri = uri or default_tracking_uri(output)
@@ -82,14 +82,20 @@ def resolve_paths(config: StudyConfig, tracking_uri: str | None) -> tuple[Path, 
 def with_driver(url: str) -> str:
     """``postgresql://`` -> ``postgresql+psycopg2://``: SQLAlchemy 2.1 would pick psycopg 3,
     which gradsweep does not install; psycopg2 is what it ships with."""
-    return "postgresql+psycopg2://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
+    return (
+        "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+        if url.startswith("postgresql://")
+        else url
+    )
 
 
 def check_address(address: str) -> None:
     """Fail fast when ``address`` names a Ray cluster that isn't there."""
     if address == "auto":
         current = Path("/tmp/ray/ray_current_cluster")
-        found = os.environ.get("RAY_ADDRESS") or (current.read_text().strip() if current.is_file() else "")
+        found = os.environ.get("RAY_ADDRESS") or (
+            current.read_text().strip() if current.is_file() else ""
+        )
         if not found or found == "auto":
             raise UserError("--address auto: no running Ray cluster found on this machine")
         address = found
@@ -105,7 +111,10 @@ def check_address(address: str) -> None:
         with socket.create_connection((parsed.hostname, port), timeout=3):
             pass
     except OSError as exc:
-        raise UserError(f"--address: no Ray cluster reachable at {parsed.hostname}:{port} ({exc.strerror or exc})") from None
+        raise UserError(
+            f"--address: no Ray cluster reachable at {parsed.hostname}:{port} "
+            f"({exc.strerror or exc})"
+        ) from None
 
 
 def check_storage(url: str) -> None:
@@ -200,7 +209,11 @@ def _tune(
     """Run one Tuner over the study; the tracker it returns holds the per-trial histories."""
     config = session.config
     tracker = MlflowTracker(
-        session.journal, session.experiment_id, session.parent_run_id, session.name, config,
+        session.journal,
+        session.experiment_id,
+        session.parent_run_id,
+        session.name,
+        config,
         extra_tags={str(k): v for k, v in (resumed_tags or {}).items()},
     )
     if num_samples < 1:
@@ -249,7 +262,9 @@ def _tune(
     return tracker
 
 
-def _finish(session: _Session, tracker: MlflowTracker, status: str, patience_s: float) -> tuple[pd.DataFrame, list[str]]:
+def _finish(
+    session: _Session, tracker: MlflowTracker, status: str, patience_s: float
+) -> tuple[pd.DataFrame, list[str]]:
     """Leaderboard, pictures, orphan sweep and parent status; spool what MLflow can't take."""
     journal, client, config = session.journal, session.client, session.config
     board = pd.DataFrame()
@@ -264,12 +279,26 @@ def _finish(session: _Session, tracker: MlflowTracker, status: str, patience_s: 
             journal.log_text("parent", render(board, "csv"), "leaderboard.csv")
             journal.log_text("parent", render(board, "markdown"), "leaderboard.md")
             if config.diagnostics.enabled:
-                histories = {journal.run_ids[k]: h for k, h in tracker.history.items() if k in journal.run_ids}
-                log_pictures(client, board, histories, session.parent_run_id,
-                             config.diagnostics.plots_top, config.diagnostics.plots_diverged)
+                histories = {
+                    journal.run_ids[k]: h
+                    for k, h in tracker.history.items()
+                    if k in journal.run_ids
+                }
+                log_pictures(
+                    client,
+                    board,
+                    histories,
+                    session.parent_run_id,
+                    config.diagnostics.plots_top,
+                    config.diagnostics.plots_diverged,
+                )
             if not board.empty:
-                build_report(client, session.name, session.output / "reports" / session.name,
-                             optuna_storage=session.storage)
+                build_report(
+                    client,
+                    session.name,
+                    session.output / "reports" / session.name,
+                    optuna_storage=session.storage,
+                )
         except Exception as exc:  # MLflow went away between flush and here
             notes.append(f"leaderboard not written: {exc.__class__.__name__}: {exc}")
     journal.set_terminated("parent", status)
@@ -283,8 +312,14 @@ def _finish(session: _Session, tracker: MlflowTracker, status: str, patience_s: 
     return board, notes
 
 
-def _open_session(config: StudyConfig, name: str, output: Path, uri: str, storage: str,
-                  parent_run_id: str | None = None) -> _Session:
+def _open_session(
+    config: StudyConfig,
+    name: str,
+    output: Path,
+    uri: str,
+    storage: str,
+    parent_run_id: str | None = None,
+) -> _Session:
     client = MlflowClient(tracking_uri=uri)
     # A tracking server stores artifacts itself (mlflow-artifacts:/); a local path would be one
     # only this machine can see, not the server's UI.
@@ -293,12 +328,17 @@ def _open_session(config: StudyConfig, name: str, output: Path, uri: str, storag
     experiment_id = get_or_create_experiment(client, config.tracking.experiment, artifact_root)
     if parent_run_id is None:
         parent_run_id = start_parent_run(client, experiment_id, name, config)
-        client.log_batch(parent_run_id, tags=[
-            RunTag("gradsweep.output_dir", str(output)),
-            RunTag("gradsweep.optuna_storage", _redact(storage)),
-        ])
+        client.log_batch(
+            parent_run_id,
+            tags=[
+                RunTag("gradsweep.output_dir", str(output)),
+                RunTag("gradsweep.optuna_storage", _redact(storage)),
+            ],
+        )
     journal = Journal(client, spool_path(output, name), run_ids={"parent": parent_run_id})
-    return _Session(config, name, output, uri, storage, client, experiment_id, parent_run_id, journal)
+    return _Session(
+        config, name, output, uri, storage, client, experiment_id, parent_run_id, journal
+    )
 
 
 def _redact(url: str) -> str:
@@ -335,7 +375,9 @@ def run_study(
         status = "KILLED"
         raise
     finally:
-        board, notes = _finish(session, tracker or _empty_tracker(session), status, close_patience_s)
+        board, notes = _finish(
+            session, tracker or _empty_tracker(session), status, close_patience_s
+        )
         if started_ray:
             ray.shutdown()
     return _result(session, board, notes, t0)
@@ -351,7 +393,11 @@ def resume_study(
 ) -> StudyResult:
     """Finish a study whose driver died: see :mod:`search.resume`."""
     t0 = time.perf_counter()
-    uri = tracking_uri or os.environ.get("GRADSWEEP_TRACKING_URI") or default_tracking_uri(Path("gradsweep-runs").resolve())
+    uri = (
+        tracking_uri
+        or os.environ.get("GRADSWEEP_TRACKING_URI")
+        or default_tracking_uri(Path("gradsweep-runs").resolve())
+    )
     check_tracking_uri(uri)
     if address:
         check_address(address)
@@ -360,22 +406,31 @@ def resume_study(
     tags = parent.data.tags
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            raw = json.loads(Path(client.download_artifacts(parent.info.run_id, "config.json", tmp)).read_text())
+            raw = json.loads(
+                Path(client.download_artifacts(parent.info.run_id, "config.json", tmp)).read_text()
+            )
         config = StudyConfig.model_validate(raw)
     except Exception as exc:
         raise UserError(f"--study {study_name}: its saved config can't be read ({exc})") from None
     output = Path(tags.get("gradsweep.output_dir", config.output_dir))
     storage = with_driver(
-        os.environ.get("GRADSWEEP_OPTUNA_STORAGE") or config.optuna_storage or f"sqlite:///{output / 'optuna.db'}"
+        os.environ.get("GRADSWEEP_OPTUNA_STORAGE")
+        or config.optuna_storage
+        or f"sqlite:///{output / 'optuna.db'}"
     )
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except Exception as exc:
-        raise UserError(f"--study {study_name}: no Optuna study in {_redact(storage)} ({exc.__class__.__name__})") from None
+        raise UserError(
+            f"--study {study_name}: no Optuna study in {_redact(storage)} "
+            f"({exc.__class__.__name__})"
+        ) from None
     plan = plan_resume(client, parent, study, output / "ray")
     remaining = config.num_samples - plan.finished
     started_ray = connect_ray(address, config) if remaining > 0 else False
-    client.log_batch(parent.info.run_id, tags=[RunTag("gradsweep.resumed", time.strftime("%Y-%m-%dT%H:%M:%S"))])
+    client.log_batch(
+        parent.info.run_id, tags=[RunTag("gradsweep.resumed", time.strftime("%Y-%m-%dT%H:%M:%S"))]
+    )
     if parent.info.status != "RUNNING":
         client.update_run(parent.info.run_id, status="RUNNING")  # children nest under an active run
     session = _open_session(config, study_name, output, uri, storage, parent.info.run_id)
@@ -394,16 +449,23 @@ def resume_study(
         status = "KILLED"
         raise
     finally:
-        board, notes = _finish(session, tracker or _empty_tracker(session), status, close_patience_s)
+        board, notes = _finish(
+            session, tracker or _empty_tracker(session), status, close_patience_s
+        )
         if started_ray:
             ray.shutdown()
-    notes.insert(0, f"resumed: {plan.finished} trials already finished, {len(plan.resume)} resumed, "
-                    f"{max(0, remaining - len(plan.resume))} new")
+    notes.insert(
+        0,
+        f"resumed: {plan.finished} trials already finished, {len(plan.resume)} resumed, "
+        f"{max(0, remaining - len(plan.resume))} new",
+    )
     return _result(session, board, notes, t0)
 
 
 def _empty_tracker(session: _Session) -> MlflowTracker:
-    return MlflowTracker(session.journal, session.experiment_id, session.parent_run_id, session.name, session.config)
+    return MlflowTracker(
+        session.journal, session.experiment_id, session.parent_run_id, session.name, session.config
+    )
 
 
 def _result(session: _Session, board: pd.DataFrame, notes: list[str], t0: float) -> StudyResult:

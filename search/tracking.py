@@ -23,7 +23,7 @@ from ray import tune
 
 from search.errors import UserError
 from search.journal import MAX_PARAMS, Journal
-from spaces import TRIAL_NUMBER_KEY, StudyConfig, resolve_trial
+from spaces import StudyConfig, resolve_trial
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,16 @@ OUTCOME_TAG = "gradsweep.outcome"
 PARENT_TAG = "mlflow.parentRunId"
 #: Per-epoch metrics a trial reports that go to MLflow with step = epoch.
 EPOCH_METRICS = (
-    "train_loss", "val_loss", "val_accuracy", "best_val_accuracy", "epoch_seconds",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "best_val_accuracy",
+    "epoch_seconds",
     # fused seeds: how many, how many diverged, spread of the per-seed best
-    "seeds", "seeds_diverged", "best_val_accuracy_std", "best_val_accuracy_ci_low",
+    "seeds",
+    "seeds_diverged",
+    "best_val_accuracy_std",
+    "best_val_accuracy_ci_low",
     "best_val_accuracy_ci_high",
 )
 
@@ -51,10 +58,14 @@ def check_tracking_uri(uri: str) -> None:
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
                 if response.status != 200:
-                    raise UserError(f"--tracking-uri: {uri} answered HTTP {response.status} on /health")
+                    raise UserError(
+                        f"--tracking-uri: {uri} answered HTTP {response.status} on /health"
+                    )
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise UserError(f"--tracking-uri: MLflow server {uri} is unreachable ({reason})") from None
+            raise UserError(
+                f"--tracking-uri: MLflow server {uri} is unreachable ({reason})"
+            ) from None
     elif uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
         if not path.is_absolute():
@@ -187,7 +198,12 @@ class MlflowTracker(tune.Callback):
             **self.extra_tags.get(str(spec.number), {}),
         }
         self.journal.create_run(trial.trial_id, self.experiment_id, spec.label(), tags)
-        params = {"activation": spec.activation, "init": spec.init, "bn": spec.bn, "lr": repr(spec.lr)}
+        params = {
+            "activation": spec.activation,
+            "init": spec.init,
+            "bn": spec.bn,
+            "lr": repr(spec.lr),
+        }
         if spec.alpha is not None:
             alpha = spec.alpha
             params["alpha"] = json.dumps(list(alpha)) if isinstance(alpha, tuple) else repr(alpha)
@@ -228,8 +244,13 @@ class MlflowTracker(tune.Callback):
             return
         self.retries[key] = self.retries.get(key, 0) + 1
         epoch = int((self.last.get(key) or {}).get("epoch", 0))
-        self.journal.log_batch(key, tags={"gradsweep.retries": str(self.retries[key]),
-                                          "gradsweep.retried_after_epoch": str(epoch)})
+        self.journal.log_batch(
+            key,
+            tags={
+                "gradsweep.retries": str(self.retries[key]),
+                "gradsweep.retried_after_epoch": str(epoch),
+            },
+        )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = self.last.get(trial.trial_id) or trial.last_result
@@ -255,7 +276,11 @@ class MlflowTracker(tune.Callback):
             metrics = [("epochs_run", float(epoch), now, epoch)]
             for name in ("test_accuracy", "best_val_accuracy"):
                 value = result.get(name)
-                if isinstance(value, int | float) and math.isfinite(value) and not result.get("diverged"):
+                if (
+                    isinstance(value, int | float)
+                    and math.isfinite(value)
+                    and not result.get("diverged")
+                ):
                     metrics.append((name, float(value), now, epoch))
             if result.get("diverged"):
                 reason = reason or f"non-finite loss or gradient in epoch {epoch}"

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from scipy import stats
 from ray import tune
+from scipy import stats
 
 from search.resume import CHECKPOINT_FILE, RESUME_KEY, owned_by_user
 from spaces import StudyConfig, resolve_trial
@@ -31,7 +31,6 @@ from trainers import (
     train,
     train_fused,
 )
-
 
 
 def _save_checkpoint(state: LoopState, directory: str) -> None:
@@ -88,7 +87,10 @@ def seed_summary(reports: dict[int, EpochReport]) -> dict[str, float]:
     """One fused epoch as metrics: the mean over live seeds drives Optuna and the scheduler;
     per-seed values, std and a 95% t-interval of ``best_val_accuracy`` go to MLflow."""
     live = {s: r for s, r in reports.items() if not r.diverged}
-    out: dict[str, float] = {"seeds": float(len(reports)), "seeds_diverged": float(len(reports) - len(live))}
+    out: dict[str, float] = {
+        "seeds": float(len(reports)),
+        "seeds_diverged": float(len(reports) - len(live)),
+    }
     for i, (seed, report) in enumerate(sorted(reports.items())):
         out[f"seed/{i}/best_val_accuracy"] = report.best_val_accuracy
         out[f"seed/{i}/val_accuracy"] = report.val_accuracy
@@ -114,7 +116,9 @@ def seed_summary(reports: dict[int, EpochReport]) -> dict[str, float]:
     return out
 
 
-def _report(metrics: dict[str, Any], state: Any, epoch: int, last: int, every: int, diverged: bool) -> None:
+def _report(
+    metrics: dict[str, Any], state: Any, epoch: int, last: int, every: int, diverged: bool
+) -> None:
     """``tune.report`` with a checkpoint every ``every`` epochs and at the last one."""
     if every and not diverged and (epoch % every == 0 or epoch == last):
         with tempfile.TemporaryDirectory() as directory:

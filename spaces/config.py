@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from trainers import ACTIVATIONS, BATCH_NORM_PLACEMENTS, DATASETS, INITIALIZERS, OPTIMIZERS
+from trainers import ACTIVATIONS, DATASETS, INITIALIZERS, OPTIMIZERS
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 SEARCHERS: tuple[str, ...] = ("tpe", "random", "grid", "cmaes", "qmc", "gp")
@@ -155,9 +155,7 @@ class SearchSpaceConfig(_Strict):
         for name, choice in v.items():
             spec = ACTIVATIONS.get(name)
             if spec is None:
-                raise ValueError(
-                    f"unknown activation {name!r}; allowed: {', '.join(ACTIVATIONS)}"
-                )
+                raise ValueError(f"unknown activation {name!r}; allowed: {', '.join(ACTIVATIONS)}")
             _check_alpha(name, spec.alpha_kind, choice.alpha)
         return v
 
@@ -188,11 +186,17 @@ class SearchSpaceConfig(_Strict):
             allowed = {"activation", "init", "bn", "lr", f"{activation}_alpha"}
             for key in point:
                 if key not in allowed:
-                    raise ValueError(f"enqueue.{i}.{key}: unknown; allowed: {', '.join(sorted(allowed))}")
+                    raise ValueError(
+                        f"enqueue.{i}.{key}: unknown; allowed: {', '.join(sorted(allowed))}"
+                    )
             if point.get("init", self.initializers[0]) not in self.initializers:
-                raise ValueError(f"enqueue.{i}.init: {point['init']!r} is not among the searched initializers")
+                raise ValueError(
+                    f"enqueue.{i}.init: {point['init']!r} is not among the searched initializers"
+                )
             if point.get("bn", self.batch_norm[0]) not in self.batch_norm:
-                raise ValueError(f"enqueue.{i}.bn: {point['bn']!r} is not among the searched placements")
+                raise ValueError(
+                    f"enqueue.{i}.bn: {point['bn']!r} is not among the searched placements"
+                )
         return self
 
 
@@ -201,8 +205,10 @@ def _check_alpha(name: str, kind: str, alpha: object) -> None:
     if alpha is None:
         return
     if kind == "none":
-        raise ValueError(f"{name} has no alpha; remove 'alpha' (activations with one: "
-                         f"{', '.join(n for n, a in ACTIVATIONS.items() if a.alpha_kind != 'none')})")
+        raise ValueError(
+            f"{name} has no alpha; remove 'alpha' (activations with one: "
+            f"{', '.join(n for n, a in ACTIVATIONS.items() if a.alpha_kind != 'none')})"
+        )
     if kind == "range":
         if not isinstance(alpha, tuple):
             raise ValueError(f"{where} is a fixed [lower, upper] pair, e.g. [0.125, 0.333]")
@@ -335,7 +341,9 @@ def _read_yaml(source: str) -> tuple[dict[str, Any], str]:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config: {path.name} must hold a mapping of keys, not a {type(raw).__name__}")
+        raise ConfigError(
+            f"config: {path.name} must hold a mapping of keys, not a {type(raw).__name__}"
+        )
     return raw, path.stem
 
 
@@ -377,10 +385,16 @@ def format_validation_error(exc: ValidationError, prefix: str = "config") -> str
             msg = msg.replace("Input should be", "allowed:")
         parts.append(f"{loc}: {msg}" if loc else msg)
     unique = list(dict.fromkeys(parts))
-    return f"{prefix}: " + "; ".join(unique[:3]) + (f" (+{len(unique) - 3} more)" if len(unique) > 3 else "")
+    return (
+        f"{prefix}: "
+        + "; ".join(unique[:3])
+        + (f" (+{len(unique) - 3} more)" if len(unique) > 3 else "")
+    )
 
 
-def load_config(source: str | Path | dict[str, Any], overrides: tuple[str, ...] | list[str] = ()) -> StudyConfig:
+def load_config(
+    source: str | Path | dict[str, Any], overrides: tuple[str, ...] | list[str] = ()
+) -> StudyConfig:
     """Load a study config from a YAML path, a preset name or a dict, then apply overrides.
 
     Raises :class:`ConfigError` with one line naming the bad key and what is allowed.

@@ -11,8 +11,16 @@ from search.analysis import Claim, factor_table, holm, judge_claims, pairwise_te
 
 def _trials(groups: dict[str, np.ndarray], **columns: object) -> pd.DataFrame:
     rows = [
-        {"activation": a, "init": "he_normal", "bn": "none", "alpha": None, "outcome": "completed",
-         "best_val_accuracy": float(v), "grad_ratio": 1.0, **columns}
+        {
+            "activation": a,
+            "init": "he_normal",
+            "bn": "none",
+            "alpha": None,
+            "outcome": "completed",
+            "best_val_accuracy": float(v),
+            "grad_ratio": 1.0,
+            **columns,
+        }
         for a, values in groups.items()
         for v in values
     ]
@@ -25,7 +33,9 @@ def _claim(a: str, b: str) -> Claim:
 
 def test_planted_winner_is_held_with_ci_excluding_zero() -> None:
     rng = np.random.default_rng(1)
-    trials = _trials({"elu": 0.95 + rng.normal(0, 0.01, 10), "logistic": 0.3 + rng.normal(0, 0.05, 10)})
+    trials = _trials(
+        {"elu": 0.95 + rng.normal(0, 0.01, 10), "logistic": 0.3 + rng.normal(0, 0.05, 10)}
+    )
     row = judge_claims(trials, [_claim("elu", "logistic")]).iloc[0]
     assert row["verdict"] == "held"
     assert row["ci_low"] > 0 and row["effect"] == pytest.approx(0.65, abs=0.05)
@@ -33,7 +43,9 @@ def test_planted_winner_is_held_with_ci_excluding_zero() -> None:
 
 def test_reversed_claim_is_refuted() -> None:
     rng = np.random.default_rng(2)
-    trials = _trials({"elu": 0.95 + rng.normal(0, 0.01, 10), "logistic": 0.3 + rng.normal(0, 0.05, 10)})
+    trials = _trials(
+        {"elu": 0.95 + rng.normal(0, 0.01, 10), "logistic": 0.3 + rng.normal(0, 0.05, 10)}
+    )
     assert judge_claims(trials, [_claim("logistic", "elu")]).iloc[0]["verdict"] == "refuted"
 
 

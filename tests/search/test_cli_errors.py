@@ -20,19 +20,44 @@ CASES = [
     ("unknown-key", "foo: 1\n", [], "foo: unknown key"),
     ("unknown-nested-key", "model: {deep: 3}\n", [], "model.deep: unknown key"),
     ("unknown-activation", "search: {activations: [swish2]}\n", [], "unknown activation 'swish2'"),
-    ("unknown-initializer", "search: {initializers: [xavier]}\n", [], "unknown initializer 'xavier'"),
+    (
+        "unknown-initializer",
+        "search: {initializers: [xavier]}\n",
+        [],
+        "unknown initializer 'xavier'",
+    ),
     ("unknown-dataset", "data: {name: mnist9}\n", [], "unknown data set 'mnist9'"),
-    ("alpha-low-above-high", "search: {activations: {elu: {alpha: {low: 2, high: 1}}}}\n", [],
-     "search.activations.elu.alpha: low (2.0) must be <= high (1.0)"),
-    ("alpha-negative", "search: {activations: {leaky_relu: {alpha: -0.1}}}\n", [],
-     "alpha of leaky_relu must be >= 0"),
+    (
+        "alpha-low-above-high",
+        "search: {activations: {elu: {alpha: {low: 2, high: 1}}}}\n",
+        [],
+        "search.activations.elu.alpha: low (2.0) must be <= high (1.0)",
+    ),
+    (
+        "alpha-negative",
+        "search: {activations: {leaky_relu: {alpha: -0.1}}}\n",
+        [],
+        "alpha of leaky_relu must be >= 0",
+    ),
     ("alpha-where-none", "search: {activations: {relu: {alpha: 0.1}}}\n", [], "relu has no alpha"),
-    ("rrelu-pair-reversed", "search: {activations: {rrelu: {alpha: [0.3, 0.1]}}}\n", [],
-     "alpha of rrelu must satisfy 0 <= lower <= upper"),
-    ("alpha-not-number", "search: {activations: {elu: {alpha: big}}}\n", [],
-     "search.activations.elu.alpha"),
-    ("log-range-nonpositive", "search: {lr: {low: 0, high: 0.1, log: true}}\n", [],
-     "search.lr: a log range needs low > 0"),
+    (
+        "rrelu-pair-reversed",
+        "search: {activations: {rrelu: {alpha: [0.3, 0.1]}}}\n",
+        [],
+        "alpha of rrelu must satisfy 0 <= lower <= upper",
+    ),
+    (
+        "alpha-not-number",
+        "search: {activations: {elu: {alpha: big}}}\n",
+        [],
+        "search.activations.elu.alpha",
+    ),
+    (
+        "log-range-nonpositive",
+        "search: {lr: {low: 0, high: 0.1, log: true}}\n",
+        [],
+        "search.lr: a log range needs low > 0",
+    ),
     ("depth-zero", "model: {depth: 0}\n", [], "model.depth"),
     ("width-zero", "model: {width: 0}\n", [], "model.width"),
     ("num-samples-zero", "num_samples: 0\n", [], "num_samples"),
@@ -41,8 +66,12 @@ CASES = [
     ("unknown-scheduler", "scheduler: {name: pbt}\n", [], "scheduler.name: allowed"),
     ("unknown-optimizer", "training: {optimizer: lbfgs}\n", [], "unknown optimizer 'lbfgs'"),
     ("unknown-bn", "search: {batch_norm: [middle]}\n", [], "search.batch_norm.0: allowed"),
-    ("fractions-too-large", "data: {val_fraction: 0.6, test_fraction: 0.5}\n", [],
-     "val_fraction + test_fraction must be < 1"),
+    (
+        "fractions-too-large",
+        "data: {val_fraction: 0.6, test_fraction: 0.5}\n",
+        [],
+        "val_fraction + test_fraction must be < 1",
+    ),
     ("wrong-type", "training: {epochs: ten}\n", [], "training.epochs"),
     ("bad-study-name", "name: 'my study!'\n", [], "name: use letters"),
     ("yaml-not-mapping", "- a\n- b\n", [], "must hold a mapping"),
@@ -52,33 +81,73 @@ CASES = [
     ("set-unparsable", None, ["--set", "search.activations=[relu"], "cannot parse value"),
     ("num-samples-flag", None, ["--num-samples", "0"], "num_samples"),
     ("unknown-flag", None, ["--bogus"], "No such option: --bogus"),
-    ("file-missing-path", "data: {name: file, options: {path: /nonexistent/x.csv, target: y}}\n",
-     [], "data.options.path: no readable file"),
-    ("file-missing-target", "data: {name: file, options: {path: TABLE, target: label}}\n", [],
-     "data.options.target: no column 'label'"),
-    ("file-non-numeric", "data: {name: file, options: {path: TEXT_TABLE, target: y}}\n", [],
-     "non-numeric feature columns"),
+    (
+        "file-missing-path",
+        "data: {name: file, options: {path: /nonexistent/x.csv, target: y}}\n",
+        [],
+        "data.options.path: no readable file",
+    ),
+    (
+        "file-missing-target",
+        "data: {name: file, options: {path: TABLE, target: label}}\n",
+        [],
+        "data.options.target: no column 'label'",
+    ),
+    (
+        "file-non-numeric",
+        "data: {name: file, options: {path: TEXT_TABLE, target: y}}\n",
+        [],
+        "non-numeric feature columns",
+    ),
     ("options-for-bundled", "data: {name: digits, options: {n: 3}}\n", [], "takes no options"),
-    ("address-unreachable", None, ["--address", "127.0.0.1:1"],
-     "--address: no Ray cluster reachable at 127.0.0.1:1"),
+    (
+        "address-unreachable",
+        None,
+        ["--address", "127.0.0.1:1"],
+        "--address: no Ray cluster reachable at 127.0.0.1:1",
+    ),
     ("address-bad-port", None, ["--address", "127.0.0.1:notaport"], "invalid port"),
     ("address-bad-scheme", None, ["--address", "http://127.0.0.1:6379"], "must be auto, HOST:PORT"),
-    ("address-auto-dead", None, ["--address", "auto", "--set", "name=RAYDEAD"],
-     "no Ray cluster reachable at 127.0.0.1:1"),
-    ("tracking-uri-scheme", None, ["--tracking-uri", "file:///tmp/mlruns"],
-     "--tracking-uri: unsupported"),
-    ("tracking-uri-unreachable", None, ["--tracking-uri", "http://127.0.0.1:1"],
-     "MLflow server http://127.0.0.1:1 is unreachable"),
-    ("tracking-uri-directory", None, ["--tracking-uri", "sqlite:///TMP"],
-     "does not name a writable SQLite file"),
-    ("optuna-storage-scheme", "optuna_storage: redis://127.0.0.1\n", [],
-     "optuna_storage: unsupported"),
+    (
+        "address-auto-dead",
+        None,
+        ["--address", "auto", "--set", "name=RAYDEAD"],
+        "no Ray cluster reachable at 127.0.0.1:1",
+    ),
+    (
+        "tracking-uri-scheme",
+        None,
+        ["--tracking-uri", "file:///tmp/mlruns"],
+        "--tracking-uri: unsupported",
+    ),
+    (
+        "tracking-uri-unreachable",
+        None,
+        ["--tracking-uri", "http://127.0.0.1:1"],
+        "MLflow server http://127.0.0.1:1 is unreachable",
+    ),
+    (
+        "tracking-uri-directory",
+        None,
+        ["--tracking-uri", "sqlite:///TMP"],
+        "does not name a writable SQLite file",
+    ),
+    (
+        "optuna-storage-scheme",
+        "optuna_storage: redis://127.0.0.1\n",
+        [],
+        "optuna_storage: unsupported",
+    ),
 ]
 
 
 def _prepare(tmp_path: Path, config: str | None, argv: list[str]) -> list[str]:
-    (tmp_path / "table.csv").write_text("a,b,y\n" + "\n".join(f"{i},{i * 2},{i % 2}" for i in range(20)))
-    (tmp_path / "text.csv").write_text("a,b,y\n" + "\n".join(f"{i},x{i},{i % 2}" for i in range(20)))
+    (tmp_path / "table.csv").write_text(
+        "a,b,y\n" + "\n".join(f"{i},{i * 2},{i % 2}" for i in range(20))
+    )
+    (tmp_path / "text.csv").write_text(
+        "a,b,y\n" + "\n".join(f"{i},x{i},{i % 2}" for i in range(20))
+    )
     source = "quick"
     if config is not None:
         text = config.replace("TEXT_TABLE", str(tmp_path / "text.csv"))
@@ -93,9 +162,17 @@ def _nothing_written(tmp_path: Path) -> None:
     assert made == set(), f"bad input wrote {made}"
 
 
-@pytest.mark.parametrize(("config", "argv", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_run_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-                       config: str | None, argv: list[str], expected: str) -> None:
+@pytest.mark.parametrize(
+    ("config", "argv", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_run_bad_input(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    config: str | None,
+    argv: list[str],
+    expected: str,
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     if "name=RAYDEAD" in argv:  # 'auto' finds its cluster through RAY_ADDRESS: a dead one here
@@ -118,12 +195,27 @@ def test_run_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
         (["run"], "Missing argument 'config'"),
         (["leaderboard", "--study", "x", "--format", "xml"], "--format: 'xml' is not one of"),
         (["leaderboard", "--study", "x", "--top", "0"], "--top"),
-        (["leaderboard", "--study", "x", "--tracking-uri", "sqlite:///TMP/none.db"], "no MLflow database"),
+        (
+            ["leaderboard", "--study", "x", "--tracking-uri", "sqlite:///TMP/none.db"],
+            "no MLflow database",
+        ),
     ],
-    ids=["missing-config", "unreadable-config", "no-config", "bad-format", "bad-top", "no-database"],
+    ids=[
+        "missing-config",
+        "unreadable-config",
+        "no-config",
+        "bad-format",
+        "bad-top",
+        "no-database",
+    ],
 )
-def test_other_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-                         argv: list[str], expected: str) -> None:
+def test_other_bad_input(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    expected: str,
+) -> None:
     monkeypatch.chdir(tmp_path)
     code = main([a.replace("TMP", str(tmp_path)) for a in argv])
     captured = capsys.readouterr()
@@ -134,7 +226,9 @@ def test_other_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unknown_study_in_existing_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_study_in_existing_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -151,7 +245,10 @@ def test_console_script_prints_one_line_without_traceback(tmp_path: Path) -> Non
     (tmp_path / "bad.yaml").write_text("search: {activations: [nope]}\n")
     proc = subprocess.run(
         [sys.executable, "-m", "search.cli", "run", str(tmp_path / "bad.yaml")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0

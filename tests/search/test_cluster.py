@@ -598,29 +598,48 @@ def test_worker_loss_mid_search(cluster: Cluster, tmp_path: Path) -> None:
     """
     epochs, trials = 8, 4
     config = tmp_path / "workerloss.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": "workerloss",
-        # ~1 s per epoch: the lost node's trial must still be running when Ray notices the loss
-        "data": {"name": "synthetic", "options": {"n_samples": 12000, "n_features": 32}},
-        "search": {"activations": ["relu", "tanh"], "initializers": ["he_normal"]},
-        "model": {"depth": 3, "width": 64},
-        "training": {"epochs": epochs, "batch_size": 16},
-        "diagnostics": {"enabled": False},
-        "num_samples": trials,
-        "max_concurrent": 2,
-        "max_failures": 3,
-        "resources": {"cpu": 1},
-        "tracking": {"experiment": "gradsweep-cluster-test"},
-        "output_dir": str(tmp_path / "out"),
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "workerloss",
+                # ~1 s per epoch: the lost node's trial must still run when Ray notices the loss
+                "data": {"name": "synthetic", "options": {"n_samples": 12000, "n_features": 32}},
+                "search": {"activations": ["relu", "tanh"], "initializers": ["he_normal"]},
+                "model": {"depth": 3, "width": 64},
+                "training": {"epochs": epochs, "batch_size": 16},
+                "diagnostics": {"enabled": False},
+                "num_samples": trials,
+                "max_concurrent": 2,
+                "max_failures": 3,
+                "resources": {"cpu": 1},
+                "tracking": {"experiment": "gradsweep-cluster-test"},
+                "output_dir": str(tmp_path / "out"),
+            }
+        )
+    )
     study = f"workerloss-{secrets.token_hex(3)}"
     log = tmp_path / "driver.log"
     env = {**_base_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token}
     with log.open("wb") as out:
         driver = subprocess.Popen(
-            [sys.executable, "-m", "search.cli", "run", str(config), "--study", study,
-             "--address", cluster.address, "--tracking-uri", cluster.tracking_uri],
-            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "search.cli",
+                "run",
+                str(config),
+                "--study",
+                study,
+                "--address",
+                cluster.address,
+                "--tracking-uri",
+                cluster.tracking_uri,
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     client = mlflow.MlflowClient(tracking_uri=cluster.tracking_uri)
 
@@ -634,15 +653,20 @@ def test_worker_loss_mid_search(cluster: Cluster, tmp_path: Path) -> None:
         if driver.poll() is not None:
             raise RuntimeError(log.read_text()[-3000:])
         return any(
-            r.info.status == "RUNNING" and r.data.tags.get("node_id") == cluster.worker_node_id
+            r.info.status == "RUNNING"
+            and r.data.tags.get("node_id") == cluster.worker_node_id
             and len(client.get_metric_history(r.info.run_id, "val_accuracy")) >= 2
             for r in children()
         )
 
     worker = next(s for s in cluster.services if s.name == "ray-worker")
     try:
-        _wait_for("a trial 2 epochs into its run on the worker", worker_trial_mid_way,
-                  cluster.services[:2], timeout_s=240)
+        _wait_for(
+            "a trial 2 epochs into its run on the worker",
+            worker_trial_mid_way,
+            cluster.services[:2],
+            timeout_s=240,
+        )
         os.kill(_raylet_pid(worker), signal.SIGKILL)
         assert driver.wait(timeout=500) == 0, log.read_text()[-3000:]
     finally:

@@ -82,16 +82,22 @@ def test_diagnostic_metrics_and_flags_reach_mlflow(diverging_study) -> None:
         history = client.get_metric_history(healthy.info.run_id, f"diag/grad_norm/{layer}")
         assert [m.step for m in history] == list(range(1, EPOCHS + 1))
         assert all(m.value > 0 for m in history)
-    assert {"diag/act_std/layer_01", "diag/update_ratio/layer_01", "diag/grad_ratio_first_last"} <= set(
-        healthy.data.metrics
-    )
+    assert {
+        "diag/act_std/layer_01",
+        "diag/update_ratio/layer_01",
+        "diag/grad_ratio_first_last",
+    } <= set(healthy.data.metrics)
     assert healthy.data.tags["diag.vanishing"] in ("true", "false")
 
 
 def test_pictures_are_logged_and_load(diverging_study, tmp_path) -> None:
     result = diverging_study
     client, runs = _children(result)
-    with_picture = [r for r in runs if any(a.path == "diagnostics" for a in client.list_artifacts(r.info.run_id))]
+    with_picture = [
+        r
+        for r in runs
+        if any(a.path == "diagnostics" for a in client.list_artifacts(r.info.run_id))
+    ]
     outcomes = sorted(r.data.tags[OUTCOME_TAG] for r in with_picture)
     assert outcomes == ["completed", "completed", "diverged"]  # top 2 and every diverged one
     expected = (int(FIGSIZE[1] * DPI), int(FIGSIZE[0] * DPI))

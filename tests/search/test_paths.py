@@ -20,7 +20,9 @@ def test_defaults_live_in_the_output_dir(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_flag_beats_environment_beats_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = load_config({"tracking": {"uri": "http://config:5000"}, "optuna_storage": "sqlite:///c.db"})
+    config = load_config(
+        {"tracking": {"uri": "http://config:5000"}, "optuna_storage": "sqlite:///c.db"}
+    )
     monkeypatch.setenv("GRADSWEEP_TRACKING_URI", "http://env:5000")
     monkeypatch.setenv("GRADSWEEP_OPTUNA_STORAGE", "postgresql://u@db:5432/optuna")
     _, uri, storage = resolve_paths(config, "http://flag:5000")
@@ -33,4 +35,7 @@ def test_flag_beats_environment_beats_config(monkeypatch: pytest.MonkeyPatch) ->
 def test_postgres_urls_get_the_installed_driver_and_lose_passwords() -> None:
     assert with_driver("postgresql://a:b@h/db") == "postgresql+psycopg2://a:b@h/db"
     assert with_driver("sqlite:///x.db") == "sqlite:///x.db"
-    assert _redact("postgresql+psycopg2://user:s3cret@h:5432/db") == "postgresql+psycopg2://user:***@h:5432/db"
+    assert (
+        _redact("postgresql+psycopg2://user:s3cret@h:5432/db")
+        == "postgresql+psycopg2://user:***@h:5432/db"
+    )

@@ -32,7 +32,9 @@ def test_one_curve_per_activation_from_its_best_run() -> None:
             "activation": ["elu", "elu", "relu"],
         }
     )
-    curves = first_epoch_curves(board, {"a": _history(1.0), "b": _history(10.0), "c": _history(2.0)})
+    curves = first_epoch_curves(
+        board, {"a": _history(1.0), "b": _history(10.0), "c": _history(2.0)}
+    )
     assert list(curves) == ["elu (t001)", "relu (t002)"]
     assert curves["elu (t001)"] == [1.0, 2.0, 3.0]
 

@@ -18,12 +18,19 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def planted(local_ray: None, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("planted")
-    points = [{"activation": a, "bn": bn} for a in ("elu", "logistic") for bn in ("none", "before") * 3]
+    points = [
+        {"activation": a, "bn": bn} for a in ("elu", "logistic") for bn in ("none", "before") * 3
+    ]
     config = load_config(
         {
             "name": "planted",
-            "search": {"activations": ["elu", "logistic"], "initializers": ["pytorch_default"],
-                       "batch_norm": ["none", "before"], "lr": 0.003, "enqueue": points},
+            "search": {
+                "activations": ["elu", "logistic"],
+                "initializers": ["pytorch_default"],
+                "batch_norm": ["none", "before"],
+                "lr": 0.003,
+                "enqueue": points,
+            },
             "model": {"depth": 14, "width": 32},
             "training": {"epochs": 2},
             "num_samples": len(points),
@@ -48,7 +55,12 @@ def test_report_files_exist_and_images_load(planted) -> None:
     _, client, report = planted
     md = (report.directory / "report.md").read_text()
     assert "elu > logistic" in md and "## By activation" in md
-    for name in ("metric_by_activation.png", "init_by_bn.png", "importance.png", "optimization_history.png"):
+    for name in (
+        "metric_by_activation.png",
+        "init_by_bn.png",
+        "importance.png",
+        "optimization_history.png",
+    ):
         image = matplotlib.image.imread(report.directory / name)
         assert image.shape[0] > 100 and image.shape[1] > 100, name
     assert report.importance and set(report.importance) <= {"activation", "bn", "init"}
@@ -57,11 +69,14 @@ def test_report_files_exist_and_images_load(planted) -> None:
 
 def test_report_tables_agree_with_mlflow(planted) -> None:
     result, client, report = planted
-    runs = client.search_runs([result.experiment_id],
-                              filter_string=f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'")
+    runs = client.search_runs(
+        [result.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'"
+    )
     by_activation: dict[str, list[float]] = {}
     for run in runs:
-        by_activation.setdefault(run.data.params["activation"], []).append(run.data.metrics["best_val_accuracy"])
+        by_activation.setdefault(run.data.params["activation"], []).append(
+            run.data.metrics["best_val_accuracy"]
+        )
     table = report.factors["activation"].set_index("level")
     for activation, values in by_activation.items():
         assert table.loc[activation, "n"] == len(values)

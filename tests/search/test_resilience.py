@@ -36,11 +36,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(argv: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def _start(
+    argv: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     with log.open("ab") as out:
-        return subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                                start_new_session=True)
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            start_new_session=True,
+        )
 
 
 def _kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -65,7 +72,11 @@ def _config(tmp_path: Path, name: str, **extra: object) -> Path:
     config = {
         "name": name,
         "data": {"name": "synthetic", "options": {"n_samples": 20000, "n_features": 40}},
-        "search": {"activations": ["relu", "elu", "tanh"], "initializers": ["he_normal"], "lr": 0.003},
+        "search": {
+            "activations": ["relu", "elu", "tanh"],
+            "initializers": ["he_normal"],
+            "lr": 0.003,
+        },
         "model": {"depth": 4, "width": 128},
         "training": {"epochs": 6, "batch_size": 32},
         "diagnostics": {"enabled": False},
@@ -96,13 +107,22 @@ def test_driver_loss_then_resume(tmp_path: Path) -> None:
     # Trials k and k+3 are twins (same configuration, same seed): a resumed trial must end exactly
     # where its uninterrupted twin ended. Two trials run at a time, so twins are never both cut.
     twins = [{"activation": a} for a in ("relu", "elu", "tanh") * 2]
-    config = _config(tmp_path, "drv", search={"activations": ["relu", "elu", "tanh"],
-                                              "initializers": ["he_normal"], "lr": 0.003,
-                                              "enqueue": twins})
+    config = _config(
+        tmp_path,
+        "drv",
+        search={
+            "activations": ["relu", "elu", "tanh"],
+            "initializers": ["he_normal"],
+            "lr": 0.003,
+            "enqueue": twins,
+        },
+    )
     db = tmp_path / "out" / "optuna.db"
     uri = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
     log = tmp_path / "driver.log"
-    driver = _start([sys.executable, "-m", "search.cli", "run", str(config), "--study", "drv"], tmp_path, log)
+    driver = _start(
+        [sys.executable, "-m", "search.cli", "run", str(config), "--study", "drv"], tmp_path, log
+    )
 
     def ready_to_kill() -> bool:
         """Two trials finished, and a running one has checkpointed at least 2 epochs."""
@@ -124,12 +144,18 @@ def test_driver_loss_then_resume(tmp_path: Path) -> None:
     assert finished_before and interrupted and len(before) < 6 + 1
     client = mlflow.MlflowClient(tracking_uri=uri)
     parent_before, children_before = _children(client, "drv")
-    ended_before = {r.data.tags["optuna.trial_number"]: r.info.end_time for r in children_before
-                    if r.info.status != "RUNNING"}
+    ended_before = {
+        r.data.tags["optuna.trial_number"]: r.info.end_time
+        for r in children_before
+        if r.info.status != "RUNNING"
+    }
 
     resume = subprocess.run(
         [sys.executable, "-m", "search.cli", "resume", "--study", "drv", "--tracking-uri", uri],
-        cwd=tmp_path, capture_output=True, text=True, timeout=400,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert resume.returncode == 0, resume.stdout[-3000:] + resume.stderr[-3000:]
 
@@ -191,14 +217,35 @@ def test_mlflow_outage_loses_no_metric_point(tmp_path: Path) -> None:
     driver = None
     try:
         _wait("mlflow server", lambda: _healthy(url), 90, server_log)
-        config = _config(tmp_path, "outage", num_samples=4, training={"epochs": 8, "batch_size": 32})
+        config = _config(
+            tmp_path, "outage", num_samples=4, training={"epochs": 8, "batch_size": 32}
+        )
         log = tmp_path / "driver.log"
-        driver = _start([sys.executable, "-m", "search.cli", "run", str(config), "--study", "outage",
-                         "--tracking-uri", url], tmp_path, log)
+        driver = _start(
+            [
+                sys.executable,
+                "-m",
+                "search.cli",
+                "run",
+                str(config),
+                "--study",
+                "outage",
+                "--tracking-uri",
+                url,
+            ],
+            tmp_path,
+            log,
+        )
         client = mlflow.MlflowClient(tracking_uri=url)
-        _wait("first epochs in MLflow", lambda: any(
-            client.get_metric_history(r.info.run_id, "val_accuracy") for r in _children(client, "outage")[1]
-        ), 240, log)
+        _wait(
+            "first epochs in MLflow",
+            lambda: any(
+                client.get_metric_history(r.info.run_id, "val_accuracy")
+                for r in _children(client, "outage")[1]
+            ),
+            240,
+            log,
+        )
         _kill_group(server, signal.SIGTERM)  # the outage: ~10 s without a tracking server
         time.sleep(10)
         server = _start(start, tmp_path, server_log, server_env)

@@ -29,8 +29,9 @@ def test_fused_seeds_reach_optuna_and_mlflow(local_ray: None, tmp_path) -> None:
     )
     result = run_study(config)
     client = mlflow.MlflowClient(tracking_uri=result.tracking_uri)
-    runs = client.search_runs([result.experiment_id],
-                              filter_string=f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'")
+    runs = client.search_runs(
+        [result.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'"
+    )
     study = optuna.load_study(study_name=result.study_name, storage=result.optuna_storage)
     values = {t.number: t.value for t in study.trials}
     data = load_splits("digits")
@@ -41,10 +42,18 @@ def test_fused_seeds_reach_optuna_and_mlflow(local_ray: None, tmp_path) -> None:
         assert m["seeds"] == SEEDS
         assert m["best_val_accuracy"] == pytest.approx(np.mean(per_seed))
         assert m["best_val_accuracy_std"] == pytest.approx(np.std(per_seed, ddof=1))
-        assert m["best_val_accuracy_ci_low"] <= m["best_val_accuracy"] <= m["best_val_accuracy_ci_high"]
-        assert values[int(run.data.tags["optuna.trial_number"])] == pytest.approx(m["best_val_accuracy"])
+        assert (
+            m["best_val_accuracy_ci_low"]
+            <= m["best_val_accuracy"]
+            <= m["best_val_accuracy_ci_high"]
+        )
+        assert values[int(run.data.tags["optuna.trial_number"])] == pytest.approx(
+            m["best_val_accuracy"]
+        )
         # seed 0 of the fused trial is the plain training with seed 10
         seed_everything(10)
         model = build_mlp(64, 10, 3, 32, run.data.params["activation"], None, "he_normal", "none")
-        plain = train(model, data, TrainSettings(epochs=EPOCHS, lr=0.003, seed=10, diagnostics=False))
+        plain = train(
+            model, data, TrainSettings(epochs=EPOCHS, lr=0.003, seed=10, diagnostics=False)
+        )
         assert m["seed/0/best_val_accuracy"] == pytest.approx(plain.best_val_accuracy, abs=1e-4)

@@ -105,9 +105,21 @@ def test_no_alpha_for_activations_without_one(study) -> None:
 def test_leaderboard_command_is_sorted_and_agrees_with_mlflow(study) -> None:
     result, _, children = study
     proc = subprocess.run(
-        [sys.executable, "-m", "search.cli", "leaderboard", "--study", result.study_name,
-         "--tracking-uri", result.tracking_uri, "--format", "json"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "search.cli",
+            "leaderboard",
+            "--study",
+            result.study_name,
+            "--tracking-uri",
+            result.tracking_uri,
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     rows = json.loads(proc.stdout)
     assert [r["rank"] for r in rows] == list(range(1, N_TRIALS + 1))
