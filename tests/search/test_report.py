@@ -52,7 +52,7 @@ def test_planted_claim_is_held(planted) -> None:
 
 
 def test_report_files_exist_and_images_load(planted) -> None:
-    _, client, report = planted
+    _, _, report = planted
     md = (report.directory / "report.md").read_text()
     assert "elu > logistic" in md and "## By activation" in md
     for name in (
