@@ -23,6 +23,7 @@ from search.resume import CHECKPOINT_FILE, RESUME_KEY, owned_by_user
 from spaces import StudyConfig, resolve_trial
 from trainers import (
     EpochReport,
+    GradientProbe,
     LoopState,
     TrainSettings,
     build_mlp,
@@ -132,7 +133,8 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
     """Train one configuration; ``params`` from Optuna, ``study`` the resolved study config.
 
     With ``training.seeds: k > 1`` the k seeds train fused in this one trial
-    (:func:`trainers.train_fused`); Tune and Optuna see their mean.
+    (:func:`trainers.train_fused`); Tune and Optuna see their mean, and the gradient diagnostics
+    describe the first seed.
     """
     config = StudyConfig.model_validate(study)
     spec = resolve_trial(config, params)
@@ -180,12 +182,31 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
 
     if training.seeds > 1:
         seeds = [training.seed + i for i in range(training.seeds)]
+        # The fused loop has no probe of its own: the first live seed is unfused into a plain
+        # copy each epoch and measured, so the trial's diagnostics describe that seed.
+        seed_everything(seeds[0])
+        plain = build().to(device)
+        probe = GradientProbe(plain, data, settings.probe_size) if settings.diagnostics else None
+        if probe is not None:
+            probe.start_epoch()
 
         def on_fused_epoch(reports: dict[int, EpochReport], state: Any) -> str | None:
+            first = next((s for s in state.seeds if s in reports), None)
+            reason = None
+            if probe is not None and first is not None:
+                plain.load_state_dict(state.model.state_dict_of(state.seeds.index(first)))
+                reports[first].diagnostics.update(probe.measure())
+                probe.start_epoch()
+                reason = health.check(reports[first])
             metrics = {**seed_summary(reports), **node}
-            epoch = int(metrics["epoch"])
-            _report(metrics, state, epoch, last, every, bool(metrics["diverged"]))
-            return None
+            if first is not None:
+                metrics.update(
+                    {k: v for k, v in reports[first].diagnostics.items() if k.startswith("diag/")}
+                )
+            if reason:
+                metrics["stop_reason"] = reason
+            _report(metrics, state, int(metrics["epoch"]), last, every, bool(metrics["diverged"]))
+            return reason
 
         train_fused(build, seeds, data, settings, on_fused_epoch, resume=resume)
         return

@@ -57,3 +57,8 @@ def test_fused_seeds_reach_optuna_and_mlflow(local_ray: None, tmp_path) -> None:
             model, data, TrainSettings(epochs=EPOCHS, lr=0.003, seed=10, diagnostics=False)
         )
         assert m["seed/0/best_val_accuracy"] == pytest.approx(plain.best_val_accuracy, abs=1e-4)
+        # diagnostics of the fused trial describe its first seed
+        history = client.get_metric_history(run.info.run_id, "diag/grad_norm/layer_01")
+        assert [h.step for h in history] == list(range(1, EPOCHS + 1))
+        expected = plain.history[-1].diagnostics["diag/grad_norm/layer_01"]
+        assert history[-1].value == pytest.approx(expected, rel=1e-3)
