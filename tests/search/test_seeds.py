@@ -53,9 +53,7 @@ def test_fused_seeds_reach_optuna_and_mlflow(local_ray: None, tmp_path) -> None:
         # seed 0 of the fused trial is the plain training with seed 10
         seed_everything(10)
         model = build_mlp(64, 10, 3, 32, run.data.params["activation"], None, "he_normal", "none")
-        plain = train(
-            model, data, TrainSettings(epochs=EPOCHS, lr=0.003, seed=10, diagnostics=False)
-        )
+        plain = train(model, data, TrainSettings(epochs=EPOCHS, lr=0.003, seed=10))
         assert m["seed/0/best_val_accuracy"] == pytest.approx(plain.best_val_accuracy, abs=1e-4)
         # diagnostics of the fused trial describe its first seed
         history = client.get_metric_history(run.info.run_id, "diag/grad_norm/layer_01")
