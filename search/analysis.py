@@ -10,7 +10,9 @@ epochs, and a diverged one has no score. Every table says how many trials it use
 - Claims: each a one-sided question "A beats B" answered with the difference of means, its 95%
   bootstrap CI and a Holm-corrected Mann-Whitney p-value: **held** when the CI excludes zero on the
   claimed side and p < 0.05, **refuted** when it excludes zero on the other side and p < 0.05,
-  **not significant** otherwise, **not enough data** with fewer than ``MIN_N`` trials on a side.
+  **not significant** otherwise, **not enough data** with fewer than ``MIN_N`` trials on a side
+  or when even the most extreme ranking of these sample sizes could not reach significance after
+  Holm (so a "not significant" always means the data could have said otherwise).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def usable(trials: pd.DataFrame, metric: str = "best_val_accuracy") -> pd.DataFr
 
 
 def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """95% BCa bootstrap CI of the mean (NaNs when fewer than 2 values or all equal)."""
+    """95% BCa bootstrap CI of the mean (NaNs for fewer than 2 values; the value itself when all
+    values are equal)."""
     if len(values) < 2 or np.ptp(values) == 0:
         value = float(values[0]) if len(values) else math.nan
         return (value, value) if len(values) >= 2 else (math.nan, math.nan)
@@ -95,8 +98,9 @@ def factor_table(
 
 
 def _levels(data: pd.DataFrame, factor: str) -> pd.Series:
-    columns = FACTORS[factor]
-    return data[columns].astype(str).agg(" + ".join, axis=1)
+    if data.empty:
+        return pd.Series(dtype=str)
+    return data[FACTORS[factor]].astype(str).agg(" + ".join, axis=1)
 
 
 def pairwise_tests(
@@ -214,7 +218,9 @@ def judge_claims(trials: pd.DataFrame, claims: list[Claim] | None = None) -> pd.
     """Verdicts for ``claims`` (default: :func:`notes_claims`) on this study's trials."""
     data = trials[trials["outcome"] == "completed"].copy()
     # Higher is better for every claim: gradient flow is -|log10(first/last ratio)|.
-    data["grad_flow"] = -np.abs(np.log10(pd.to_numeric(data.get("grad_ratio"), errors="coerce")))
+    # Clipped, so that a ratio of exactly 0 (the worst vanishing) counts instead of vanishing.
+    ratio = pd.to_numeric(data.get("grad_ratio"), errors="coerce").clip(1e-12, 1e12)
+    data["grad_flow"] = -np.abs(np.log10(ratio))
     rows, pvalues = [], []
     for claim in claims if claims is not None else notes_claims(trials):
         x = data.loc[claim.a(data), claim.metric].dropna().to_numpy(dtype=float)
@@ -253,13 +259,21 @@ def judge_claims(trials: pd.DataFrame, claims: list[Claim] | None = None) -> pd.
     if table.empty:
         return table
     table["p_holm"] = holm(pvalues)
-    table["verdict"] = [_verdict(r) for r in table.to_dict("records")]
+    tested = int(table["p"].notna().sum())
+    table["verdict"] = [_verdict(r, tested) for r in table.to_dict("records")]
     return table
 
 
-def _verdict(row: dict) -> str:
+def smallest_p(n_a: int, n_b: int) -> float:
+    """The smallest two-sided Mann-Whitney p-value samples of these sizes can give."""
+    return 2.0 / math.comb(n_a + n_b, n_a)
+
+
+def _verdict(row: dict, tested: int) -> str:
     if row["n_a"] < MIN_N or row["n_b"] < MIN_N:
         return "not enough data"
+    if smallest_p(row["n_a"], row["n_b"]) * max(tested, 1) >= ALPHA:
+        return "not enough data"  # no result could reach significance: absence is no evidence
     p = row["p_holm"]
     if math.isnan(p) or p >= ALPHA:
         return "not significant"

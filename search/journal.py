@@ -27,7 +27,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import RestException
+from mlflow.exceptions import MlflowException
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,11 @@ Op = dict[str, Any]
 
 
 def is_permanent(exc: Exception) -> bool:
-    """True when MLflow answered and refused the request (as opposed to being unreachable)."""
-    return isinstance(exc, RestException) and exc.error_code in PERMANENT
+    """True when MLflow answered and refused the request (as opposed to being unreachable).
+
+    Over HTTP that is a ``RestException``; a SQL store raises ``MlflowException`` itself.
+    """
+    return isinstance(exc, MlflowException) and exc.error_code in PERMANENT
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
@@ -148,7 +151,7 @@ class Journal:
         """Wait until every operation queued so far was delivered; False on timeout."""
         done = threading.Event()
         self._queue.put(done)
-        return done.wait(timeout_s)
+        return done.wait(timeout_s) and not self._left
 
     def close(self, close_patience_s: float = 60.0) -> int:
         """Deliver what can be delivered within ``close_patience_s``, spool the rest to disk.
@@ -183,7 +186,16 @@ class Journal:
                 continue
             self._deliver(item)
 
+    def _reject(self, op: Op, why: object) -> None:
+        log.warning("MLflow rejected %s for %s: %s", op["op"], op.get("key"), why)
+        self.rejected.append(f"{op['op']} {op.get('key')}: {why}")
+
     def _deliver(self, op: Op) -> None:
+        if op["op"] != "create_run" and op["key"] not in self.run_ids:
+            # Its run was refused (or never asked for): this can never succeed, and spooling
+            # it would hold every later write of the study behind it.
+            self._reject(op, "its run does not exist")
+            return
         backoff = 0.25
         while True:
             try:
@@ -191,11 +203,7 @@ class Journal:
                 return
             except Exception as exc:
                 if is_permanent(exc):
-                    log.warning("MLflow rejected %s for %s: %s", op["op"], op.get("key"), exc)
-                    self.rejected.append(f"{op['op']} {op.get('key')}: {exc}")
-                    return
-                if op["op"] != "create_run" and op["key"] not in self.run_ids:
-                    self._left.append(op)  # its run was never created: spooled with it
+                    self._reject(op, exc)
                     return
                 if self._deadline is not None and time.monotonic() > self._deadline:
                     self._left.append(op)
@@ -220,7 +228,12 @@ def replay(
 
     The file is rewritten with what could not be delivered, or removed when all went through.
     """
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a crash while spooling
+            log.warning("skipping a truncated line in %s", path)
     run_ids: dict[str, str] = {}
     ops: list[Op] = []
     uri = tracking_uri
@@ -230,6 +243,7 @@ def replay(
             uri = uri or line["header"]["tracking_uri"]
         else:
             ops.append(line)
+    path.with_suffix(".retry").unlink(missing_ok=True)
     journal = Journal(MlflowClient(tracking_uri=uri), path.with_suffix(".retry"), run_ids)
     for op in ops:
         journal.submit(op)

@@ -28,7 +28,12 @@ from search.tracking import OUTCOME_TAG
 
 CHECKPOINT_FILE = "checkpoint.pt"
 RESUME_KEY = "resume_checkpoint"
-_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+#: What an Optuna trial's final state says about its run: (MLflow status, outcome).
+_STATUS = {
+    TrialState.COMPLETE: ("FINISHED", "completed"),
+    TrialState.PRUNED: ("KILLED", "stopped"),
+    TrialState.FAIL: ("FAILED", "error"),
+}
 
 
 @dataclass
@@ -65,12 +70,16 @@ def _close(client: MlflowClient, run: Run, status: str, outcome: str, reason: st
     client.set_terminated(run.info.run_id, status=status)
 
 
-def close_orphans(client: MlflowClient, parent: Run, reason: str) -> list[str]:
-    """Mark every child run still RUNNING as FAILED with ``reason``; returns their ids."""
+def close_orphans(
+    client: MlflowClient, parent: Run, reason: str, interrupted: bool = False
+) -> list[str]:
+    """Close every child run still RUNNING with ``reason``: FAILED ``orphaned``, or (after a
+    Ctrl+C) KILLED ``interrupted``, which resume continues and the leaderboard hides."""
+    status, outcome = ("KILLED", "interrupted") if interrupted else ("FAILED", "orphaned")
     closed = []
     for run in child_runs(client, parent):
         if run.info.status == "RUNNING":
-            _close(client, run, "FAILED", "orphaned", reason)
+            _close(client, run, status, outcome, reason)
             closed.append(run.info.run_id)
     return closed
 
@@ -82,8 +91,12 @@ def find_checkpoint(ray_root: Path, study: str, number: int, trial_path: str = "
     found = latest_checkpoint(trial_path)
     if found:
         return found
+    experiments = [ray_root / study, *ray_root.glob(f"{study}-resume-*")]  # this study's only
     candidates = [
-        c for d in ray_root.glob(f"{study}*/t{number:03d}_*") if (c := latest_checkpoint(str(d)))
+        c
+        for e in experiments
+        for d in e.glob(f"t{number:03d}_*")
+        if (c := latest_checkpoint(str(d)))
     ]
     return max(candidates, key=lambda c: Path(c).stat().st_mtime) if candidates else None
 
@@ -103,13 +116,9 @@ def plan_resume(
         if trial is None:
             _close(client, run, "FAILED", "orphaned", "no Optuna trial matches this run")
         elif trial.state in _STATUS:
-            _close(
-                client,
-                run,
-                _STATUS[trial.state],
-                run.data.tags.get(OUTCOME_TAG, "completed"),
-                "closed on resume: the driver died before writing this final status",
-            )
+            status, outcome = _STATUS[trial.state]
+            reason = "closed on resume: the driver died before writing this final status"
+            _close(client, run, status, outcome, reason)
         else:
             checkpoint = find_checkpoint(
                 ray_root, study.study_name, number, run.data.tags.get("ray.trial_path", "")

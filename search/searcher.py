@@ -58,6 +58,25 @@ class HonestOptunaSearch(OptunaSearch):
             log.warning("could not tell Optuna trial %s: %s", ot_trial.number, exc)
         self._completed_trials.add(trial_id)
 
+    def close_unfinished(self) -> None:
+        """Tell PRUNED every trial Tune stopped without completing it (the time budget)."""
+        for trial_id, ot_trial in self._ot_trials.items():
+            if trial_id not in self._completed_trials:
+                try:
+                    self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
+                except Exception as exc:
+                    log.warning("could not close Optuna trial %s: %s", ot_trial.number, exc)
+                self._completed_trials.add(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Intermediate values at step = epoch: a resumed trial's Tune iteration restarts at 1."""
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        value = result.get(self.metric)
+        if value is not None:
+            step = int(result.get("epoch", result.get("training_iteration", 0)))
+            self._ot_trials[trial_id].report(float(value), step)
+
 
 class ResumingOptunaSearch(HonestOptunaSearch):
     """Hands out interrupted Optuna trials again before asking Optuna for new ones.

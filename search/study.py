@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import tempfile
 import time
@@ -47,6 +48,8 @@ from trainers import DataError, load_splits
 log = logging.getLogger(__name__)
 # Tune's new console output prints tables even at verbose=0; gradsweep shows its own progress.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Tune swallows the first Ctrl+C and returns normally: the study would look FINISHED.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 # Results live in MLflow; Ray's CSV/JSON/TensorBoard loggers would write every result again.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # ... and so the ResultGrid that fit() returns (which gradsweep does not read) finds no files.
@@ -93,10 +96,10 @@ def check_address(address: str) -> None:
     """Fail fast when ``address`` names a Ray cluster that isn't there."""
     if address == "auto":
         current = Path("/tmp/ray/ray_current_cluster")
-        found = os.environ.get("RAY_ADDRESS") or (
-            current.read_text().strip() if current.is_file() else ""
-        )
-        if not found or found == "auto":
+        found = os.environ.get("RAY_ADDRESS", "")
+        if found in ("", "auto"):
+            found = current.read_text().strip() if current.is_file() else ""
+        if not found:
             raise UserError("--address auto: no running Ray cluster found on this machine")
         address = found
     target = address if "://" in address else f"tcp://{address}"
@@ -118,18 +121,40 @@ def check_address(address: str) -> None:
 
 
 def check_storage(url: str) -> None:
-    """Fail fast on an Optuna storage URL SQLAlchemy cannot use."""
+    """Fail fast on an Optuna storage URL SQLAlchemy cannot use, or a database that is not
+    there (a server database is connected to; a SQLite file is not created here)."""
     if not url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql")):
         raise UserError(
-            f"optuna_storage: unsupported {url!r}; use sqlite:///PATH or postgresql://..."
+            f"optuna_storage: unsupported {_redact(url)!r}; use sqlite:///PATH or postgresql://..."
         )
+    if url.startswith("sqlite:///"):
+        return
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 5})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"optuna_storage: cannot connect to {_redact(url)}: {first}") from None
+
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_study_name(name: str) -> None:
+    """Study names become file names, Ray experiment names and MLflow filter values."""
+    if not STUDY_NAME.fullmatch(name) or len(name) > 120:
+        raise UserError(f"--study: {name!r} must use letters, digits, '_', '.' and '-'")
 
 
 def make_scheduler(config: StudyConfig) -> TrialScheduler:
     """FIFO, or ASHA over epochs with the config's grace period and reduction factor."""
     if config.scheduler.name == "asha":
         return ASHAScheduler(
-            time_attr="training_iteration",
+            time_attr="epoch",  # a resumed trial's training_iteration restarts at 1
             max_t=config.training.epochs,
             grace_period=min(config.scheduler.grace_period, config.training.epochs),
             reduction_factor=config.scheduler.reduction_factor,
@@ -236,7 +261,7 @@ def _tune(
         tune.with_parameters(run_trial, study=config.model_dump(mode="json")),
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
     )
-    tune.Tuner(
+    tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
@@ -258,7 +283,9 @@ def _tune(
             # num_to_keep would force an experiment snapshot per checkpoint: O(trials) each time.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         ),
-    ).fit()
+    )
+    tuner.fit()
+    searcher.close_unfinished()  # stopped by the time budget: PRUNED, not left RUNNING
     return tracker
 
 
@@ -272,7 +299,10 @@ def _finish(
     if journal.flush(timeout_s=patience_s):
         try:
             parent = client.get_run(session.parent_run_id)
-            closed = close_orphans(client, parent, "its trial ended without a final status")
+            if status == "KILLED":  # Ctrl+C: 'gradsweep resume' continues these trials
+                closed = close_orphans(client, parent, "interrupted by the user", interrupted=True)
+            else:
+                closed = close_orphans(client, parent, "its trial ended without a final status")
             if closed:
                 notes.append(f"{len(closed)} orphaned runs marked FAILED")
             board = leaderboard(client, session.name)
@@ -361,6 +391,8 @@ def run_study(
     """Run ``config``'s search and return its name, MLflow parent run and leaderboard."""
     t0 = time.perf_counter()
     output, uri, storage = resolve_paths(config, tracking_uri)
+    if study_name is not None:
+        check_study_name(study_name)
     preflight(config, uri, storage, address)
     name = study_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -392,6 +424,7 @@ def resume_study(
     close_patience_s: float = 60.0,
 ) -> StudyResult:
     """Finish a study whose driver died: see :mod:`search.resume`."""
+    check_study_name(study_name)
     t0 = time.perf_counter()
     uri = (
         tracking_uri
@@ -413,6 +446,11 @@ def resume_study(
     except Exception as exc:
         raise UserError(f"--study {study_name}: its saved config can't be read ({exc})") from None
     output = Path(tags.get("gradsweep.output_dir", config.output_dir))
+    if spool_path(output, study_name).exists():
+        raise UserError(
+            f"--study {study_name}: MLflow writes of this study are still spooled in "
+            f"{spool_path(output, study_name)}; run 'gradsweep sync' first"
+        )
     storage = with_driver(
         os.environ.get("GRADSWEEP_OPTUNA_STORAGE")
         or config.optuna_storage

@@ -159,6 +159,7 @@ class MlflowTracker(tune.Callback):
         #: Optuna trial number -> extra tags for its run (e.g. what a resumed run continues)
         self.extra_tags = extra_tags or {}
         self.started: set[str] = set()
+        self.finished: set[str] = set()
         self.retries: dict[str, int] = {}
         self.last: dict[str, dict[str, Any]] = {}
         #: trial id -> epoch -> the per-layer figures the pictures need
@@ -262,12 +263,25 @@ class MlflowTracker(tune.Callback):
         reason = str(error).strip().splitlines()[-1][:500] if error else "trial raised"
         self._finish(trial, "FAILED", "error", self.last.get(trial.trial_id), reason)
 
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Trials Tune stopped without completing them (the time budget) end KILLED."""
+        for trial in trials:
+            if trial.trial_id in self.started and trial.trial_id not in self.finished:
+                self._finish(
+                    trial,
+                    "KILLED",
+                    "stopped",
+                    self.last.get(trial.trial_id),
+                    "stopped when the search ended (time budget)",
+                )
+
     def _finish(
         self, trial: Any, status: str, outcome: str, result: dict[str, Any] | None, reason: str = ""
     ) -> None:
         key = trial.trial_id
-        if key not in self.started:
+        if key not in self.started or key in self.finished:
             return
+        self.finished.add(key)
         tags = {OUTCOME_TAG: outcome}
         metrics: list[tuple[str, float, int, int]] = []
         if result:

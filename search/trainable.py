@@ -34,10 +34,13 @@ from trainers import (
 )
 
 
-def _save_checkpoint(state: LoopState, directory: str) -> None:
-    """Atomic write: a reader never sees a half-written checkpoint."""
+def _save_checkpoint(state: LoopState, directory: str, metrics: dict[str, Any]) -> None:
+    """Atomic write: a reader never sees a half-written checkpoint. The epoch's metrics go
+    with it, so a trial cut off right after its last checkpoint can report them again."""
+    checkpoint = state.checkpoint()
+    checkpoint["metrics"] = metrics
     tmp = Path(directory) / (CHECKPOINT_FILE + ".tmp")
-    torch.save(state.checkpoint(), tmp)
+    torch.save(checkpoint, tmp)
     os.replace(tmp, Path(directory) / CHECKPOINT_FILE)
 
 
@@ -123,7 +126,7 @@ def _report(
     """``tune.report`` with a checkpoint every ``every`` epochs and at the last one."""
     if every and not diverged and (epoch % every == 0 or epoch == last):
         with tempfile.TemporaryDirectory() as directory:
-            _save_checkpoint(state, directory)
+            _save_checkpoint(state, directory, metrics)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
     else:
         tune.report(metrics)
@@ -179,6 +182,10 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
     node = {"node_id": ray.get_runtime_context().get_node_id(), "device": device.type}
     resume = _load_checkpoint(params.get(RESUME_KEY))
     every, last = training.checkpoint_every, settings.epochs
+    if resume is not None and int(resume["epoch"]) >= last:
+        # Interrupted after its final checkpoint: nothing left to train, only to report.
+        tune.report({**resume.get("metrics", {}), **node})
+        return
 
     if training.seeds > 1:
         seeds = [training.seed + i for i in range(training.seeds)]

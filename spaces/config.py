@@ -175,6 +175,13 @@ class SearchSpaceConfig(_Strict):
         return list(dict.fromkeys(v))
 
     @model_validator(mode="after")
+    def _positive_lr(self) -> SearchSpaceConfig:
+        low = self.lr.low if isinstance(self.lr, Range) else self.lr
+        if low <= 0:
+            raise ValueError(f"lr: learning rates must be > 0, got low = {low}")
+        return self
+
+    @model_validator(mode="after")
     def _enqueued_points_fit(self) -> SearchSpaceConfig:
         for i, point in enumerate(self.enqueue):
             activation = point.get("activation")
@@ -197,6 +204,16 @@ class SearchSpaceConfig(_Strict):
                 raise ValueError(
                     f"enqueue.{i}.bn: {point['bn']!r} is not among the searched placements"
                 )
+            alpha_key = f"{activation}_alpha"
+            if alpha_key in point and not isinstance(self.activations[activation].alpha, Range):
+                raise ValueError(f"enqueue.{i}.{alpha_key}: {activation}'s alpha is not searched")
+            if "lr" in point and not isinstance(self.lr, Range):
+                raise ValueError(f"enqueue.{i}.lr: the learning rate is fixed at {self.lr}")
+            for key in ("lr", alpha_key):
+                value = point.get(key, 1.0)
+                number = isinstance(value, int | float) and not isinstance(value, bool)
+                if not number or value < 0 or (key == "lr" and value == 0):
+                    raise ValueError(f"enqueue.{i}.{key}: {value!r} must be a positive number")
         return self
 
 

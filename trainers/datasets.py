@@ -140,15 +140,17 @@ def _load_splits_cached(name: str, options_json: str, val: float, test: float, s
         raise DataError(f"data.name: unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
     try:
         arrays = DATASETS[name](**json.loads(options_json))
-    except TypeError as exc:
+        x, y = arrays.x, np.asarray(arrays.y).astype(np.int64)
+        x_rest, x_test, y_rest, y_test = train_test_split(
+            x, y, test_size=test, stratify=y, random_state=seed
+        )
+        x_train, x_val, y_train, y_val = train_test_split(
+            x_rest, y_rest, test_size=val / (1 - test), stratify=y_rest, random_state=seed
+        )
+    except DataError:
+        raise
+    except (TypeError, ValueError) as exc:  # an unknown option, or values sklearn refuses
         raise DataError(f"data.options: {exc}") from None
-    x, y = arrays.x, np.asarray(arrays.y).astype(np.int64)
-    x_rest, x_test, y_rest, y_test = train_test_split(
-        x, y, test_size=test, stratify=y, random_state=seed
-    )
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=val / (1 - test), stratify=y_rest, random_state=seed
-    )
     scaler = StandardScaler().fit(x_train)
 
     def tensor(a: np.ndarray) -> torch.Tensor:

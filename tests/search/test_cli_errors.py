@@ -132,6 +132,26 @@ CASES = [
         ["--tracking-uri", "sqlite:///TMP"],
         "does not name a writable SQLite file",
     ),
+    ("lr-not-positive", "search: {lr: {low: 0, high: 0.1}}\n", [], "learning rates must be > 0"),
+    (
+        "enqueue-bad-value",
+        "search: {activations: [relu], enqueue: [{activation: relu, lr: fast}]}\n",
+        [],
+        "enqueue.0.lr: 'fast' must be a positive number",
+    ),
+    (
+        "data-refused-by-sklearn",
+        "data: {name: synthetic, options: {n_informative: 30, n_features: 10}}\n",
+        [],
+        "data.options: Number of informative",
+    ),
+    ("bad-study-flag", None, ["--study", "a'b"], '--study: "a\'b" must use letters'),
+    (
+        "optuna-storage-unreachable",
+        "optuna_storage: postgresql://postgres@127.0.0.1:1/none\n",
+        [],
+        "optuna_storage: cannot connect to postgresql+psycopg2://postgres@127.0.0.1:1/none",
+    ),
     (
         "optuna-storage-scheme",
         "optuna_storage: redis://127.0.0.1\n",

@@ -1,0 +1,124 @@
+"""Study configs: presets, shorthand, overrides, and the define-by-run space they produce."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from spaces import (
+    ConfigError,
+    define_space,
+    enqueued_points,
+    grid_space,
+    load_config,
+    make_sampler,
+    presets,
+    resolve_trial,
+)
+from spaces.samplers import SAMPLERS
+from trainers import ACTIVATIONS
+
+
+@pytest.mark.parametrize("name", sorted(presets()))
+def test_every_preset_loads_and_describes_itself(name: str) -> None:
+    config = load_config(name)
+    assert config.name == name
+    assert presets()[name]
+
+
+def test_activation_list_shorthand_and_overrides() -> None:
+    config = load_config(
+        {"search": {"activations": ["relu", "elu"]}}, ["training.epochs=3", "model.depth=7"]
+    )
+    assert list(config.search.activations) == ["relu", "elu"]
+    assert config.training.epochs == 3 and config.model.depth == 7
+
+
+def test_overrides_do_not_touch_the_callers_dict() -> None:
+    raw = {"model": {"depth": 2}}
+    load_config(raw, ["model.depth=9"])
+    assert raw == {"model": {"depth": 2}}
+
+
+def test_every_registered_activation_is_a_valid_config_value() -> None:
+    config = load_config({"search": {"activations": list(ACTIVATIONS)}})
+    assert set(config.search.activations) == set(ACTIVATIONS)
+
+
+def _ask(config, study: optuna.Study) -> tuple[optuna.Trial, dict]:
+    trial = study.ask()
+    constants = define_space(config)(trial)
+    return trial, {**trial.params, **constants}
+
+
+def test_alpha_is_suggested_only_for_its_own_activation() -> None:
+    config = load_config(
+        {
+            "search": {
+                "activations": {
+                    "relu": {},
+                    "leaky_relu": {"alpha": {"low": 0.01, "high": 0.3, "log": True}},
+                    "elu": {"alpha": {"low": 0.5, "high": 1.5}},
+                    "prelu": {"alpha": 0.2},
+                }
+            }
+        }
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial, params = _ask(config, study)
+        activation = params["activation"]
+        seen.add(activation)
+        alpha_params = {k for k in trial.params if k.endswith("_alpha")}
+        assert alpha_params == (
+            {f"{activation}_alpha"} if activation in ("leaky_relu", "elu") else set()
+        )
+        spec = resolve_trial(config, params)
+        if activation == "relu":
+            assert spec.alpha is None
+        elif activation == "prelu":
+            assert spec.alpha == 0.2 and "alpha" not in trial.params
+        else:
+            assert spec.alpha == trial.params[f"{activation}_alpha"]
+        study.tell(trial, 0.5)
+    assert seen == {"relu", "leaky_relu", "elu", "prelu"}
+
+
+def test_grid_covers_every_choice_and_enqueue_fills_defaults() -> None:
+    config = load_config(
+        {
+            "search": {
+                "activations": {"relu": {}, "elu": {"alpha": {"low": 0.5, "high": 1.5, "grid": 2}}},
+                "initializers": ["he_normal", "glorot_uniform"],
+                "lr": {"low": 0.001, "high": 0.1, "log": True, "grid": 3},
+                "enqueue": [{"activation": "elu"}],
+            }
+        }
+    )
+    grid = grid_space(config)
+    assert grid["elu_alpha"] == [0.5, 1.5]
+    assert grid["lr"] == pytest.approx([0.001, 0.01, 0.1])
+    assert enqueued_points(config) == [
+        {"activation": "elu", "init": "he_normal", "bn": "none", "lr": 0.001}
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_searcher_suggests_a_valid_trial(name: str) -> None:
+    config = load_config(
+        {"searcher": {"name": name, "seed": 1}, "search": {"activations": ["relu", "tanh"]}}
+    )
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(config))
+    for _ in range(3):
+        trial, params = _ask(config, study)
+        spec = resolve_trial(config, params)
+        assert spec.activation in ("relu", "tanh") and spec.lr > 0
+        study.tell(trial, 0.5)
+
+
+def test_config_error_is_one_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"model": {"depth": 0, "width": 0}, "foo": 1})
+    assert "\n" not in str(info.value)
+    assert "model.depth" in str(info.value) and "foo: unknown key" in str(info.value)
