@@ -14,7 +14,6 @@ experiment state (``Tuner.restore`` would execute pickles from the storage path)
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +22,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, RunTag
 from optuna.trial import TrialState
 
+from search.checkpoints import CHECKPOINT_FILE, RESUME_KEY
 from search.leaderboard import child_runs
 from search.tracking import OUTCOME_TAG
 
-CHECKPOINT_FILE = "checkpoint.pt"
-RESUME_KEY = "resume_checkpoint"
 #: What an Optuna trial's final state says about its run: (MLflow status, outcome).
 _STATUS = {
     TrialState.COMPLETE: ("FINISHED", "completed"),
@@ -56,11 +54,6 @@ def latest_checkpoint(trial_path: str) -> str | None:
         p for p in Path(trial_path).glob("checkpoint_*") if (p / CHECKPOINT_FILE).is_file()
     )
     return str(found[-1]) if found else None
-
-
-def owned_by_user(path: Path) -> bool:
-    """Checkpoints are unpickled: only load files this user owns."""
-    return path.stat().st_uid == os.getuid()
 
 
 def _close(client: MlflowClient, run: Run, status: str, outcome: str, reason: str) -> None:

@@ -17,9 +17,8 @@ import numpy as np
 import ray
 import torch
 from ray import tune
-from scipy import stats
 
-from search.resume import CHECKPOINT_FILE, RESUME_KEY, owned_by_user
+from search.checkpoints import CHECKPOINT_FILE, RESUME_KEY, owned_by_user
 from spaces import StudyConfig, resolve_trial
 from trainers import (
     EpochReport,
@@ -107,6 +106,8 @@ def seed_summary(reports: dict[int, EpochReport]) -> dict[str, float]:
     out["epoch"] = float(next(iter(live.values())).epoch)
     out["epoch_seconds"] = float(next(iter(live.values())).epoch_seconds)
     out["diverged"] = 0.0
+    from scipy import stats  # here: a worker that trains one seed never needs it
+
     best = np.array([r.best_val_accuracy for r in live.values()])
     out["best_val_accuracy_std"] = float(best.std(ddof=1)) if len(best) > 1 else 0.0
     if len(best) > 1 and best.std() > 0:

@@ -1,7 +1,13 @@
 """What can be searched: validated study configs, presets, the define-by-run Optuna space.
 
 Sits above ``trainers`` (whose registries it reads to validate names) and below ``search``.
+The sampler registry loads Optuna on first use: a trial worker only needs the config.
 """
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from spaces.config import (
     PRESETS_DIR,
@@ -13,7 +19,6 @@ from spaces.config import (
     load_config,
     presets,
 )
-from spaces.samplers import SAMPLERS, make_sampler
 from spaces.space import (
     TRIAL_NUMBER_KEY,
     TrialSpec,
@@ -23,6 +28,9 @@ from spaces.space import (
     grid_space,
     resolve_trial,
 )
+
+if TYPE_CHECKING:
+    from spaces.samplers import SAMPLERS, make_sampler
 
 __all__ = [
     "PRESETS_DIR",
@@ -43,3 +51,9 @@ __all__ = [
     "presets",
     "resolve_trial",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("SAMPLERS", "make_sampler"):
+        return getattr(import_module("spaces.samplers"), name)
+    raise AttributeError(f"module 'spaces' has no attribute {name!r}")

@@ -16,9 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn import datasets as skd
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 
 
 class DataError(ValueError):
@@ -52,14 +49,16 @@ class Splits:
         return Splits(**moved, n_features=self.n_features, n_classes=self.n_classes)
 
 
-def _sklearn(loader: Callable[..., object]) -> Callable[..., Arrays]:
+def _sklearn(loader: str) -> Callable[..., Arrays]:
     def load(**options: object) -> Arrays:
         if options:
             raise DataError(f"data.options: this data set takes no options, got {sorted(options)}")
-        bunch = loader()
+        from sklearn import datasets  # imported when used: trial workers start faster
+
+        bunch = getattr(datasets, loader)()
         return Arrays(np.asarray(bunch.data, dtype=np.float32), np.asarray(bunch.target))
 
-    load.__doc__ = f"scikit-learn's bundled ``{loader.__name__}`` (no download)."
+    load.__doc__ = f"scikit-learn's bundled ``{loader}`` (no download)."
     return load
 
 
@@ -71,7 +70,9 @@ def synthetic(
     seed: int = 0,
 ) -> Arrays:
     """``make_classification``: a reproducible set whose size and difficulty you choose."""
-    x, y = skd.make_classification(
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
         n_samples=int(n_samples),
         n_features=int(n_features),
         n_informative=int(n_informative),
@@ -113,10 +114,10 @@ def table(path: str | None = None, target: str | None = None) -> Arrays:
 
 
 DATASETS: dict[str, Callable[..., Arrays]] = {
-    "digits": _sklearn(skd.load_digits),
-    "breast_cancer": _sklearn(skd.load_breast_cancer),
-    "wine": _sklearn(skd.load_wine),
-    "iris": _sklearn(skd.load_iris),
+    "digits": _sklearn("load_digits"),
+    "breast_cancer": _sklearn("load_breast_cancer"),
+    "wine": _sklearn("load_wine"),
+    "iris": _sklearn("load_iris"),
     "synthetic": synthetic,
     "file": table,
 }
@@ -136,6 +137,9 @@ def load_splits(
 
 @functools.lru_cache(maxsize=8)
 def _load_splits_cached(name: str, options_json: str, val: float, test: float, seed: int) -> Splits:
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
     if name not in DATASETS:
         raise DataError(f"data.name: unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
     try:
