@@ -129,6 +129,13 @@ def build_report(
     notes: list[str] = []
     used = len(usable(trials, metric)) if not trials.empty else 0
     notes.append(f"{len(trials)} trials, {used} ran every epoch and are used in the statistics")
+    searcher, scheduler = parent.data.tags.get("searcher"), parent.data.tags.get("scheduler")
+    if searcher not in ("random", "grid", "qmc") or scheduler != "fifo":
+        notes.append(
+            f"searcher {searcher}, scheduler {scheduler}: factor levels were not sampled evenly "
+            "(and early stopping keeps only rung survivors), so comparisons are exploratory; "
+            "use searcher random with scheduler fifo (as the seed-notes preset does) to test claims"
+        )
     factors = {f: factor_table(trials, f, metric) for f in FACTORS} if used else {}
     pairwise = {f: pairwise_tests(trials, f, metric) for f in FACTORS} if used else {}
     claims = judge_claims(trials) if used else pd.DataFrame()

@@ -43,11 +43,18 @@ def saturation_fraction(module: nn.Module, out: torch.Tensor) -> float | None:
 
     0.01 is 1% of the asymptote's size (1 for all three), so 1% of sigmoid's range, 0.5% of tanh's.
     """
+    if not any(isinstance(module, kind) for kind in _SATURATING):
+        return None
+    return _saturated(module, out).item()
+
+
+def _saturated(module: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """:func:`saturation_fraction` as a tensor (no device sync)."""
     for kind, (low, high) in _SATURATING.items():
         if isinstance(module, kind):
             margin = 0.01 * (high - low) / (1.0 if low == 0.0 else 2.0)
-            return ((out <= low + margin) | (out >= high - margin)).float().mean().item()
-    return None
+            return ((out <= low + margin) | (out >= high - margin)).float().mean()
+    raise TypeError(f"{type(module).__name__} does not saturate")
 
 
 class GradientProbe:
@@ -73,21 +80,25 @@ class GradientProbe:
     def measure(self) -> dict[str, float]:
         """All per-layer figures as flat ``diag/<figure>/layer_NN`` metrics."""
         grads, acts = self._run()
-        out: dict[str, float] = {}
-        for name, block in hidden_blocks(self.model):
-            pre, post = acts[name]
-            out[f"diag/grad_norm/{name}"] = grads[name].norm().item()
-            out[f"diag/act_mean/{name}"] = post.mean().item()
-            out[f"diag/act_std/{name}"] = post.std().item()
-            sat = saturation_fraction(block.act, post)
-            if sat is not None:
-                out[f"diag/saturation/{name}"] = sat
-            else:  # "dead" only means something where the negative side is (near) flat
-                out[f"diag/dead_frac/{name}"] = (pre <= 0).all(dim=0).float().mean().item()
-            if name in self._start:
-                w0 = self._start[name]
-                ratio = (block.linear.weight.detach() - w0).norm() / w0.norm().clamp_min(1e-12)
-                out[f"diag/update_ratio/{name}"] = ratio.item()
+        names: list[str] = []
+        values: list[torch.Tensor] = []  # one tolist() at the end, not a device sync per figure
+        with torch.no_grad():
+            for name, block in hidden_blocks(self.model):
+                pre, post = acts[name]
+                std, mean = torch.std_mean(post)
+                figures = {"grad_norm": grads[name].norm(), "act_mean": mean, "act_std": std}
+                if any(isinstance(block.act, kind) for kind in _SATURATING):
+                    figures["saturation"] = _saturated(block.act, post)
+                else:  # "dead" only means something where the negative side is (near) flat
+                    figures["dead_frac"] = (pre <= 0).all(dim=0).float().mean()
+                if name in self._start:
+                    w0 = self._start[name]
+                    moved = (block.linear.weight - w0).norm()
+                    figures["update_ratio"] = moved / w0.norm().clamp_min(1e-12)
+                for figure, value in figures.items():
+                    names.append(f"diag/{figure}/{name}")
+                    values.append(value.float())
+        out = dict(zip(names, torch.stack(values).tolist(), strict=True)) if values else {}
         out.update(summarize(out))
         return out
 
