@@ -268,7 +268,7 @@ class DiagnosticsConfig(_Strict):
     """
 
     enabled: bool = True
-    probe_size: Annotated[int, Field(ge=2)] = 128
+    probe_size: Annotated[int, Field(ge=2)] = 64
     plots_top: Annotated[int, Field(ge=0)] = 5
     plots_diverged: bool = True
     stop_vanishing_below: Annotated[float, Field(gt=0)] | None = None

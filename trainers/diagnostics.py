@@ -48,12 +48,13 @@ def saturation_fraction(module: nn.Module, out: torch.Tensor) -> float | None:
     return _saturated(module, out).item()
 
 
-def _saturated(module: nn.Module, out: torch.Tensor) -> torch.Tensor:
-    """:func:`saturation_fraction` as a tensor (no device sync)."""
+def _saturated(module: nn.Module, out: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """:func:`saturation_fraction` as a tensor (no device sync), over ``dim`` or everything."""
     for kind, (low, high) in _SATURATING.items():
         if isinstance(module, kind):
             margin = 0.01 * (high - low) / (1.0 if low == 0.0 else 2.0)
-            return ((out <= low + margin) | (out >= high - margin)).float().mean()
+            hit = ((out <= low + margin) | (out >= high - margin)).float()
+            return hit.mean() if dim is None else hit.mean(dim=dim)
     raise TypeError(f"{type(module).__name__} does not saturate")
 
 
@@ -66,47 +67,62 @@ class GradientProbe:
         idx = torch.randperm(x.shape[0], generator=g)[: min(size, x.shape[0])].to(x.device)
         self.model, self.x, self.y = model, x[idx], y[idx]
         self._start: dict[str, torch.Tensor] = {}
+        # Looked up once: walking the module tree each epoch costs more than the figures.
+        self._blocks = hidden_blocks(model)
+        self._params = list(model.parameters())
+        self._buffers = [b for b in model.buffers() if b is not None]
 
     def start_epoch(self) -> None:
         """Remember each layer's weights, for the epoch's update-to-weight ratio."""
-        self._start = {
-            name: block.linear.weight.detach().clone() for name, block in hidden_blocks(self.model)
-        }
+        self._start = {name: block.linear.weight.detach().clone() for name, block in self._blocks}
 
     def gradients(self) -> dict[str, torch.Tensor]:
         """Each hidden layer's weight gradient on the probe batch (train mode, no side effects)."""
         return self._run()[0]
 
     def measure(self) -> dict[str, float]:
-        """All per-layer figures as flat ``diag/<figure>/layer_NN`` metrics."""
+        """All per-layer figures as flat ``diag/<figure>/layer_NN`` metrics.
+
+        Computed for all layers at once (one kernel per figure, one sync at the end): on tiny
+        epochs a few dozen small per-layer ops would be a visible share of the epoch.
+        """
         grads, acts = self._run()
-        names: list[str] = []
-        values: list[torch.Tensor] = []  # one tolist() at the end, not a device sync per figure
+        blocks = self._blocks
+        names = [name for name, _ in blocks]
+        act = blocks[0][1].act
+        columns: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            for name, block in hidden_blocks(self.model):
-                pre, post = acts[name]
-                std, mean = torch.std_mean(post)
-                figures = {"grad_norm": grads[name].norm(), "act_mean": mean, "act_std": std}
-                if any(isinstance(block.act, kind) for kind in _SATURATING):
-                    figures["saturation"] = _saturated(block.act, post)
-                else:  # "dead" only means something where the negative side is (near) flat
-                    figures["dead_frac"] = (pre <= 0).all(dim=0).float().mean()
-                if name in self._start:
-                    w0 = self._start[name]
-                    moved = (block.linear.weight - w0).norm()
-                    figures["update_ratio"] = moved / w0.norm().clamp_min(1e-12)
-                for figure, value in figures.items():
-                    names.append(f"diag/{figure}/{name}")
-                    values.append(value.float())
-        out = dict(zip(names, torch.stack(values).tolist(), strict=True)) if values else {}
-        out.update(summarize(out))
+            pre = torch.stack([acts[n][0] for n in names])  # [layers, samples, units]
+            post = torch.stack([acts[n][1] for n in names])
+            columns["grad_norm"] = torch.stack(torch._foreach_norm([grads[n] for n in names]))
+            columns["act_std"], columns["act_mean"] = torch.std_mean(post.flatten(1), dim=1)
+            if any(isinstance(act, kind) for kind in _SATURATING):
+                columns["saturation"] = _saturated(act, post.flatten(1), dim=1)
+            else:  # "dead" only means something where the negative side is (near) flat
+                columns["dead_frac"] = (pre <= 0).all(dim=1).float().mean(dim=1)
+            if all(n in self._start for n in names):
+                start = [self._start[n] for n in names]
+                weights = [block.linear.weight for _, block in blocks]
+                moved = torch._foreach_norm(torch._foreach_sub(weights, start))
+                size = torch._foreach_norm(start)
+                columns["update_ratio"] = torch.stack(moved) / torch.stack(size).clamp_min(1e-12)
+            rows = torch.stack([c.float() for c in columns.values()]).tolist()
+        table = dict(zip(columns, rows, strict=True))
+        out = {
+            f"diag/{figure}/{name}": value
+            for figure, row in table.items()
+            for name, value in zip(names, row, strict=True)
+        }
+        out.update(
+            _summary(table["grad_norm"], table.get("dead_frac", []), table.get("saturation", []))
+        )
         return out
 
     def _run(self) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         model = self.model
         was_training = model.training
-        buffers = {k: v.clone() for k, v in model.named_buffers()}
-        saved_grads = {n: p.grad for n, p in model.named_parameters()}
+        buffers = [b.clone() for b in self._buffers]
+        saved_grads = [p.grad for p in self._params]
         acts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         hooks = [
             block.act.register_forward_hook(
@@ -114,29 +130,31 @@ class GradientProbe:
                     name, (inp[0].detach(), out.detach())
                 )
             )
-            for name, block in hidden_blocks(model)
+            for name, block in self._blocks
         ]
         # Dropout and RReLU draw from the generator of the probe's device: fork it (the CPU one,
         # and the CUDA one on a GPU) so training sees the same random numbers with or without us.
         devices = [self.x.device] if self.x.is_cuda else []
         try:
             with torch.random.fork_rng(devices=devices):
-                model.train()
-                model.zero_grad(set_to_none=True)
+                if not was_training:
+                    model.train()
+                for p in self._params:
+                    p.grad = None
                 nn.functional.cross_entropy(model(self.x), self.y).backward()
             grads = {
-                name: block.linear.weight.grad.detach().clone()
-                for name, block in hidden_blocks(model)
+                name: block.linear.weight.grad.detach().clone() for name, block in self._blocks
             }
         finally:
             for h in hooks:
                 h.remove()
-            for n, p in model.named_parameters():
-                p.grad = saved_grads[n]
+            for p, grad in zip(self._params, saved_grads, strict=True):
+                p.grad = grad
             with torch.no_grad():
-                for k, v in model.named_buffers():
-                    v.copy_(buffers[k])
-            model.train(was_training)
+                for b, saved in zip(self._buffers, buffers, strict=True):
+                    b.copy_(saved)
+            if not was_training:
+                model.train(False)
         return grads, acts
 
 
@@ -147,13 +165,16 @@ def _layers(metrics: dict[str, float], figure: str) -> list[float]:
 
 def summarize(metrics: dict[str, float]) -> dict[str, float]:
     """Per-epoch summary figures and 0/1 flags from one epoch's per-layer metrics."""
-    norms = _layers(metrics, "grad_norm")
+    return _summary(
+        _layers(metrics, "grad_norm"), _layers(metrics, "dead_frac"), _layers(metrics, "saturation")
+    )
+
+
+def _summary(norms: list[float], dead: list[float], saturated: list[float]) -> dict[str, float]:
     if not norms:
         return {}
     ratio = norms[0] / norms[-1] if norms[-1] > 0 else math.inf
     largest = max(norms)
-    dead = _layers(metrics, "dead_frac")
-    saturated = _layers(metrics, "saturation")
     return {
         "diag/grad_ratio_first_last": ratio,
         "diag/grad_norm_max": largest,

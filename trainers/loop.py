@@ -55,7 +55,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     seed: int = 0
     diagnostics: bool = True
-    probe_size: int = 128
+    probe_size: int = 64
 
 
 @dataclass
