@@ -222,27 +222,49 @@ def _trial_dirname(trial: Any) -> str:
     return f"t{int(trial.config.get(TRIAL_NUMBER_KEY, 0)):03d}_{trial.trial_id}"
 
 
-def _tune(
+def _run_session(
     session: _Session,
-    *,
-    num_samples: int,
-    run_name: str,
-    progress: bool,
-    resume: dict[int, dict[str, str]] | None = None,
+    started_ray: bool,
+    close_patience_s: float,
     resumed_tags: dict[int, dict[str, str]] | None = None,
-) -> MlflowTracker:
-    """Run one Tuner over the study; the tracker it returns holds the per-trial histories."""
-    config = session.config
+    **tune_args: Any,
+) -> tuple[pd.DataFrame, list[str]]:
+    """Tune, then always finish: leaderboard, report, parent status, Ray stopped if ours."""
     tracker = MlflowTracker(
         session.journal,
         session.experiment_id,
         session.parent_run_id,
         session.name,
-        config,
+        session.config,
         extra_tags={str(k): v for k, v in (resumed_tags or {}).items()},
     )
+    status = "FAILED"
+    try:
+        _tune(session, tracker, **tune_args)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        board, notes = _finish(session, tracker, status, close_patience_s)
+        if started_ray:
+            ray.shutdown()
+    return board, notes
+
+
+def _tune(
+    session: _Session,
+    tracker: MlflowTracker,
+    *,
+    num_samples: int,
+    run_name: str,
+    progress: bool,
+    resume: dict[int, dict[str, str]] | None = None,
+) -> None:
+    """Run one Tuner over the study, recorded by ``tracker``."""
+    config = session.config
     if num_samples < 1:
-        return tracker
+        return
     searcher = ResumingOptunaSearch(
         space=define_space(config),
         metric=METRIC,
@@ -286,7 +308,6 @@ def _tune(
     )
     tuner.fit()
     searcher.close_unfinished()  # stopped by the time budget: PRUNED, not left RUNNING
-    return tracker
 
 
 def _finish(
@@ -399,19 +420,14 @@ def run_study(
     output.mkdir(parents=True, exist_ok=True)
     started_ray = connect_ray(address, config)
     session = _open_session(config, name, output, uri, storage)
-    status, tracker = "FAILED", None
-    try:
-        tracker = _tune(session, num_samples=config.num_samples, run_name=name, progress=progress)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        board, notes = _finish(
-            session, tracker or _empty_tracker(session), status, close_patience_s
-        )
-        if started_ray:
-            ray.shutdown()
+    board, notes = _run_session(
+        session,
+        started_ray,
+        close_patience_s,
+        num_samples=config.num_samples,
+        run_name=name,
+        progress=progress,
+    )
     return _result(session, board, notes, t0)
 
 
@@ -472,38 +488,22 @@ def resume_study(
     if parent.info.status != "RUNNING":
         client.update_run(parent.info.run_id, status="RUNNING")  # children nest under an active run
     session = _open_session(config, study_name, output, uri, storage, parent.info.run_id)
-    status, tracker = "FAILED", None
-    try:
-        tracker = _tune(
-            session,
-            num_samples=remaining,
-            run_name=f"{study_name}-resume-{time.strftime('%H%M%S')}",
-            progress=progress,
-            resume=plan.resume,
-            resumed_tags=plan.tags,
-        )
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        board, notes = _finish(
-            session, tracker or _empty_tracker(session), status, close_patience_s
-        )
-        if started_ray:
-            ray.shutdown()
+    board, notes = _run_session(
+        session,
+        started_ray,
+        close_patience_s,
+        resumed_tags=plan.tags,
+        num_samples=remaining,
+        run_name=f"{study_name}-resume-{time.strftime('%H%M%S')}",
+        progress=progress,
+        resume=plan.resume,
+    )
     notes.insert(
         0,
         f"resumed: {plan.finished} trials already finished, {len(plan.resume)} resumed, "
         f"{max(0, remaining - len(plan.resume))} new",
     )
     return _result(session, board, notes, t0)
-
-
-def _empty_tracker(session: _Session) -> MlflowTracker:
-    return MlflowTracker(
-        session.journal, session.experiment_id, session.parent_run_id, session.name, session.config
-    )
 
 
 def _result(session: _Session, board: pd.DataFrame, notes: list[str], t0: float) -> StudyResult:
