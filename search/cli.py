@@ -96,9 +96,10 @@ def run(
 def _summary(result: object) -> None:
     """The end of a run: leaderboard, notes, and where to look next."""
     from search.leaderboard import render
+    from search.tracking import redact
 
     board = result.leaderboard  # type: ignore[attr-defined]
-    name, uri = result.study_name, result.tracking_uri  # type: ignore[attr-defined]
+    name, uri = result.study_name, redact(result.tracking_uri)  # type: ignore[attr-defined]
     if not board.empty:
         sys.stdout.write(render(board, "table", top=20, title=f"Leaderboard: {name}"))
     for note in result.notes:  # type: ignore[attr-defined]

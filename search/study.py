@@ -39,6 +39,7 @@ from search.tracking import (
     check_tracking_uri,
     default_tracking_uri,
     get_or_create_experiment,
+    redact,
     start_parent_run,
 )
 from search.trainable import run_trial
@@ -125,7 +126,7 @@ def check_storage(url: str) -> None:
     there (a server database is connected to; a SQLite file is not created here)."""
     if not url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql")):
         raise UserError(
-            f"optuna_storage: unsupported {_redact(url)!r}; use sqlite:///PATH or postgresql://..."
+            f"optuna_storage: unsupported {redact(url)!r}; use sqlite:///PATH or postgresql://..."
         )
     if url.startswith("sqlite:///"):
         return
@@ -138,7 +139,7 @@ def check_storage(url: str) -> None:
         engine.dispose()
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise UserError(f"optuna_storage: cannot connect to {_redact(url)}: {first}") from None
+        raise UserError(f"optuna_storage: cannot connect to {redact(url)}: {first}") from None
 
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -383,21 +384,13 @@ def _open_session(
             parent_run_id,
             tags=[
                 RunTag("gradsweep.output_dir", str(output)),
-                RunTag("gradsweep.optuna_storage", _redact(storage)),
+                RunTag("gradsweep.optuna_storage", redact(storage)),
             ],
         )
     journal = Journal(client, spool_path(output, name), run_ids={"parent": parent_run_id})
     return _Session(
         config, name, output, uri, storage, client, experiment_id, parent_run_id, journal
     )
-
-
-def _redact(url: str) -> str:
-    """A storage URL without its password: secrets never reach MLflow."""
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url
 
 
 def run_study(
@@ -476,8 +469,7 @@ def resume_study(
         study = optuna.load_study(study_name=study_name, storage=storage)
     except Exception as exc:
         raise UserError(
-            f"--study {study_name}: no Optuna study in {_redact(storage)} "
-            f"({exc.__class__.__name__})"
+            f"--study {study_name}: no Optuna study in {redact(storage)} ({exc.__class__.__name__})"
         ) from None
     plan = plan_resume(client, parent, study, output / "ray")
     remaining = config.num_samples - plan.finished

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Param
@@ -101,6 +102,24 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Pat
     return client.create_experiment(name, artifact_location=location)
 
 
+def redact(url: str | None) -> str | None:
+    """A URL without its password: secrets never reach MLflow, logs or the terminal."""
+    if not url:
+        return url
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url
+
+
+def public_config(config: StudyConfig) -> dict[str, Any]:
+    """The config as logged on the parent run: store URLs with their passwords redacted."""
+    dump = config.model_dump(mode="json")
+    dump["optuna_storage"] = redact(dump.get("optuna_storage"))
+    dump["tracking"]["uri"] = redact(dump["tracking"].get("uri"))
+    return dump
+
+
 def start_parent_run(
     client: MlflowClient, experiment_id: str, study_name: str, config: StudyConfig
 ) -> str:
@@ -114,10 +133,11 @@ def start_parent_run(
     }
     run = client.create_run(experiment_id, run_name=study_name, tags=tags)
     run_id = run.info.run_id
-    params = [Param(k, v[:6000]) for k, v in flatten("", config.model_dump(mode="json")).items()]
+    public = public_config(config)
+    params = [Param(k, v[:6000]) for k, v in flatten("", public).items()]
     for i in range(0, len(params), MAX_PARAMS):
         client.log_batch(run_id, params=params[i : i + MAX_PARAMS])
-    client.log_text(run_id, json.dumps(config.model_dump(mode="json"), indent=2), "config.json")
+    client.log_text(run_id, json.dumps(public, indent=2), "config.json")
     return run_id
 
 

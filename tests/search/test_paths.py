@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from search.study import _redact, resolve_paths, with_driver
+from search.study import resolve_paths, with_driver
+from search.tracking import public_config, redact
 from spaces import load_config
 
 
@@ -36,6 +37,17 @@ def test_postgres_urls_get_the_installed_driver_and_lose_passwords() -> None:
     assert with_driver("postgresql://a:b@h/db") == "postgresql+psycopg2://a:b@h/db"
     assert with_driver("sqlite:///x.db") == "sqlite:///x.db"
     assert (
-        _redact("postgresql+psycopg2://user:s3cret@h:5432/db")
+        redact("postgresql+psycopg2://user:s3cret@h:5432/db")
         == "postgresql+psycopg2://user:***@h:5432/db"
     )
+
+
+def test_no_password_reaches_the_logged_config() -> None:
+    config = load_config(
+        {
+            "optuna_storage": "postgresql://u:s3cret@db/o",
+            "tracking": {"uri": "http://a:pw@mlflow:5000"},
+        }
+    )
+    logged = str(public_config(config))
+    assert "s3cret" not in logged and ":pw@" not in logged and "***" in logged

@@ -86,3 +86,34 @@ def test_report_tables_agree_with_mlflow(planted) -> None:
     assert "importance/activation" in parent.data.metrics
     logged = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
     assert "report/report.md" in logged and "report/claims.csv" in logged
+
+
+def test_no_real_difference_is_not_significant(local_ray: None, tmp_path) -> None:
+    """A real null study: leaky ReLU with slope 0 *is* ReLU, so 'leaky_relu > relu' must not hold."""
+    # each learning rate once per activation: no confound between the two groups
+    points = [
+        {"activation": a, "lr": 0.001 * 1.5**k} for k in range(6) for a in ("relu", "leaky_relu")
+    ]
+    config = load_config(
+        {
+            "name": "null",
+            "search": {
+                "activations": {"relu": {}, "leaky_relu": {"alpha": 0.0}},
+                "initializers": ["he_normal"],
+                "lr": {"low": 0.001, "high": 0.01, "log": True},
+                "enqueue": points,
+            },
+            "model": {"depth": 4, "width": 32},
+            "training": {"epochs": 2},
+            "searcher": {"name": "random"},
+            "num_samples": len(points),
+            "output_dir": str(tmp_path),
+        }
+    )
+    result = run_study(config)
+    client = mlflow.MlflowClient(tracking_uri=result.tracking_uri)
+    report = build_report(client, result.study_name, tmp_path / "report", result.optuna_storage)
+    claim = report.claims.set_index("claim").loc["leaky_relu > relu"]
+    assert claim["n_a"] == 6 and claim["n_b"] == 6
+    assert claim["verdict"] == "not significant"
+    assert claim["ci_low"] <= 0 <= claim["ci_high"]
