@@ -89,7 +89,7 @@ def test_report_tables_agree_with_mlflow(planted) -> None:
 
 
 def test_no_real_difference_is_not_significant(local_ray: None, tmp_path) -> None:
-    """A real null study: leaky ReLU with slope 0 *is* ReLU, so 'leaky_relu > relu' must not hold."""
+    """A real null study: leaky ReLU with slope 0 *is* ReLU: "leaky_relu > relu" must not hold."""
     # each learning rate once per activation: no confound between the two groups
     points = [
         {"activation": a, "lr": 0.001 * 1.5**k} for k in range(6) for a in ("relu", "leaky_relu")
