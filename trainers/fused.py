@@ -34,14 +34,12 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -52,7 +50,9 @@ from trainers.loop import (
     EpochReport,
     TrainResult,
     TrainSettings,
+    restore_rng_state,
     restore_shuffle,
+    rng_state,
     seed_everything,
     shuffle_generator,
 )
@@ -247,10 +247,7 @@ class FusedLoopState:
             "finished": copy.deepcopy(self.finished),
             "settings": self.settings.__dict__,
             "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                **rng_state(),
                 "shuffle": {s: g.get_state() for s, g in self.shuffles.items()},
             },
         }
@@ -340,11 +337,7 @@ def train_fused(
             restore_shuffle(
                 s.shuffle, {"shuffle": resume["rng"]["shuffle"][s.seed]}, start_epoch, n
             )
-        torch.set_rng_state(resume["rng"]["torch"])
-        np.random.set_state(resume["rng"]["numpy"])
-        random.setstate(resume["rng"]["python"])
-        if resume["rng"].get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
+        restore_rng_state(resume["rng"])
 
     def drop(out: list[int]) -> torch.optim.Optimizer:
         """Take copies ``out`` (positions in ``live``) out of the model and the optimizer."""

@@ -147,11 +147,7 @@ class LoopState:
                 "best_val_accuracy": self.best_val_accuracy,
                 "settings": self.settings.__dict__,
                 "rng": {
-                    "torch": torch.get_rng_state(),
-                    "numpy": np.random.get_state(),
-                    "python": random.getstate(),
-                    # On a GPU dropout and RReLU draw from the CUDA generators.
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    **rng_state(),
                     **({"shuffle": self.shuffle.get_state()} if self.shuffle is not None else {}),
                 },
             }
@@ -169,6 +165,26 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     loss = nn.functional.cross_entropy(logits, y).item()
     accuracy = (logits.argmax(dim=1) == y).float().mean().item()
     return loss, accuracy
+
+
+def rng_state() -> dict[str, Any]:
+    """The global generators a checkpoint must carry (torch, numpy, python; CUDA on a GPU, where
+    dropout and RReLU draw from it)."""
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put back what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def seed_everything(seed: int) -> None:
@@ -199,11 +215,7 @@ def train(
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         start_epoch, best_val = int(resume["epoch"]), float(resume["best_val_accuracy"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        np.random.set_state(resume["rng"]["numpy"])
-        random.setstate(resume["rng"]["python"])
-        if resume["rng"].get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
+        restore_rng_state(resume["rng"])
         restore_shuffle(shuffle, resume["rng"], start_epoch, n)
     probe = GradientProbe(model, data, settings.probe_size) if settings.diagnostics else None
     history: list[EpochReport] = []
