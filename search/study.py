@@ -43,7 +43,14 @@ from search.tracking import (
     start_parent_run,
 )
 from search.trainable import run_trial
-from spaces import TRIAL_NUMBER_KEY, StudyConfig, define_space, enqueued_points, make_sampler
+from spaces import (
+    TRIAL_NUMBER_KEY,
+    StudyConfig,
+    define_space,
+    enqueued_points,
+    grid_size,
+    make_sampler,
+)
 from trainers import DataError, load_splits
 
 log = logging.getLogger(__name__)
@@ -179,14 +186,6 @@ def preflight(config: StudyConfig, tracking_uri: str, storage: str, address: str
     check_storage(storage)
     if address:
         check_address(address)
-    if config.searcher.name == "grid":
-        from spaces import grid_space
-
-        size = 1
-        for values in grid_space(config).values():
-            size *= len(values)
-        if config.num_samples > size:
-            log.info("grid has %d points; num_samples %d repeats some", size, config.num_samples)
 
 
 def connect_ray(address: str | None, config: StudyConfig) -> bool:
@@ -413,14 +412,19 @@ def run_study(
     output.mkdir(parents=True, exist_ok=True)
     started_ray = connect_ray(address, config)
     session = _open_session(config, name, output, uri, storage)
+    num_samples = config.num_samples
+    if config.searcher.name == "grid":  # each distinct configuration once
+        num_samples = min(num_samples, grid_size(config))
     board, notes = _run_session(
         session,
         started_ray,
         close_patience_s,
-        num_samples=config.num_samples,
+        num_samples=num_samples,
         run_name=name,
         progress=progress,
     )
+    if num_samples < config.num_samples:
+        notes.insert(0, f"grid: {num_samples} distinct configurations, so {num_samples} trials")
     return _result(session, board, notes, t0)
 
 

@@ -25,7 +25,7 @@ from spaces.space import (
     alpha_param,
     define_space,
     enqueued_points,
-    grid_space,
+    grid_size,
     resolve_trial,
 )
 
@@ -45,7 +45,7 @@ __all__ = [
     "alpha_param",
     "define_space",
     "enqueued_points",
-    "grid_space",
+    "grid_size",
     "load_config",
     "make_sampler",
     "presets",

@@ -7,12 +7,26 @@ from collections.abc import Callable
 import optuna
 
 from spaces.config import StudyConfig
-from spaces.space import grid_space
+
+
+class GridSearch(optuna.samplers.BruteForceSampler):
+    """Every distinct configuration of the conditional space once (an activation's alpha points
+    are only crossed with that activation), in seeded order.
+
+    Optuna's ``GridSampler`` would cross every ``<activation>_alpha`` with every activation and
+    run the same relu configuration once per ELU alpha. How many trials run is Tune's
+    ``num_samples`` (capped at :func:`~spaces.space.grid_size`), so the sampler does not stop the
+    study itself, which outside ``study.optimize`` would raise.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
 
 SAMPLERS: dict[str, Callable[[StudyConfig], optuna.samplers.BaseSampler]] = {
     "tpe": lambda c: optuna.samplers.TPESampler(seed=c.searcher.seed),
     "random": lambda c: optuna.samplers.RandomSampler(seed=c.searcher.seed),
-    "grid": lambda c: optuna.samplers.GridSampler(grid_space(c), seed=c.searcher.seed),
+    "grid": lambda c: GridSearch(seed=c.searcher.seed),
     "cmaes": lambda c: optuna.samplers.CmaEsSampler(seed=c.searcher.seed),
     "qmc": lambda c: optuna.samplers.QMCSampler(seed=c.searcher.seed),
     "gp": lambda c: optuna.samplers.GPSampler(seed=c.searcher.seed),

@@ -36,10 +36,18 @@ class DefineByRun:
     Calling it suggests ``activation``, the activation's own ``<activation>_alpha`` when that is
     searched, ``init``, ``bn`` and ``lr`` (when a range), and returns the constants a trial also
     needs: the Optuna trial number (to name and link runs) and any fixed alpha or learning rate.
+    For the grid searcher a searched range is its ``grid`` points, as a categorical.
     """
 
     def __init__(self, config: StudyConfig) -> None:
         self.space = config.search
+        self.grid = config.searcher.name == "grid"
+
+    def _range(self, trial: SuggestTrial, name: str, values: Range) -> None:
+        if self.grid:
+            trial.suggest_categorical(name, values.points())
+        else:
+            trial.suggest_float(name, values.low, values.high, log=values.log)
 
     def __call__(self, trial: SuggestTrial) -> dict[str, Any]:
         space = self.space
@@ -47,13 +55,13 @@ class DefineByRun:
         constants: dict[str, Any] = {TRIAL_NUMBER_KEY: trial.number}
         alpha = space.activations[activation].alpha
         if isinstance(alpha, Range):
-            trial.suggest_float(alpha_param(activation), alpha.low, alpha.high, log=alpha.log)
+            self._range(trial, alpha_param(activation), alpha)
         elif alpha is not None:
             constants["alpha"] = list(alpha) if isinstance(alpha, tuple) else alpha
         trial.suggest_categorical("init", list(space.initializers))
         trial.suggest_categorical("bn", list(space.batch_norm))
         if isinstance(space.lr, Range):
-            trial.suggest_float("lr", space.lr.low, space.lr.high, log=space.lr.log)
+            self._range(trial, "lr", space.lr)
         else:
             constants["lr"] = space.lr
         return constants
@@ -78,21 +86,16 @@ def enqueued_points(config: StudyConfig) -> list[dict[str, Any]]:
     return points
 
 
-def grid_space(config: StudyConfig) -> dict[str, list[Any]]:
-    """The grid ``optuna.samplers.GridSampler`` walks: every parameter :func:`define_space` may
-    suggest, each searched range cut into its ``grid`` points."""
+def grid_size(config: StudyConfig) -> int:
+    """How many distinct configurations the grid searcher has: each activation with its own
+    alpha points (not every other activation's), times inits, BN placements and lr points."""
     space = config.search
-    grid: dict[str, list[Any]] = {
-        "activation": list(space.activations),
-        "init": list(space.initializers),
-        "bn": list(space.batch_norm),
-    }
-    for name, choice in space.activations.items():
-        if isinstance(choice.alpha, Range):
-            grid[alpha_param(name)] = choice.alpha.points()
-    if isinstance(space.lr, Range):
-        grid["lr"] = space.lr.points()
-    return grid
+    per_activation = sum(
+        len(choice.alpha.points()) if isinstance(choice.alpha, Range) else 1
+        for choice in space.activations.values()
+    )
+    lr_points = len(space.lr.points()) if isinstance(space.lr, Range) else 1
+    return per_activation * len(space.initializers) * len(space.batch_norm) * lr_points
 
 
 @dataclass(frozen=True)

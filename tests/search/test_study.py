@@ -152,3 +152,26 @@ def test_learned_prelu_slopes_reach_mlflow(study) -> None:
             history = client.get_metric_history(run.info.run_id, f"prelu/slope/{layer}")
             assert [m.step for m in history] == list(range(1, EPOCHS + 1))
             assert history[-1].value != 0.25, "the slope was learned"
+
+
+def test_grid_runs_each_distinct_configuration_once(local_ray: None, tmp_path: Path) -> None:
+    config = load_config(
+        {
+            "name": "grid",
+            "searcher": {"name": "grid"},
+            "search": {
+                "activations": {"relu": {}, "elu": {"alpha": {"low": 0.5, "high": 1.5, "grid": 2}}},
+                "initializers": ["he_normal", "glorot_uniform"],
+                "lr": 0.01,
+            },
+            "model": {"depth": 2, "width": 16},
+            "training": {"epochs": 1},
+            "num_samples": 16,
+            "output_dir": str(tmp_path),
+        }
+    )
+    result = run_study(config)
+    board = result.leaderboard
+    assert len(board) == 6  # (relu + 2 elu alphas) x 2 inits, not 16 and no repeats
+    assert len({(r.activation, r.alpha, r.init) for r in board.itertuples()}) == 6
+    assert result.notes[0].startswith("grid: 6 distinct configurations")

@@ -9,7 +9,7 @@ from spaces import (
     ConfigError,
     define_space,
     enqueued_points,
-    grid_space,
+    grid_size,
     load_config,
     make_sampler,
     presets,
@@ -85,22 +85,35 @@ def test_alpha_is_suggested_only_for_its_own_activation() -> None:
     assert seen == {"relu", "leaky_relu", "elu", "prelu"}
 
 
-def test_grid_covers_every_choice_and_enqueue_fills_defaults() -> None:
+def test_grid_enumerates_each_distinct_configuration_once() -> None:
     config = load_config(
         {
+            "searcher": {"name": "grid"},
             "search": {
                 "activations": {"relu": {}, "elu": {"alpha": {"low": 0.5, "high": 1.5, "grid": 2}}},
                 "initializers": ["he_normal", "glorot_uniform"],
                 "lr": {"low": 0.001, "high": 0.1, "log": True, "grid": 3},
-                "enqueue": [{"activation": "elu"}],
-            }
+            },
         }
     )
-    grid = grid_space(config)
-    assert grid["elu_alpha"] == [0.5, 1.5]
-    assert grid["lr"] == pytest.approx([0.001, 0.01, 0.1])
+    # relu: 1, elu: 2 alpha points -> 3, x 2 inits x 1 bn x 3 lr points
+    assert grid_size(config) == 18
+    study = optuna.create_study(sampler=make_sampler(config))
+    seen = set()
+    for _ in range(grid_size(config)):
+        trial, params = _ask(config, study)
+        seen.add(resolve_trial(config, params))
+        study.tell(trial, 0.5)
+    assert len({(s.activation, s.alpha, s.init, s.lr) for s in seen}) == 18
+    assert sorted({s.lr for s in seen}) == pytest.approx([0.001, 0.01, 0.1])
+
+
+def test_enqueue_fills_defaults() -> None:
+    config = load_config(
+        {"search": {"activations": ["relu", "elu"], "enqueue": [{"activation": "elu"}]}}
+    )
     assert enqueued_points(config) == [
-        {"activation": "elu", "init": "he_normal", "bn": "none", "lr": 0.001}
+        {"activation": "elu", "init": "matched", "bn": "none", "lr": 0.0001}
     ]
 
 
