@@ -152,6 +152,24 @@ def check_storage(url: str) -> None:
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
+def study_exists(uri: str, storage: str, name: str) -> bool:
+    """Whether MLflow or Optuna already hold a study called ``name`` (creates no store)."""
+    from search.leaderboard import find_parent_run
+
+    def missing(url: str) -> bool:
+        return url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file()
+
+    if not missing(storage) and name in optuna.study.get_all_study_names(storage=storage):
+        return True
+    if missing(uri):
+        return False
+    try:
+        find_parent_run(MlflowClient(tracking_uri=uri), name)
+    except UserError:
+        return False
+    return True
+
+
 def check_study_name(name: str) -> None:
     """Study names become file names, Ray experiment names and MLflow filter values."""
     if not STUDY_NAME.fullmatch(name) or len(name) > 120:
@@ -407,7 +425,20 @@ def run_study(
     if study_name is not None:
         check_study_name(study_name)
     preflight(config, uri, storage, address)
-    name = study_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if study_name is not None:
+        if study_exists(uri, storage, study_name):
+            raise UserError(
+                f"--study: {study_name!r} exists already; 'gradsweep resume --study "
+                f"{study_name}' continues it, or choose another name"
+            )
+        name = study_name
+    else:  # two runs in the same second must not share a study
+        stem = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = next(
+            n
+            for n in (stem, *(f"{stem}-{i}" for i in range(2, 1000)))
+            if not study_exists(uri, storage, n)
+        )
 
     output.mkdir(parents=True, exist_ok=True)
     started_ray = connect_ray(address, config)

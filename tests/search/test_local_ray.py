@@ -1,0 +1,45 @@
+"""run_study starts an embedded Ray when none is running, and stops it: twice in one process."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import ray
+
+from search import UserError, run_study
+from search.study import study_exists
+from spaces import load_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_studies_in_one_process_each_with_its_own_ray(tmp_path) -> None:
+    assert not ray.is_initialized()
+    config = load_config(
+        {
+            "name": "embedded",
+            "search": {"activations": ["relu"], "initializers": ["he_normal"], "lr": 0.01},
+            "model": {"depth": 2, "width": 16},
+            "training": {"epochs": 1},
+            "num_samples": 2,
+            "output_dir": str(tmp_path),
+        }
+    )
+    first = run_study(config)
+    assert not ray.is_initialized(), "the study stops the Ray it started"
+    second = run_study(config)
+    assert not ray.is_initialized()
+    assert len(first.leaderboard) == len(second.leaderboard) == 2
+    assert first.study_name != second.study_name
+    with pytest.raises(UserError, match="exists already; 'gradsweep resume"):
+        run_study(config, study_name=first.study_name)
+    assert not ray.is_initialized()
+
+
+def test_a_taken_automatic_name_gets_a_suffix(tmp_path) -> None:
+    optuna_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    mlflow_url = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert not study_exists(mlflow_url, optuna_url, "s-1")
+    assert not (tmp_path / "optuna.db").exists(), "checking creates no store"
+    optuna.create_study(study_name="s-1", storage=optuna_url)
+    assert study_exists(mlflow_url, optuna_url, "s-1")
