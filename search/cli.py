@@ -227,30 +227,18 @@ def leaderboard(
         elif format == "json":
             sys.stdout.write(table.to_json(orient="records", indent=2) + "\n")
         else:
-            from search.report import _md
+            from search.leaderboard import markdown
 
-            sys.stdout.write(_md(table) + "\n" + _md(tests))
+            sys.stdout.write(markdown(table) + "\n" + markdown(tests))
         return
     text = render(frame, format, top=top, title=f"Leaderboard: {study}")  # type: ignore[arg-type]
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
 def _tracking_client(tracking_uri: str | None):
-    """An MlflowClient on the given (or default) tracking URI, checked first."""
-    from mlflow import MlflowClient
+    from search.tracking import existing_store
 
-    from search.errors import UserError
-    from search.tracking import check_tracking_uri, default_tracking_uri
-
-    uri = (
-        tracking_uri
-        or os.environ.get("GRADSWEEP_TRACKING_URI")
-        or default_tracking_uri(Path("gradsweep-runs"))
-    )
-    check_tracking_uri(uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise UserError(f"--tracking-uri: no MLflow database at {uri.removeprefix('sqlite:///')}")
-    return MlflowClient(tracking_uri=uri)
+    return existing_store(tracking_uri)
 
 
 @app.command()

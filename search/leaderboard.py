@@ -130,7 +130,7 @@ def render(
     if fmt == "json":
         return visible.to_json(orient="records", indent=2)
     if fmt == "markdown":
-        return _markdown(visible)
+        return markdown(visible)
     columns = [c for c in visible.columns if c != "status"]
     if not visible["reason"].astype(bool).any():
         columns.remove("reason")
@@ -164,8 +164,11 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _markdown(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(frame.columns) + " |"
+def markdown(frame: pd.DataFrame) -> str:
+    """A GitHub table, numbers to 4 significant digits, NaN as '-' (leaderboards, report)."""
+    if frame.empty:
+        return "_no data_\n"
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = [
         "| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)

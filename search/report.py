@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from search.analysis import FACTORS, factor_table, judge_claims, pairwise_tests, usable
-from search.leaderboard import find_parent_run, leaderboard, render
+from search.leaderboard import find_parent_run, leaderboard, markdown, render
 
 IMPORTANCE = {
     "fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
@@ -40,19 +40,6 @@ class Report:
     claims: pd.DataFrame
     importance: dict[str, float]
     notes: list[str] = field(default_factory=list)
-
-
-def _md(frame: pd.DataFrame, digits: int = 4) -> str:
-    if frame.empty:
-        return "_no data_\n"
-    shown = frame.copy()
-    for column in shown.columns:
-        if shown[column].dtype.kind == "f":
-            shown[column] = shown[column].map(lambda v: "-" if pd.isna(v) else f"{v:.{digits}g}")
-    header = "| " + " | ".join(map(str, shown.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in shown.columns) + "|"
-    body = ["| " + " | ".join(map(str, row)) + " |" for row in shown.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
 
 
 def _save(fig: plt.Figure, path: Path) -> str:
@@ -141,7 +128,7 @@ def build_report(
     claims = judge_claims(trials) if used else pd.DataFrame()
     for f, table in factors.items():
         table.to_csv(directory / f"leaderboard_by_{f}.csv", index=False)
-        (directory / f"leaderboard_by_{f}.md").write_text(_md(table))
+        (directory / f"leaderboard_by_{f}.md").write_text(markdown(table))
         pairwise[f].to_csv(directory / f"pairwise_{f}.csv", index=False)
     claims.to_csv(directory / "claims.csv", index=False)
 
@@ -207,25 +194,25 @@ def build_report(
         f"fewer than 3 trials on a side is 'not enough data'. Effect = mean({metric}) of A - B; "
         "for gradient flow, -|log10 first/last gradient ratio|.",
         "",
-        _md(claims),
+        markdown(claims),
         "",
     ]
     for f, table in factors.items():
         lines += [
             f"## By {f}",
             "",
-            _md(table),
+            markdown(table),
             "",
             "Pairwise (Mann-Whitney U, Holm):",
             "",
-            _md(pairwise[f]),
+            markdown(pairwise[f]),
             "",
         ]
     if scores:
         lines += [
             "## Importance",
             "",
-            _md(pd.DataFrame({"param": list(scores), "importance": list(scores.values())})),
+            markdown(pd.DataFrame({"param": list(scores), "importance": list(scores.values())})),
             "",
         ]
     for title, name in pictures.items():
@@ -244,5 +231,5 @@ def build_report(
         client.log_artifacts(run_id, str(directory), "report")
         for f, table in factors.items():
             client.log_text(run_id, table.to_csv(index=False), f"leaderboard_by_{f}.csv")
-            client.log_text(run_id, _md(table), f"leaderboard_by_{f}.md")
+            client.log_text(run_id, markdown(table), f"leaderboard_by_{f}.md")
     return Report(directory, factors, pairwise, claims, scores, notes)

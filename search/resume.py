@@ -24,14 +24,8 @@ from optuna.trial import TrialState
 
 from search.checkpoints import CHECKPOINT_FILE, RESUME_KEY
 from search.leaderboard import child_runs
+from search.outcomes import FROM_OPTUNA, OUTCOMES
 from search.tracking import OUTCOME_TAG
-
-#: What an Optuna trial's final state says about its run: (MLflow status, outcome).
-_STATUS = {
-    TrialState.COMPLETE: ("FINISHED", "completed"),
-    TrialState.PRUNED: ("KILLED", "stopped"),
-    TrialState.FAIL: ("FAILED", "error"),
-}
 
 
 @dataclass
@@ -43,7 +37,6 @@ class ResumePlan:
     resume: dict[int, dict[str, str]] = field(default_factory=dict)
     #: Optuna trial number -> tags of its new child run
     tags: dict[int, dict[str, str]] = field(default_factory=dict)
-    closed: list[str] = field(default_factory=list)
 
 
 def latest_checkpoint(trial_path: str) -> str | None:
@@ -99,7 +92,7 @@ def plan_resume(
 ) -> ResumePlan:
     """Close the stale child runs and list the interrupted trials with their checkpoints."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    plan = ResumePlan(finished=sum(t.state in _STATUS for t in trials.values()))
+    plan = ResumePlan(finished=sum(t.state in FROM_OPTUNA for t in trials.values()))
     interrupted = {n for n, t in trials.items() if t.state == TrialState.RUNNING}
     for run in child_runs(client, parent):
         if run.info.status != "RUNNING":
@@ -108,8 +101,9 @@ def plan_resume(
         trial = trials.get(number)
         if trial is None:
             _close(client, run, "FAILED", "orphaned", "no Optuna trial matches this run")
-        elif trial.state in _STATUS:
-            status, outcome = _STATUS[trial.state]
+        elif trial.state in FROM_OPTUNA:
+            outcome = FROM_OPTUNA[trial.state]
+            status = OUTCOMES[outcome][0]
             reason = "closed on resume: the driver died before writing this final status"
             _close(client, run, status, outcome, reason)
         else:
@@ -130,7 +124,6 @@ def plan_resume(
                 + (" from its checkpoint" if checkpoint else ""),
             )
             interrupted.discard(number)
-        plan.closed.append(run.info.run_id)
     for number in interrupted:  # asked by Optuna, but its run never reached MLflow
         checkpoint = find_checkpoint(ray_root, study.study_name, number)
         plan.resume[number] = {RESUME_KEY: checkpoint} if checkpoint else {}

@@ -19,18 +19,9 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from search.outcomes import OUTCOMES, outcome
+
 log = logging.getLogger(__name__)
-
-
-def trial_state(result: dict[str, Any] | None, error: bool, epochs: int) -> TrialState:
-    """The Optuna state a finished Tune trial deserves (see module docstring)."""
-    if error or not result:
-        return TrialState.FAIL
-    if result.get("diverged"):
-        return TrialState.FAIL
-    if result.get("stop_reason") or int(result.get("epoch", 0)) < epochs:
-        return TrialState.PRUNED
-    return TrialState.COMPLETE
 
 
 class HonestOptunaSearch(OptunaSearch):
@@ -46,7 +37,7 @@ class HonestOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
-        state = trial_state(result, error, self._epochs)
+        state = OUTCOMES[outcome(result, self._epochs, error)][1]
         value = None
         if state is TrialState.COMPLETE:
             value = result.get(self.metric) if result else None

@@ -38,6 +38,7 @@ from search.tracking import (
     MlflowTracker,
     check_tracking_uri,
     default_tracking_uri,
+    existing_store,
     get_or_create_experiment,
     redact,
     start_parent_run,
@@ -51,7 +52,7 @@ from spaces import (
     grid_size,
     make_sampler,
 )
-from trainers import DataError, load_splits
+from trainers import DataError
 
 log = logging.getLogger(__name__)
 # Tune's new console output prints tables even at verbose=0; gradsweep shows its own progress.
@@ -191,13 +192,7 @@ def make_scheduler(config: StudyConfig) -> TrialScheduler:
 def preflight(config: StudyConfig, tracking_uri: str, storage: str, address: str | None) -> None:
     """Everything that can be checked without creating anything."""
     try:
-        load_splits(
-            config.data.name,
-            config.data.options,
-            config.data.val_fraction,
-            config.data.test_fraction,
-            config.data.split_seed,
-        )
+        config.data.load()
     except DataError as exc:
         raise UserError(str(exc)) from None
     check_tracking_uri(tracking_uri)
@@ -470,15 +465,10 @@ def resume_study(
     """Finish a study whose driver died: see :mod:`search.resume`."""
     check_study_name(study_name)
     t0 = time.perf_counter()
-    uri = (
-        tracking_uri
-        or os.environ.get("GRADSWEEP_TRACKING_URI")
-        or default_tracking_uri(Path("gradsweep-runs").resolve())
-    )
-    check_tracking_uri(uri)
+    client = existing_store(tracking_uri)
+    uri = client.tracking_uri
     if address:
         check_address(address)
-    client = MlflowClient(tracking_uri=uri)
     parent = find_parent_run(client, study_name)
     tags = parent.data.tags
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +25,7 @@ from ray import tune
 
 from search.errors import UserError
 from search.journal import MAX_PARAMS, Journal
+from search.outcomes import OUTCOMES, outcome
 from spaces import StudyConfig, resolve_trial
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,21 @@ def check_tracking_uri(uri: str) -> None:
         )
 
 
+def existing_store(tracking_uri: str | None) -> MlflowClient:
+    """A client on a tracking store that must exist already (leaderboard, report, resume):
+    ``tracking_uri``, else ``GRADSWEEP_TRACKING_URI``, else ``./gradsweep-runs/mlflow.db``.
+    A missing SQLite file is an error here, never silently created empty."""
+    uri = (
+        tracking_uri
+        or os.environ.get("GRADSWEEP_TRACKING_URI")
+        or default_tracking_uri(Path("gradsweep-runs"))
+    )
+    check_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"--tracking-uri: no MLflow database at {uri.removeprefix('sqlite:///')}")
+    return MlflowClient(tracking_uri=uri)
+
+
 def flatten(prefix: str, value: Any) -> dict[str, str]:
     """Flatten a nested config into ``a.b.c`` -> string, for MLflow params."""
     if isinstance(value, dict):
@@ -139,19 +156,6 @@ def start_parent_run(
         client.log_batch(run_id, params=params[i : i + MAX_PARAMS])
     client.log_text(run_id, json.dumps(public, indent=2), "config.json")
     return run_id
-
-
-def final_status(result: dict[str, Any] | None, epochs: int) -> tuple[str, str]:
-    """(MLflow status, outcome tag) for a trial that ended without an exception."""
-    if not result:
-        return "KILLED", "no_result"
-    if result.get("diverged"):
-        return "FAILED", "diverged"
-    if result.get("stop_reason"):
-        return "KILLED", "stopped"
-    if int(result.get("epoch", 0)) < epochs:
-        return "KILLED", "early_stopped"
-    return "FINISHED", "completed"
 
 
 class MlflowTracker(tune.Callback):
@@ -275,8 +279,8 @@ class MlflowTracker(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = self.last.get(trial.trial_id) or trial.last_result
-        status, outcome = final_status(result, self.config.training.epochs)
-        self._finish(trial, status, outcome, result)
+        ended = outcome(result, self.config.training.epochs)
+        self._finish(trial, OUTCOMES[ended][0], ended, result)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = trial.get_error() if hasattr(trial, "get_error") else None

@@ -26,7 +26,6 @@ from trainers import (
     LoopState,
     TrainSettings,
     build_mlp,
-    load_splits,
     seed_everything,
     train,
     train_fused,
@@ -145,13 +144,7 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config.resources.cpu)))
     use_gpu = config.resources.gpu > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
-    data = load_splits(
-        config.data.name,
-        config.data.options,
-        config.data.val_fraction,
-        config.data.test_fraction,
-        config.data.split_seed,
-    ).to(device)
+    data = config.data.load().to(device)
 
     def build() -> torch.nn.Module:
         return build_mlp(

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from trainers import ACTIVATIONS, DATASETS, INITIALIZERS, OPTIMIZERS
+from trainers import ACTIVATIONS, DATASETS, INITIALIZERS, OPTIMIZERS, Splits, load_splits
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 SEARCHERS: tuple[str, ...] = ("tpe", "random", "grid", "cmaes", "qmc", "gp")
@@ -111,6 +111,12 @@ class DataConfig(_Strict):
         if v not in DATASETS:
             raise ValueError(f"unknown data set {v!r}; allowed: {', '.join(DATASETS)}")
         return v
+
+    def load(self) -> Splits:
+        """This data set's standardised splits (cached per process by ``trainers``)."""
+        return load_splits(
+            self.name, self.options, self.val_fraction, self.test_fraction, self.split_seed
+        )
 
     @model_validator(mode="after")
     def _fractions(self) -> DataConfig:
