@@ -8,13 +8,16 @@ Parts (``--only`` picks one; all run by default, one after the other):
   (``points_to_evaluate``) + ``MLflowLoggerCallback`` (SQLite), a ``DataLoader`` loop, Ray
   defaults; (c) gradsweep's ``search.run_study`` on the same study, default config, and variants a
   user could choose (Ray already running, no checkpoints, no diagnostics) to show where time goes.
+- ``long``: two trials of >= 30 s each (synthetic data), raw loop vs ``run_study``: the
+  framework's share of a long trial's wall time.
 - ``fused``: 8 seeds of one configuration fused (``trainers.train_fused``) vs 8 separate
   ``trainers.train`` runs, in one process on CPU.
 - ``driver``: driver time per trial (Optuna suggestion + MLflow writes + Ray bookkeeping) with a
   trivial trainable, at 100 and 1000 trials, wired as ``run_study`` wires its components.
 
 Run from the repository root: ``.venv/bin/python benchmarks/throughput.py [--only PART] [--quick]``.
-``--quick`` shrinks every part (4 trials, 2 epochs, 20/200 driver trials) for a smoke run.
+``--quick`` shrinks every part (4 trials, 2 epochs, 2-epoch long trials, 20/200 driver trials)
+for a smoke run.
 No figure here is asserted anywhere: see benchmarks/README.md for the measured ones.
 """
 
@@ -111,7 +114,7 @@ def settings_for(config: StudyConfig, lr: float, diagnostics: bool) -> TrainSett
 
 def build_for(config: StudyConfig, params: dict[str, Any]) -> functools.partial:
     spec = resolve_trial(config, params)
-    data = load_splits(config.data.name)
+    data = config.data.load()
     return functools.partial(
         build_mlp,
         data.n_features,
@@ -131,21 +134,31 @@ def build_for(config: StudyConfig, params: dict[str, Any]) -> functools.partial:
 # (a) the raw loop
 
 
-def run_raw(
+def raw_times(
     config: StudyConfig, trials: list[dict[str, Any]], diagnostics: bool, device: str = "cpu"
-) -> float:
-    """Seconds for every trial trained sequentially with ``trainers.train``, as a trial would."""
-    torch.set_num_threads(1)  # what each trial gets (resources.cpu = 1)
-    data = load_splits(config.data.name).to(device)
-    t0 = time.perf_counter()
+) -> list[float]:
+    """Seconds of each trial trained with ``trainers.train``, one after the other, as a trial
+    would be (one torch thread: what each trial gets with ``resources.cpu = 1``)."""
+    torch.set_num_threads(1)
+    data = config.data.load().to(device)
+    seconds = []
     for params in trials:
+        t0 = time.perf_counter()
         spec = resolve_trial(config, params)
         seed_everything(config.training.seed)
         model = build_for(config, params)().to(device)
         train(model, data, settings_for(config, spec.lr, diagnostics))
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - t0)
+    return seconds
+
+
+def run_raw(
+    config: StudyConfig, trials: list[dict[str, Any]], diagnostics: bool, device: str = "cpu"
+) -> float:
+    """Seconds for every trial trained sequentially with ``trainers.train``, as a trial would."""
+    return sum(raw_times(config, trials, diagnostics, device))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -580,6 +593,56 @@ def part_throughput(quick: bool, out: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# long trials: the framework's share of a trial that trains for 30 s or more
+
+
+def part_long(quick: bool, out: dict[str, Any]) -> None:
+    """Two trials of >= 30 s each, 2 at a time: (a) the raw loop per configuration, (c)
+    ``run_study`` on the same two. The framework's share of a trial is its slot time in the
+    study (Tune's start to completion, seen by the driver) less the raw loop's time for the same
+    configuration, over that slot time."""
+    epochs = 2 if quick else 40
+    with tempfile.TemporaryDirectory(prefix="gradsweep-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        study = study_dict(CONCURRENCY, epochs, str(tmp / "long"))
+        study["name"] = "long"
+        study["data"] = {"name": "synthetic", "options": {"n_samples": 20000, "n_features": 40}}
+        config = load_config(study)
+        trials = draw_trials(config)
+        print(
+            f"\n== long trials: synthetic 20000 x 40, depth 10 width 64, batch 32, {epochs} "
+            f"epochs, {len(trials)} trials, {CONCURRENCY} at a time, default config"
+        )
+        raw_times(load_config(study, ["training.epochs=1"]), trials[:1], True)  # warm-up
+        raw = raw_times(config, trials, diagnostics=True)
+        limit = sum(raw) / CONCURRENCY
+        print("  (a) raw loop per trial: " + ", ".join(f"{x:.1f} s" for x in raw))
+        seconds, figures = run_gradsweep(study, trials, [], prestart_ray=False)
+        span = figures.get("trials: span", float("nan"))
+        share = (span - sum(raw)) / span
+        in_trial = (span - figures.get("trials: epoch compute", 0.0)) / span
+        print(
+            f"  (c) gradsweep: {seconds:.1f} s in all = {seconds / limit:.2f}x the compute "
+            f"limit ((a)/{CONCURRENCY} = {limit:.1f} s; Ray start and stop included)"
+        )
+        print(
+            f"  framework share of the trials' wall time: {share:.1%} (slot time {span:.1f} s "
+            f"vs raw {sum(raw):.1f} s; target <= 5%); of which outside the trials' own epochs: "
+            f"{in_trial:.1%}"
+        )
+        out["long"] = {
+            "epochs": epochs,
+            "raw": raw,
+            "c": seconds,
+            "limit": limit,
+            "slot_seconds": span,
+            "framework_share": share,
+            "outside_epochs_share": in_trial,
+            **figures,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
 # fused seeds
 
 
@@ -757,7 +820,7 @@ def part_driver(quick: bool, out: dict[str, Any], searchers: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=["throughput", "fused", "driver"], default=None)
+    parser.add_argument("--only", choices=["throughput", "long", "fused", "driver"], default=None)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
@@ -783,6 +846,7 @@ def main() -> None:
     searchers = [x.strip() for x in args.driver_searchers.split(",") if x.strip()]
     parts = {
         "throughput": part_throughput,
+        "long": part_long,
         "fused": part_fused,
         "driver": functools.partial(part_driver, searchers=searchers),
     }

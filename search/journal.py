@@ -89,8 +89,59 @@ def apply(client: MlflowClient, run_ids: dict[str, str], op: Op) -> None:
         raise ValueError(f"unknown journal operation {kind!r}")
 
 
+def _mergeable(a: Op, b: Op) -> bool:
+    """Two batches of one run fit in one ``log_batch`` call: within MLflow's limits, and no
+    param or tag key twice (MLflow refuses a batch that names a param twice)."""
+    for field, limit in (("metrics", MAX_METRICS), ("params", MAX_PARAMS), ("tags", MAX_TAGS)):
+        x, y = a.get(field, []), b.get(field, [])
+        if len(x) + len(y) > limit:
+            return False
+        if field != "metrics" and {k for k, _ in x} & {k for k, _ in y}:
+            return False
+    return True
+
+
+def coalesce(items: list[Any]) -> list[Any]:
+    """Merge queued ``log_batch`` operations of the same run into fewer calls.
+
+    A study reports every epoch of every trial; on SQLite each call is a transaction that
+    competes with the trials for the same cores. Order within a run is kept: a batch only merges
+    into the run's latest batch when no other operation of that run came in between, and
+    nothing merges across a control marker (flush, close). Runs are independent, so a batch may
+    move ahead of another run's operations.
+    """
+    out: list[Any] = []
+    open_batch: dict[str, int] = {}  # run key -> index in out of its batch that may still grow
+    for item in items:
+        if not isinstance(item, dict):
+            open_batch.clear()
+            out.append(item)
+            continue
+        key = item.get("key")
+        if item["op"] != "log_batch":
+            open_batch.pop(key, None)
+            out.append(item)
+            continue
+        i = open_batch.get(key)
+        if i is not None and _mergeable(out[i], item):
+            merged = dict(out[i])
+            for field in ("metrics", "params", "tags"):
+                if field in item:
+                    merged[field] = [*merged.get(field, []), *item[field]]
+            out[i] = merged
+            continue
+        open_batch[key] = len(out)
+        out.append(item)
+    return out
+
+
 class Journal:
-    """The study's MLflow writer (see module docstring). Thread-safe ``submit``; one consumer."""
+    """The study's MLflow writer (see module docstring). Thread-safe ``submit``; one consumer.
+
+    ``linger_s``: after the first operation of a quiet spell, wait this long so that the
+    operations behind it go out merged (:func:`coalesce`); :meth:`flush` and :meth:`close` wait
+    for it at most once.
+    """
 
     def __init__(
         self,
@@ -98,8 +149,10 @@ class Journal:
         spool: Path,
         run_ids: dict[str, str] | None = None,
         max_backoff_s: float = 5.0,
+        linger_s: float = 0.0,
     ) -> None:
         self.client, self.spool, self.max_backoff_s = client, spool, max_backoff_s
+        self.linger_s = linger_s
         self.run_ids: dict[str, str] = dict(run_ids or {})
         self.rejected: list[str] = []  # permanent failures, for the closing summary
         self.spooled = 0
@@ -175,16 +228,24 @@ class Journal:
     # -- consumer -------------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is _CLOSE:
-                return
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            if self._left:  # already giving up: keep order, spool everything after
-                self._left.append(item)
-                continue
-            self._deliver(item)
+            items = [self._queue.get()]
+            if self.linger_s and isinstance(items[0], dict):
+                time.sleep(self.linger_s)  # let a few epochs' results gather into one write
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for item in coalesce(items):
+                if item is _CLOSE:
+                    return
+                if isinstance(item, threading.Event):
+                    item.set()
+                    continue
+                if self._left:  # already giving up: keep order, spool everything after
+                    self._left.append(item)
+                    continue
+                self._deliver(item)
 
     def _reject(self, op: Op, why: object) -> None:
         log.warning("MLflow rejected %s for %s: %s", op["op"], op.get("key"), why)

@@ -23,6 +23,7 @@ from mlflow.entities import Metric
 
 from search.analysis import FACTORS, factor_table, judge_claims, pairwise_tests, usable
 from search.leaderboard import find_parent_run, leaderboard, markdown, render
+from search.plots import FAST_PNG
 
 IMPORTANCE = {
     "fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
@@ -43,7 +44,7 @@ class Report:
 
 
 def _save(fig: plt.Figure, path: Path) -> str:
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=100, bbox_inches="tight", **FAST_PNG)
     plt.close(fig)
     return path.name
 

@@ -6,6 +6,8 @@ tracking URI, cluster address), so bad input never leaves a half-made run behind
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import os
@@ -13,6 +15,8 @@ import re
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +56,7 @@ from spaces import (
     grid_size,
     make_sampler,
 )
-from trainers import DataError
+from trainers import DataError, Splits
 
 log = logging.getLogger(__name__)
 # Tune's new console output prints tables even at verbose=0; gradsweep shows its own progress.
@@ -64,6 +68,8 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # ... and so the ResultGrid that fit() returns (which gradsweep does not read) finds no files.
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 METRIC, MODE = "best_val_accuracy", "max"
+#: The MLflow journal gathers this long after a quiet spell, so epochs go out in few writes.
+JOURNAL_LINGER_S = 0.5
 
 
 @dataclass
@@ -189,16 +195,78 @@ def make_scheduler(config: StudyConfig) -> TrialScheduler:
     return FIFOScheduler()
 
 
-def preflight(config: StudyConfig, tracking_uri: str, storage: str, address: str | None) -> None:
-    """Everything that can be checked without creating anything."""
-    try:
-        config.data.load()
-    except DataError as exc:
-        raise UserError(str(exc)) from None
+def preflight(tracking_uri: str, storage: str, address: str | None) -> None:
+    """The quick checks, before anything is created (the data set is checked by
+    :func:`_prepare`, while Ray starts)."""
     check_tracking_uri(tracking_uri)
     check_storage(storage)
     if address:
         check_address(address)
+
+
+def load_data(config: StudyConfig) -> Splits:
+    try:
+        return config.data.load()
+    except DataError as exc:
+        raise UserError(str(exc)) from None
+
+
+@dataclass
+class _Stores:
+    """MLflow and Optuna stores opened for a study, and which files opening them created."""
+
+    client: MlflowClient
+    optuna: optuna.storages.BaseStorage
+    created: list[Path]
+
+    def discard(self) -> None:
+        """Remove what opening created (the study never started: nothing of it is in there)."""
+        _remove_created(self.created)
+
+
+def _remove_created(paths: list[Path]) -> None:
+    for path in reversed(paths):  # files before the folder that holds them
+        if path.is_dir():
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only if still empty
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    return Path(url.split("///", 1)[1]) if url.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """No garbage collection while ``ray.init`` runs beside another thread: a collection there
+    may free an object of an earlier Ray session in this process (a script running several
+    studies), whose finalizer then calls into a core worker that is being replaced, and Ray
+    ends the process. Collected first, on this thread, while no session is starting."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _prepare(config: StudyConfig, output: Path, uri: str, storage: str) -> _Stores:
+    """Check the data set, then open (create when new) the MLflow and Optuna stores: the slow
+    part of a start, which runs while Ray starts."""
+    load_data(config)
+    files = [output, *filter(None, (_sqlite_file(uri), _sqlite_file(storage)))]
+    created = [p for p in files if not p.exists()]
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        client.get_experiment_by_name(config.tracking.experiment)  # creates a new store's tables
+        return _Stores(client, optuna.storages.RDBStorage(storage), created)
+    except BaseException:
+        _remove_created(created)
+        raise
 
 
 def connect_ray(address: str | None, config: StudyConfig) -> bool:
@@ -229,6 +297,7 @@ class _Session:
     experiment_id: str
     parent_run_id: str
     journal: Journal
+    optuna_storage: optuna.storages.BaseStorage | None = None  # opened already, else from storage
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -259,9 +328,12 @@ def _run_session(
         status = "KILLED"
         raise
     finally:
-        board, notes = _finish(session, tracker, status, close_patience_s)
-        if started_ray:
-            ray.shutdown()
+        # Ray's processes stop (mostly waiting) while the leaderboard and pictures are made.
+        with ThreadPoolExecutor(1, thread_name_prefix="gradsweep-finish") as pool:
+            finished = pool.submit(_finish, session, tracker, status, close_patience_s)
+            if started_ray:
+                ray.shutdown()
+            board, notes = finished.result()
     return board, notes
 
 
@@ -285,7 +357,7 @@ def _tune(
         sampler=make_sampler(config),
         points_to_evaluate=(enqueued_points(config) or None) if resume is None else None,
         study_name=session.name,
-        storage=optuna.storages.RDBStorage(session.storage),
+        storage=session.optuna_storage or optuna.storages.RDBStorage(session.storage),
         epochs=config.training.epochs,
         resume=resume or {},
     )
@@ -293,7 +365,10 @@ def _tune(
     if progress:
         callbacks.append(ProgressCallback(num_samples, run_name))
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, study=config.model_dump(mode="json")),
+        # The splits go through the object store once: workers skip the loaders and the file.
+        tune.with_parameters(
+            run_trial, study=config.model_dump(mode="json"), data=load_data(config)
+        ),
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
     )
     tuner = tune.Tuner(
@@ -383,8 +458,9 @@ def _open_session(
     uri: str,
     storage: str,
     parent_run_id: str | None = None,
+    stores: _Stores | None = None,
 ) -> _Session:
-    client = MlflowClient(tracking_uri=uri)
+    client = stores.client if stores else MlflowClient(tracking_uri=uri)
     # A tracking server stores artifacts itself (mlflow-artifacts:/); a local path would be one
     # only this machine can see, not the server's UI.
     remote = uri.startswith(("http://", "https://"))
@@ -399,9 +475,23 @@ def _open_session(
                 RunTag("gradsweep.optuna_storage", redact(storage)),
             ],
         )
-    journal = Journal(client, spool_path(output, name), run_ids={"parent": parent_run_id})
+    journal = Journal(
+        client,
+        spool_path(output, name),
+        run_ids={"parent": parent_run_id},
+        linger_s=JOURNAL_LINGER_S,
+    )
     return _Session(
-        config, name, output, uri, storage, client, experiment_id, parent_run_id, journal
+        config,
+        name,
+        output,
+        uri,
+        storage,
+        client,
+        experiment_id,
+        parent_run_id,
+        journal,
+        stores.optuna if stores else None,
     )
 
 
@@ -419,7 +509,7 @@ def run_study(
     output, uri, storage = resolve_paths(config, tracking_uri)
     if study_name is not None:
         check_study_name(study_name)
-    preflight(config, uri, storage, address)
+    preflight(uri, storage, address)
     if study_name is not None:
         if study_exists(uri, storage, study_name):
             raise UserError(
@@ -435,9 +525,22 @@ def run_study(
             if not study_exists(uri, storage, n)
         )
 
-    output.mkdir(parents=True, exist_ok=True)
-    started_ray = connect_ray(address, config)
-    session = _open_session(config, name, output, uri, storage)
+    # Ray's start is mostly waiting on its processes: the data and the stores open meanwhile.
+    with _no_gc(), ThreadPoolExecutor(1, thread_name_prefix="gradsweep-prepare") as pool:
+        prepared = pool.submit(_prepare, config, output, uri, storage)
+        try:
+            started_ray = connect_ray(address, config)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                prepared.result().discard()
+            raise
+        try:
+            stores = prepared.result()
+        except BaseException:
+            if started_ray:
+                ray.shutdown()
+            raise
+    session = _open_session(config, name, output, uri, storage, stores=stores)
     num_samples = config.num_samples
     if config.searcher.name == "grid":  # each distinct configuration once
         num_samples = min(num_samples, grid_size(config))

@@ -1,15 +1,16 @@
 """The Ray Tune function trainable: one trial = resolve the config, build, train, report.
 
-Runs inside a Ray worker. Data are loaded and standardised once per worker process (the
-``trainers`` cache survives between trials because actors are reused), torch uses exactly the CPUs
-the trial was given, and every epoch goes to Tune with ``tune.report`` (plus a checkpoint when
-configured), from which the driver-side tracker writes MLflow.
+Runs inside a Ray worker. Data are loaded and standardised once, by the driver, and reach every
+trial through Ray's object store; torch uses exactly the CPUs the trial was given, and every
+epoch goes to Tune with ``tune.report`` (plus a checkpoint when due), from which the driver-side
+tracker writes MLflow.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from trainers import (
     EpochReport,
     GradientProbe,
     LoopState,
+    Splits,
     TrainSettings,
     build_mlp,
     seed_everything,
@@ -120,20 +122,37 @@ def seed_summary(reports: dict[int, EpochReport]) -> dict[str, float]:
     return out
 
 
-def _report(
-    metrics: dict[str, Any], state: Any, epoch: int, last: int, every: int, diverged: bool
-) -> None:
-    """``tune.report`` with a checkpoint every ``every`` epochs and at the last one."""
-    if every and not diverged and (epoch % every == 0 or epoch == last):
+class Reporter:
+    """``tune.report`` each epoch, with a checkpoint every ``checkpoint_every`` epochs (unless
+    the last one is younger than ``checkpoint_min_seconds``) and always at the last epoch."""
+
+    def __init__(self, every: int, min_seconds: float, last: int) -> None:
+        self.every, self.min_seconds, self.last = every, min_seconds, last
+        self.saved_at = time.monotonic()  # a trial's first checkpoint also waits min_seconds
+
+    def due(self, epoch: int, diverged: bool) -> bool:
+        if not self.every or diverged:
+            return False
+        if epoch == self.last:
+            return True
+        return epoch % self.every == 0 and time.monotonic() - self.saved_at >= self.min_seconds
+
+    def __call__(self, metrics: dict[str, Any], state: Any, epoch: int, diverged: bool) -> None:
+        if not self.due(epoch, diverged):
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as directory:
             _save_checkpoint(state, directory, metrics)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-    else:
-        tune.report(metrics)
+        self.saved_at = time.monotonic()
 
 
-def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
+def run_trial(params: dict[str, Any], study: dict[str, Any], data: Splits | None = None) -> None:
     """Train one configuration; ``params`` from Optuna, ``study`` the resolved study config.
+
+    ``data``: the splits, loaded and standardised once by the driver and shipped through Ray's
+    object store, so a worker neither imports the loaders (scikit-learn) nor needs the data
+    file; without it the worker loads them itself (cached for the process).
 
     With ``training.seeds: k > 1`` the k seeds train fused in this one trial
     (:func:`trainers.train_fused`); Tune and Optuna see their mean, and the gradient diagnostics
@@ -144,7 +163,7 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config.resources.cpu)))
     use_gpu = config.resources.gpu > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
-    data = config.data.load().to(device)
+    data = (data if data is not None else config.data.load()).to(device)
 
     def build() -> torch.nn.Module:
         return build_mlp(
@@ -175,7 +194,8 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
     health = HealthWatch(config)
     node = {"node_id": ray.get_runtime_context().get_node_id(), "device": device.type}
     resume = _load_checkpoint(params.get(RESUME_KEY))
-    every, last = training.checkpoint_every, settings.epochs
+    last = settings.epochs
+    report = Reporter(training.checkpoint_every, training.checkpoint_min_seconds, last)
     if resume is not None and int(resume["epoch"]) >= last:
         # Interrupted after its final checkpoint: nothing left to train, only to report.
         tune.report({**resume.get("metrics", {}), **node})
@@ -206,7 +226,7 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
                 )
             if reason:
                 metrics["stop_reason"] = reason
-            _report(metrics, state, int(metrics["epoch"]), last, every, bool(metrics["diverged"]))
+            report(metrics, state, int(metrics["epoch"]), bool(metrics["diverged"]))
             return reason
 
         train_fused(build, seeds, data, settings, on_fused_epoch, resume=resume)
@@ -215,12 +235,12 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
     seed_everything(training.seed)
     model = build().to(device)
 
-    def on_epoch(report: EpochReport, state: LoopState) -> str | None:
-        metrics = {**report.metrics(), **node}
-        reason = health.check(report)
+    def on_epoch(epoch_report: EpochReport, state: LoopState) -> str | None:
+        metrics = {**epoch_report.metrics(), **node}
+        reason = health.check(epoch_report)
         if reason:
             metrics["stop_reason"] = reason
-        _report(metrics, state, report.epoch, last, every, report.diverged)
+        report(metrics, state, epoch_report.epoch, epoch_report.diverged)
         return reason
 
     train(model, data, settings, on_epoch, resume=resume)

@@ -256,6 +256,10 @@ class TrainingConfig(_Strict):
     #: Seeds per trial, trained fused as one batched model; Optuna sees their mean (1 = plain).
     seeds: Annotated[int, Field(ge=1, le=64)] = 1
     checkpoint_every: Annotated[int, Field(ge=0)] = 1  # epochs between checkpoints; 0 = never
+    #: A checkpoint that ``checkpoint_every`` calls for is skipped while the trial's last one is
+    #: younger than this: on short epochs writing one each epoch costs more than it can save.
+    #: The last epoch is always checkpointed (the trained model stays loadable). 0 = every time.
+    checkpoint_min_seconds: Annotated[float, Field(ge=0)] = 30.0
 
     @field_validator("optimizer")
     @classmethod

@@ -606,7 +606,7 @@ def test_worker_loss_mid_search(cluster: Cluster, tmp_path: Path) -> None:
                 "data": {"name": "synthetic", "options": {"n_samples": 12000, "n_features": 32}},
                 "search": {"activations": ["relu", "tanh"], "initializers": ["he_normal"]},
                 "model": {"depth": 3, "width": 64},
-                "training": {"epochs": epochs, "batch_size": 16},
+                "training": {"epochs": epochs, "batch_size": 16, "checkpoint_min_seconds": 0},
                 "diagnostics": {"enabled": False},
                 "num_samples": trials,
                 "max_concurrent": 2,

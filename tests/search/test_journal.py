@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from contextlib import closing
 from pathlib import Path
 
 import mlflow
 
-from search.journal import Journal, replay
+from search.journal import MAX_METRICS, Journal, coalesce, replay
 
 
 def _client(tmp_path: Path) -> tuple[mlflow.MlflowClient, str]:
@@ -72,3 +73,66 @@ def test_unreachable_server_spools_then_sync_delivers(tmp_path: Path) -> None:
         0.5,
         0.6,
     ]
+
+
+def test_coalesce_merges_a_runs_batches_and_keeps_its_order() -> None:
+    def metrics(key: str, step: int) -> dict:
+        return {"op": "log_batch", "key": key, "metrics": [["m", float(step), step, step]]}
+
+    marker = threading.Event()
+    items = [
+        metrics("a", 1),
+        metrics("b", 1),
+        metrics("a", 2),
+        {"op": "log_batch", "key": "a", "params": [["lr", "0.1"]]},
+        {"op": "set_terminated", "key": "b", "status": "FINISHED"},
+        metrics("b", 2),  # after b's status: must not move before it
+        metrics("a", 3),
+        marker,
+        metrics("a", 4),  # nothing merges across a flush marker
+    ]
+    out = coalesce(items)
+    ops = [(o["op"], o["key"]) if isinstance(o, dict) else "marker" for o in out]
+    assert ops == [
+        ("log_batch", "a"),
+        ("log_batch", "b"),
+        ("set_terminated", "b"),
+        ("log_batch", "b"),
+        "marker",
+        ("log_batch", "a"),
+    ]
+    assert [m[2] for m in out[0]["metrics"]] == [1, 2, 3]
+    assert out[0]["params"] == [["lr", "0.1"]]
+
+
+def test_coalesce_respects_mlflow_limits_and_duplicate_params() -> None:
+    big = {"op": "log_batch", "key": "a", "metrics": [["m", 0.0, 0, i] for i in range(MAX_METRICS)]}
+    one = {"op": "log_batch", "key": "a", "metrics": [["m", 0.0, 0, MAX_METRICS]]}
+    assert len(coalesce([big, one])) == 2
+    p1 = {"op": "log_batch", "key": "a", "params": [["lr", "0.1"]]}
+    p2 = {"op": "log_batch", "key": "a", "params": [["lr", "0.2"]]}
+    assert len(coalesce([p1, p2])) == 2  # MLflow would refuse the merged batch outright
+
+
+def test_lingering_journal_writes_every_epoch_in_fewer_calls(tmp_path: Path) -> None:
+    client, experiment = _client(tmp_path)
+    calls = []
+    log_batch = client.log_batch
+
+    def counted(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        log_batch(*args, **kwargs)
+
+    client.log_batch = counted  # type: ignore[method-assign]
+    journal = Journal(client, tmp_path / "spool.jsonl", linger_s=0.3)
+    for key in ("t1", "t2"):
+        journal.create_run(key, experiment, key, {})
+    assert journal.flush(timeout_s=30)
+    for epoch in range(1, 21):  # two trials' epochs, interleaved, as Tune reports them
+        for key in ("t1", "t2"):
+            journal.log_batch(key, metrics=[("val_accuracy", epoch / 100, 1000 + epoch, epoch)])
+    assert journal.close() == 0
+    for key in ("t1", "t2"):
+        history = client.get_metric_history(journal.run_ids[key], "val_accuracy")
+        assert [m.step for m in sorted(history, key=lambda m: m.timestamp)] == list(range(1, 21))
+    assert 2 <= len(calls) < 40, f"{len(calls)} log_batch calls for 40 batches"

@@ -78,7 +78,7 @@ def _config(tmp_path: Path, name: str, **extra: object) -> Path:
             "lr": 0.003,
         },
         "model": {"depth": 4, "width": 128},
-        "training": {"epochs": 6, "batch_size": 32},
+        "training": {"epochs": 6, "batch_size": 32, "checkpoint_min_seconds": 0},
         "diagnostics": {"enabled": False},
         "num_samples": 6,
         "max_concurrent": 2,
