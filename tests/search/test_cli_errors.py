@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -275,3 +276,25 @@ def test_console_script_prints_one_line_without_traceback(tmp_path: Path) -> Non
     assert "unknown activation 'nope'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_ray_failing_to_start_leaves_no_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The MLflow and Optuna stores open while Ray starts; when Ray then fails (an attach
+    refused after the address answered, say), what opening created is removed again."""
+    import search.study
+    from search.errors import UserError
+
+    def refuse(address: str | None, config: object) -> bool:
+        time.sleep(2)  # the stores are being created meanwhile
+        raise UserError("--address: cannot attach to Ray at 127.0.0.1:6379: refused")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(search.study, "connect_ray", refuse)
+    code = main(_prepare(tmp_path, GOOD, []))
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert lines == ["error: --address: cannot attach to Ray at 127.0.0.1:6379: refused"]
+    _nothing_written(tmp_path)

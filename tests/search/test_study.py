@@ -175,3 +175,16 @@ def test_grid_runs_each_distinct_configuration_once(local_ray: None, tmp_path: P
     assert len(board) == 6  # (relu + 2 elu alphas) x 2 inits, not 16 and no repeats
     assert len({(r.activation, r.alpha, r.init) for r in board.itertuples()}) == 6
     assert result.notes[0].startswith("grid: 6 distinct configurations")
+
+
+def test_short_trials_checkpoint_their_last_epoch_only(study) -> None:
+    """``checkpoint_min_seconds`` (30 s) skips the per-epoch checkpoints of these sub-second
+    trials, and the last epoch's is always there: the trained model stays loadable."""
+    import torch
+
+    result, _, _ = study
+    trial_dirs = [d for d in (result.output_dir / "ray").glob("*/t0*") if d.is_dir()]
+    assert len(trial_dirs) == N_TRIALS
+    for trial_dir in trial_dirs:
+        (checkpoint,) = trial_dir.glob("checkpoint_*/checkpoint.pt")
+        assert int(torch.load(checkpoint, weights_only=False)["epoch"]) == EPOCHS
