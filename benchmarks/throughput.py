@@ -33,6 +33,7 @@ import math
 import os
 import platform
 import random
+import statistics
 import sys
 import tempfile
 import threading
@@ -534,13 +535,16 @@ def part_throughput(quick: bool, out: dict[str, Any]) -> None:
         b = run_hand_written(study, trials, tmp / "b")
         print(f"  (b) hand-written Tuner+OptunaSearch+MLflowLoggerCallback: {b:7.1f} s")
 
-        variants = [
-            ("default config", [], False, a),
+        # The default config three times (the figure is their median: one run on a shared
+        # 2-core machine moves by 10-20%), then what a user could choose.
+        repeats = 1 if quick else 3
+        variants = [(f"default config, run {r + 1}", [], False, a) for r in range(repeats)]
+        variants += [
             ("Ray already running", [], True, a),
-            ("Ray running, checkpoint_every=0", ["training.checkpoint_every=0"], True, a),
+            ("Ray running, diagnostics off", ["diagnostics.enabled=false"], True, a_nodiag),
             (
-                "Ray running, no checkpoints, diagnostics off",
-                ["training.checkpoint_every=0", "diagnostics.enabled=false"],
+                "Ray running, diagnostics off, checkpoint every epoch",
+                ["diagnostics.enabled=false", "training.checkpoint_min_seconds=0"],
                 True,
                 a_nodiag,
             ),
@@ -563,9 +567,11 @@ def part_throughput(quick: bool, out: dict[str, Any]) -> None:
                 )
             )
 
-        c = results["default config"]["seconds"]
+        defaults = [v["seconds"] for k, v in results.items() if k.startswith("default config")]
+        c = statistics.median(defaults)
         rows = [("(a) raw loop / concurrency", a / CONCURRENCY), ("(b) hand-written", b)]
         rows += [(f"(c) {k}", v["seconds"]) for k, v in results.items()]
+        rows.append((f"(c) default config, median of {len(defaults)}", c))
         print(
             "\n  figure                                              wall s  trials/min  "
             "vs (a)/concurrency"
@@ -578,7 +584,11 @@ def part_throughput(quick: bool, out: dict[str, Any]) -> None:
         for label, v in results.items():
             per_trial = (v["seconds"] - v["limit"]) / trials_n
             print(f"  (c) {label}: overhead over the limit {per_trial:.2f} s per trial")
-        print(f"  (b)/(c) default: {b / c:.2f}x   (target >= 4x)")
+        print(
+            f"  (b)/(c) default (median): {b / c:.2f}x   (target >= 4x; per run: "
+            + ", ".join(f"{b / x:.2f}x" for x in defaults)
+            + ")"
+        )
         print(f"  (c) default vs compute limit: {c / (a / CONCURRENCY):.2f}x   (target <= 1.25x)")
         out["throughput"] = {
             "trials": trials_n,
@@ -589,6 +599,7 @@ def part_throughput(quick: bool, out: dict[str, Any]) -> None:
             "ray_stop": ray_stop,
             "b": b,
             "c": results,
+            "c_default_median": c,
         }
 
 

@@ -160,6 +160,7 @@ class Journal:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._deadline: float | None = None
         self._left: list[Op] = []
+        self._hurry = threading.Event()  # set while a flush or close waits: no lingering
         self._thread = threading.Thread(target=self._work, name="gradsweep-journal", daemon=True)
         self._thread.start()
 
@@ -204,6 +205,7 @@ class Journal:
         """Wait until every operation queued so far was delivered; False on timeout."""
         done = threading.Event()
         self._queue.put(done)
+        self._hurry.set()
         return done.wait(timeout_s) and not self._left
 
     def close(self, close_patience_s: float = 60.0) -> int:
@@ -213,6 +215,7 @@ class Journal:
         """
         self._deadline = time.monotonic() + close_patience_s
         self._queue.put(_CLOSE)
+        self._hurry.set()
         self._thread.join()
         if self._left:
             self.spool.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +233,8 @@ class Journal:
         while True:
             items = [self._queue.get()]
             if self.linger_s and isinstance(items[0], dict):
-                time.sleep(self.linger_s)  # let a few epochs' results gather into one write
+                # Let a few epochs' results gather into one write; flush() and close() cut it.
+                self._hurry.wait(self.linger_s)
             while True:
                 try:
                     items.append(self._queue.get_nowait())
@@ -240,6 +244,7 @@ class Journal:
                 if item is _CLOSE:
                     return
                 if isinstance(item, threading.Event):
+                    self._hurry.clear()
                     item.set()
                     continue
                 if self._left:  # already giving up: keep order, spool everything after

@@ -242,10 +242,12 @@ def _sqlite_file(url: str) -> Path | None:
 
 @contextlib.contextmanager
 def _no_gc() -> Iterator[None]:
-    """No garbage collection while ``ray.init`` runs beside another thread: a collection there
-    may free an object of an earlier Ray session in this process (a script running several
-    studies), whose finalizer then calls into a core worker that is being replaced, and Ray
-    ends the process. Collected first, on this thread, while no session is starting."""
+    """No garbage collection while ``ray.init`` or ``ray.shutdown`` runs beside another
+    thread: a collection started by that thread's allocations may free a Ray object (an object
+    reference of this or an earlier session), whose finalizer then calls into a core worker
+    that is starting or stopping, and Ray ends the process ("The core worker has already been
+    shutdown"; seen in a benchmark running several studies in one process). Collected first,
+    on this thread, while Ray is steady."""
     gc.collect()
     enabled = gc.isenabled()
     gc.disable()
@@ -284,7 +286,7 @@ def connect_ray(address: str | None, config: StudyConfig) -> bool:
         # Ray would start a pool of idle workers for the driver, but Tune's trial actors live in
         # placement groups and never use them: on 2 cores that is ~1.5 s of start-up spent
         # importing Ray into processes that wait until the study ends.
-        ray.init(include_dashboard=False, _system_config=NO_PRESTART, **kwargs)
+        ray.init(include_dashboard=False, _system_config=dict(NO_PRESTART), **kwargs)
         return True
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"--address: cannot attach to Ray at {address or 'local'}: {exc}") from None
@@ -338,7 +340,7 @@ def _run_session(
         raise
     finally:
         # Ray's processes stop (mostly waiting) while the leaderboard and pictures are made.
-        with ThreadPoolExecutor(1, thread_name_prefix="gradsweep-finish") as pool:
+        with _no_gc(), ThreadPoolExecutor(1, thread_name_prefix="gradsweep-finish") as pool:
             finished = pool.submit(_finish, session, tracker, status, close_patience_s)
             if started_ray:
                 ray.shutdown()
