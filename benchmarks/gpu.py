@@ -103,7 +103,7 @@ def main() -> int:
                 f"max_concurrent={args.concurrency}",
                 f"resources.gpu={1 / args.concurrency}",
             ]
-            seconds, figures = tp.run_gradsweep(study, trials, overrides, prestart_ray=False)
+            seconds, figures, _ = tp.run_gradsweep(study, trials, overrides, prestart_ray=False)
             out["study"] = {"seconds": seconds, **figures}
             print(
                 f"  search.run_study, {args.concurrency} at a time on one GPU: {seconds:.1f} s = "
