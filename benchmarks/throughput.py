@@ -24,6 +24,7 @@ No figure here is asserted anywhere: see benchmarks/README.md for the measured o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -287,7 +288,10 @@ class Probes:
     so the figures survive refactors of ``search``; a name that no longer exists is skipped.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_first_trial: Any = None) -> None:
+        self.on_first_trial = on_first_trial  # called when the first trial starts
+        self.cpu_at_last_completion: dict[str, float] = {}
+        self.last_completion = 0.0
         self.seconds: dict[str, float] = {}
         self.stamps: list[float] = []  # perf_counter() at each trial completion
         self.events: list[tuple[str, str, float, float]] = []  # (kind, trial, time, epoch_s)
@@ -399,6 +403,10 @@ class Probes:
             now = time.perf_counter()
             trial = kwargs.get("trial")
             result = kwargs.get("result") or {}
+            if kind == "start" and self.on_first_trial and not self.numbers:
+                self.on_first_trial()
+            if kind == "complete" and self.on_first_trial:
+                self.cpu_at_last_completion, self.last_completion = framework_cpu(), now
             with self._lock:
                 number = getattr(trial, "config", {}).get(TRIAL_NUMBER_KEY)
                 if number is not None:
@@ -427,6 +435,13 @@ class Probes:
             if starts and ends:
                 spans[number] = (starts[0], ends[-1])
         return spans
+
+    def trial_epoch_seconds(self) -> dict[int, float]:
+        """Trial number -> the sum of its reported ``epoch_seconds`` (its own epochs)."""
+        return {
+            number: sum(e for k, i, _, e in self.events if i == trial_id and k == "result")
+            for trial_id, number in self.numbers.items()
+        }
 
     def trial_breakdown(self) -> dict[str, float]:
         """Where each trial's time went, summed over trials, from the driver's event times.
@@ -473,7 +488,11 @@ class Probes:
 
 
 def run_gradsweep(
-    study: dict[str, Any], trials: list[dict[str, Any]], overrides: list[str], prestart_ray: bool
+    study: dict[str, Any],
+    trials: list[dict[str, Any]],
+    overrides: list[str],
+    prestart_ray: bool,
+    on_first_trial: Any = None,
 ) -> tuple[float, dict[str, float], Probes]:
     """Seconds for ``search.run_study`` (Ray start/stop included unless ``prestart_ray``)."""
     import mlflow
@@ -484,7 +503,7 @@ def run_gradsweep(
     config = load_config(study, overrides)
     if prestart_ray:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    with Probes() as probes:
+    with Probes(on_first_trial) as probes:
         t0 = time.perf_counter()
         result = run_study(config)
         seconds = time.perf_counter() - t0
@@ -622,48 +641,50 @@ def part_throughput(quick: bool, out: dict[str, Any]) -> None:
 # long trials: the framework's share of a trial that trains for 30 s or more
 
 
-def _raw_in_process(
-    study: dict[str, Any], trials: list[dict[str, Any]], barrier: Any, results: Any
-) -> None:
-    """Some configurations' raw loops one after the other in this process, started at the same
-    moment as the other processes' (barrier)."""
-    config = load_config(study)
-    raw_times(load_config(study, ["training.epochs=1"]), trials[:1], True)  # imports, first calls
-    barrier.wait()
-    for params in trials:
-        results.put((params, raw_times(config, [params], diagnostics=True)[0]))
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def raw_side_by_side(study: dict[str, Any], trials: list[dict[str, Any]]) -> list[float]:
-    """Seconds of each configuration's raw loop, run as a study would run them: ``CONCURRENCY``
-    processes side by side, process i taking trials i, i + CONCURRENCY, ... The compute limit
-    at this concurrency, with the machine's own contention (caches, memory bandwidth, a host's
-    other guests) and no framework at all."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(CONCURRENCY), ctx.Queue()
-    procs = [
-        ctx.Process(target=_raw_in_process, args=(study, trials[i::CONCURRENCY], barrier, results))
-        for i in range(CONCURRENCY)
-    ]
-    for proc in procs:
-        proc.start()
-    done = [results.get() for _ in trials]
-    for proc in procs:
-        proc.join()
-    by_trial = {json.dumps(p, sort_keys=True): sec for p, sec in done}
-    return [by_trial[json.dumps(p, sort_keys=True)] for p in trials]
+def framework_cpu() -> dict[str, float]:
+    """CPU seconds so far of this process and every process it started (Ray's daemons), less
+    the trial processes (``ray::ImplicitFunc...``): what the framework takes from the trials."""
+    parent: dict[int, int] = {}
+    name: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                words = [a for a in argv if a and not a.startswith("-")]
+                python = Path(words[0]).name.startswith("python") and len(words) > 1
+                name[int(entry.name)] = words[1] if python else words[0]
+            except (OSError, IndexError, ValueError):
+                continue
+    ours, out = os.getpid(), {}
+    for pid in parent:
+        p = pid
+        while p not in (0, 1, ours) and p in parent:
+            p = parent[p]
+        if p == ours and not name[pid].startswith("ray::ImplicitFunc"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                out[f"{pid} {name[pid]}"] = _cpu_seconds(pid)
+    return out
 
 
 def part_long(quick: bool, out: dict[str, Any]) -> None:
-    """Trials of >= 30 s, 4 of them 2 at a time. (a) the raw loops, side by side in two
-    processes (:func:`raw_side_by_side`); (c) ``run_study`` on the same four. A trial's
-    framework share is its slot time in the study (Tune's trial start to completion, seen by
-    the driver) less its configuration's raw time, over the slot time; shown for the first trial
-    of each trial process (which starts that process: Python, torch, Ray) and for the later
-    ones, which reuse it (the steady state of a study)."""
-    epochs = 2 if quick else 32
+    """Trials of >= 30 s, 4 of them 2 at a time, ``run_study`` with the default config.
+
+    A trial's framework share has two parts, both measured in the same run (so the host's
+    speed, which drifts by 10-20% on a shared machine, cancels out): its slot time (Tune's trial
+    start to completion, as the driver saw them) outside the trial's own epochs, over the slot
+    time -- shown for the first trial of each trial process (its slot includes starting that
+    process: Python, Ray, torch) and for the later ones, which reuse it; and the CPU the
+    framework itself used while trials ran (the driver: Tune, Optuna, the MLflow journal; Ray's
+    daemons), over the CPU the trials had (concurrency x wall time)."""
+    epochs = 2 if quick else 28
     trials_n = 2 * CONCURRENCY
     with tempfile.TemporaryDirectory(prefix="gradsweep-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -676,35 +697,50 @@ def part_long(quick: bool, out: dict[str, Any]) -> None:
             f"\n== long trials: synthetic 20000 x 40, depth 10 width 64, batch 32, {epochs} "
             f"epochs, {trials_n} trials, {CONCURRENCY} at a time, default config"
         )
-        raw = raw_side_by_side(study, trials)
-        print(
-            f"  (a) raw loop, {CONCURRENCY} processes side by side, per trial: "
-            + ", ".join(f"{x:.1f} s" for x in raw)
+        cpu: dict[str, Any] = {}
+
+        def fit_started() -> None:
+            cpu["before"], cpu["t0"] = framework_cpu(), time.perf_counter()
+
+        seconds, _, probes = run_gradsweep(
+            study, trials, [], prestart_ray=False, on_first_trial=fit_started
         )
-        seconds, _, probes = run_gradsweep(study, trials, [], prestart_ray=False)
-        spans = probes.trial_spans()  # trial number -> (start, end)
+        after, wall = probes.cpu_at_last_completion, probes.last_completion - cpu["t0"]
+        used = sum(v - cpu["before"].get(k, 0.0) for k, v in after.items())
+        cpu_share = used / (CONCURRENCY * wall)
+        spans, own = probes.trial_spans(), probes.trial_epoch_seconds()
         first = sorted(spans, key=lambda n: spans[n])[:CONCURRENCY]  # started their process
+        print(
+            "  trials' own epochs: "
+            + ", ".join(f"t{n} {own[n]:.1f} s" for n in sorted(own))
+            + f"; whole study {seconds:.1f} s (Ray start and stop included)"
+        )
         shares = {}
         for label, numbers in (
             ("first trial of each trial process", first),
             ("later trials (process reused)", [n for n in spans if n not in first]),
         ):
             slot = sum(spans[n][1] - spans[n][0] for n in numbers)
-            base = sum(raw[n] for n in numbers)
-            shares[label] = (slot - base) / slot
+            outside = (slot - sum(own[n] for n in numbers)) / slot
+            shares[label] = outside + cpu_share
             print(
-                f"  framework share, {label}: {shares[label]:.1%} (slot {slot:.1f} s vs raw "
-                f"{base:.1f} s over {len(numbers)} trials; target <= 5%)"
+                f"  {label}: outside their epochs {outside:.1%} of {slot:.1f} s slot time "
+                f"+ framework CPU {cpu_share:.1%} = {shares[label]:.1%} (target <= 5%)"
             )
-        per_process = sum(raw) / CONCURRENCY
+        deltas = {
+            k.split(" ", 1)[1].rsplit("/", 1)[-1][:28]: v - cpu["before"].get(k, 0.0)
+            for k, v in after.items()
+        }
+        largest = sorted(deltas.items(), key=lambda kv: -kv[1])[:4]
         print(
-            f"  (c) gradsweep: {seconds:.1f} s in all vs the raw loops' {per_process:.1f} s per "
-            f"process (Ray start and stop, trial processes' start included)"
+            f"  framework CPU while trials ran: {used:.1f} s of {CONCURRENCY} x {wall:.1f} s; "
+            "largest: " + ", ".join(f"{k} {v:.1f} s" for k, v in largest)
         )
         out["long"] = {
             "epochs": epochs,
-            "raw_side_by_side": raw,
             "c": seconds,
+            "own_epoch_seconds": own,
+            "framework_cpu_share": cpu_share,
             "framework_share": shares,
         }
 
