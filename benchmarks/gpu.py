@@ -99,15 +99,14 @@ def main() -> int:
             f"({trials_n * 60 / seconds:.1f} configurations/min)"
         )
         if args.study:
-            overrides = [
-                f"max_concurrent={args.concurrency}",
-                f"resources.gpu={1 / args.concurrency}",
-            ]
+            overrides = [f"max_concurrent={args.concurrency}"]
+            if args.device.startswith("cuda"):  # --device cpu: the same study, smoke-tested
+                overrides.append(f"resources.gpu={1 / args.concurrency}")
             seconds, figures, _ = tp.run_gradsweep(study, trials, overrides, prestart_ray=False)
             out["study"] = {"seconds": seconds, **figures}
             print(
-                f"  search.run_study, {args.concurrency} at a time on one GPU: {seconds:.1f} s = "
-                f"{trials_n * 60 / seconds:.1f} trials/min"
+                f"  search.run_study, {args.concurrency} at a time on {args.device}: "
+                f"{seconds:.1f} s = {trials_n * 60 / seconds:.1f} trials/min"
             )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))

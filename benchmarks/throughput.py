@@ -142,31 +142,22 @@ def build_for(config: StudyConfig, params: dict[str, Any]) -> functools.partial:
 # (a) the raw loop
 
 
-def raw_times(
+def run_raw(
     config: StudyConfig, trials: list[dict[str, Any]], diagnostics: bool, device: str = "cpu"
-) -> list[float]:
-    """Seconds of each trial trained with ``trainers.train``, one after the other, as a trial
-    would be (one torch thread: what each trial gets with ``resources.cpu = 1``)."""
+) -> float:
+    """Seconds for every trial trained sequentially with ``trainers.train``, as a trial would
+    (one torch thread: what each trial gets with ``resources.cpu = 1``)."""
     torch.set_num_threads(1)
     data = config.data.load().to(device)
-    seconds = []
+    t0 = time.perf_counter()
     for params in trials:
-        t0 = time.perf_counter()
         spec = resolve_trial(config, params)
         seed_everything(config.training.seed)
         model = build_for(config, params)().to(device)
         train(model, data, settings_for(config, spec.lr, diagnostics))
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - t0)
-    return seconds
-
-
-def run_raw(
-    config: StudyConfig, trials: list[dict[str, Any]], diagnostics: bool, device: str = "cpu"
-) -> float:
-    """Seconds for every trial trained sequentially with ``trainers.train``, as a trial would."""
-    return sum(raw_times(config, trials, diagnostics, device))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------------------------
