@@ -124,21 +124,24 @@ def seed_summary(reports: dict[int, EpochReport]) -> dict[str, float]:
 
 class Reporter:
     """``tune.report`` each epoch, with a checkpoint every ``checkpoint_every`` epochs (unless
-    the last one is younger than ``checkpoint_min_seconds``) and always at the last epoch."""
+    the last one is younger than ``checkpoint_min_seconds``), and always at the trial's last
+    epoch: the planned last, or the one after which gradient-health stopping ends it."""
 
     def __init__(self, every: int, min_seconds: float, last: int) -> None:
         self.every, self.min_seconds, self.last = every, min_seconds, last
         self.saved_at = time.monotonic()  # a trial's first checkpoint also waits min_seconds
 
-    def due(self, epoch: int, diverged: bool) -> bool:
+    def due(self, epoch: int, diverged: bool, stopping: bool = False) -> bool:
         if not self.every or diverged:
             return False
-        if epoch == self.last:
+        if epoch == self.last or stopping:
             return True
         return epoch % self.every == 0 and time.monotonic() - self.saved_at >= self.min_seconds
 
-    def __call__(self, metrics: dict[str, Any], state: Any, epoch: int, diverged: bool) -> None:
-        if not self.due(epoch, diverged):
+    def __call__(
+        self, metrics: dict[str, Any], state: Any, epoch: int, diverged: bool, stopping: bool
+    ) -> None:
+        if not self.due(epoch, diverged, stopping):
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as directory:
@@ -226,7 +229,7 @@ def run_trial(params: dict[str, Any], study: dict[str, Any], data: Splits | None
                 )
             if reason:
                 metrics["stop_reason"] = reason
-            report(metrics, state, int(metrics["epoch"]), bool(metrics["diverged"]))
+            report(metrics, state, int(metrics["epoch"]), bool(metrics["diverged"]), bool(reason))
             return reason
 
         train_fused(build, seeds, data, settings, on_fused_epoch, resume=resume)
@@ -240,7 +243,7 @@ def run_trial(params: dict[str, Any], study: dict[str, Any], data: Splits | None
         reason = health.check(epoch_report)
         if reason:
             metrics["stop_reason"] = reason
-        report(metrics, state, epoch_report.epoch, epoch_report.diverged)
+        report(metrics, state, epoch_report.epoch, epoch_report.diverged, bool(reason))
         return reason
 
     train(model, data, settings, on_epoch, resume=resume)

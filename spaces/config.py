@@ -258,7 +258,7 @@ class TrainingConfig(_Strict):
     checkpoint_every: Annotated[int, Field(ge=0)] = 1  # epochs between checkpoints; 0 = never
     #: A checkpoint that ``checkpoint_every`` calls for is skipped while the trial's last one is
     #: younger than this: on short epochs writing one each epoch costs more than it can save.
-    #: The last epoch is always checkpointed (the trained model stays loadable). 0 = every time.
+    #: A trial's last epoch is always checkpointed (its model stays loadable). 0 = every time.
     checkpoint_min_seconds: Annotated[float, Field(ge=0)] = 30.0
 
     @field_validator("optimizer")

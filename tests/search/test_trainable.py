@@ -41,3 +41,10 @@ def test_every_k_epochs_still_applies(clock: list[float]) -> None:
 def test_never_with_every_zero_nor_for_a_diverged_epoch(clock: list[float]) -> None:
     assert _due(Reporter(every=0, min_seconds=0, last=3), clock, 1.0, 3) == []
     assert not Reporter(every=1, min_seconds=0, last=3).due(3, diverged=True)
+
+
+def test_a_trial_stopped_for_its_gradients_keeps_its_model(clock: list[float]) -> None:
+    reporter = Reporter(every=1, min_seconds=30, last=10)
+    clock[0] += 1.0
+    assert not reporter.due(3, diverged=False)
+    assert reporter.due(3, diverged=False, stopping=True)
