@@ -517,6 +517,9 @@ def run_study(
 ) -> StudyResult:
     """Run ``config``'s search and return its name, MLflow parent run and leaderboard."""
     t0 = time.perf_counter()
+    # As `ray.init()` would: RAY_ADDRESS names the cluster (an embedded Ray gets settings that
+    # ray.init refuses when it would attach to one).
+    address = address or os.environ.get("RAY_ADDRESS") or None
     output, uri, storage = resolve_paths(config, tracking_uri)
     if study_name is not None:
         check_study_name(study_name)
@@ -579,6 +582,7 @@ def resume_study(
     """Finish a study whose driver died: see :mod:`search.resume`."""
     check_study_name(study_name)
     t0 = time.perf_counter()
+    address = address or os.environ.get("RAY_ADDRESS") or None
     client = existing_store(tracking_uri)
     uri = client.tracking_uri
     if address:

@@ -62,3 +62,14 @@ def test_a_taken_automatic_name_gets_a_suffix(tmp_path) -> None:
     assert not (tmp_path / "optuna.db").exists(), "checking creates no store"
     optuna.create_study(study_name="s-1", storage=optuna_url)
     assert study_exists(mlflow_url, optuna_url, "s-1")
+
+
+def test_the_python_api_honours_ray_address(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like the CLI (and `ray.init()`), `run_study` attaches to the cluster RAY_ADDRESS names
+    rather than starting its own: here a dead one, refused before anything is created."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    config = load_config({"name": "env", "num_samples": 1, "output_dir": str(tmp_path / "o")})
+    with pytest.raises(UserError, match=r"no Ray cluster reachable at 127\.0\.0\.1:1"):
+        run_study(config)
+    assert not ray.is_initialized()
+    assert not (tmp_path / "o").exists()
