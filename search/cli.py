@@ -75,7 +75,6 @@ def run(
     overrides = list(set_ or [])
     if num_samples is not None:
         overrides.append(f"num_samples={num_samples}")
-    address = address or os.environ.get("RAY_ADDRESS") or None
     try:
         cfg = load_config(config, overrides)
     except ConfigError as exc:
@@ -135,7 +134,7 @@ def resume(
         result = resume_study(
             study,
             tracking_uri=tracking_uri,
-            address=address or os.environ.get("RAY_ADDRESS"),
+            address=address,
             progress=True,
         )
     except UserError as exc:

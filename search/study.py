@@ -222,12 +222,9 @@ class _Stores:
     optuna: optuna.storages.BaseStorage
     created: list[Path]
 
-    def discard(self) -> None:
-        """Remove what opening created (the study never started: nothing of it is in there)."""
-        _remove_created(self.created)
-
 
 def _remove_created(paths: list[Path]) -> None:
+    """Remove what opening the stores created (the study never started: nothing is in it)."""
     for path in reversed(paths):  # files before the folder that holds them
         if path.is_dir():
             with contextlib.suppress(OSError):
@@ -546,7 +543,7 @@ def run_study(
             started_ray = connect_ray(address, config)
         except BaseException:
             with contextlib.suppress(Exception):
-                prepared.result().discard()
+                _remove_created(prepared.result().created)
             raise
         try:
             stores = prepared.result()

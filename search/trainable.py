@@ -150,12 +150,11 @@ class Reporter:
         self.saved_at = time.monotonic()
 
 
-def run_trial(params: dict[str, Any], study: dict[str, Any], data: Splits | None = None) -> None:
+def run_trial(params: dict[str, Any], study: dict[str, Any], data: Splits) -> None:
     """Train one configuration; ``params`` from Optuna, ``study`` the resolved study config.
 
     ``data``: the splits, loaded and standardised once by the driver and shipped through Ray's
-    object store, so a worker neither imports the loaders (scikit-learn) nor needs the data
-    file; without it the worker loads them itself (cached for the process).
+    object store, so a worker neither imports the loaders (scikit-learn) nor needs the data file.
 
     With ``training.seeds: k > 1`` the k seeds train fused in this one trial
     (:func:`trainers.train_fused`); Tune and Optuna see their mean, and the gradient diagnostics
@@ -166,7 +165,7 @@ def run_trial(params: dict[str, Any], study: dict[str, Any], data: Splits | None
     torch.set_num_threads(max(1, int(config.resources.cpu)))
     use_gpu = config.resources.gpu > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
-    data = (data if data is not None else config.data.load()).to(device)
+    data = data.to(device)
 
     def build() -> torch.nn.Module:
         return build_mlp(

@@ -453,7 +453,8 @@ def study(cluster: Cluster, databases: dict[str, str], tmp_path_factory: pytest.
     Tune reuses a finished trial's actor for a pending trial, cancelling the actor it had asked
     for: a trial that ends before the other node's first actor is up (a cold Python and torch
     import, seconds on a busy machine) would pull the whole study onto one node. So a trial lasts
-    several seconds here (6 epochs at batch size 16), not one.
+    several seconds here (6 epochs of 8000 samples at batch size 16), not one: on digits it took
+    under a second once trial set-up got cheap, and the study once ran on one node.
     """
     out = tmp_path_factory.mktemp("cluster-study")  # Tune's storage_path: both nodes see it
     config = load_config(
@@ -468,6 +469,7 @@ def study(cluster: Cluster, databases: dict[str, str], tmp_path_factory: pytest.
                 "initializers": ["he_normal", "glorot_uniform"],
                 "batch_norm": ["none"],
             },
+            "data": {"name": "synthetic", "options": {"n_samples": 8000, "n_features": 20}},
             "model": {"depth": 2, "width": 16},
             "training": {"epochs": EPOCHS, "batch_size": 16},
             "num_samples": N_TRIALS,
