@@ -340,6 +340,10 @@ class Probes:
                 self.wrap(tracker, name, "mlflow: tracker callbacks (driver)")
         self.wrap(tune.Tuner, "fit", "ray: Tuner.fit")
         self.wrap(study_module, "log_pictures", "pictures (matplotlib)")
+        self.wrap(study_module, "_finish", "end: flush, leaderboard, pictures, report")
+        reporter = getattr(study_module, "ReportProcess", None)
+        if reporter is not None:
+            self.wrap(reporter, "wait", "report: waited for after the pictures")
         self.wrap(study_module, "leaderboard", "leaderboard query")
         self.wrap(study_module, "connect_ray", "ray: start (connect_ray)")
         self.wrap(study_module.ray, "shutdown", "ray: shutdown")

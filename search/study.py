@@ -30,12 +30,12 @@ from mlflow.entities import RunTag
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from search.background import ReportProcess
 from search.errors import UserError
 from search.journal import Journal, spool_path
 from search.leaderboard import find_parent_run, leaderboard, render
 from search.plots import log_pictures
 from search.progress import ProgressCallback
-from search.report import build_report
 from search.resume import close_orphans, plan_resume
 from search.searcher import ResumingOptunaSearch
 from search.tracking import (
@@ -316,6 +316,7 @@ def _run_session(
     session: _Session,
     started_ray: bool,
     close_patience_s: float,
+    reporter: ReportProcess,
     resumed_tags: dict[int, dict[str, str]] | None = None,
     **tune_args: Any,
 ) -> tuple[pd.DataFrame, list[str]]:
@@ -338,7 +339,7 @@ def _run_session(
     finally:
         # Ray's processes stop (mostly waiting) while the leaderboard and pictures are made.
         with _no_gc(), ThreadPoolExecutor(1, thread_name_prefix="gradsweep-finish") as pool:
-            finished = pool.submit(_finish, session, tracker, status, close_patience_s)
+            finished = pool.submit(_finish, session, tracker, status, close_patience_s, reporter)
             if started_ray:
                 ray.shutdown()
             board, notes = finished.result()
@@ -407,9 +408,14 @@ def _tune(
 
 
 def _finish(
-    session: _Session, tracker: MlflowTracker, status: str, patience_s: float
+    session: _Session,
+    tracker: MlflowTracker,
+    status: str,
+    patience_s: float,
+    reporter: ReportProcess,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Leaderboard, pictures, orphan sweep and parent status; spool what MLflow can't take."""
+    """Leaderboard, report (in ``reporter``'s process) beside the pictures, orphan sweep and
+    parent status; spool what MLflow can't take."""
     journal, client, config = session.journal, session.client, session.config
     board = pd.DataFrame()
     notes: list[str] = []
@@ -425,6 +431,13 @@ def _finish(
             board = leaderboard(client, session.name)
             journal.log_text("parent", render(board, "csv"), "leaderboard.csv")
             journal.log_text("parent", render(board, "markdown"), "leaderboard.md")
+            if not board.empty:  # built from MLflow and Optuna, now complete
+                reporter.start(
+                    session.uri,
+                    session.name,
+                    session.output / "reports" / session.name,
+                    session.storage,
+                )
             if config.diagnostics.enabled:
                 histories = {
                     journal.run_ids[k]: h
@@ -439,15 +452,13 @@ def _finish(
                     config.diagnostics.plots_top,
                     config.diagnostics.plots_diverged,
                 )
-            if not board.empty:
-                build_report(
-                    client,
-                    session.name,
-                    session.output / "reports" / session.name,
-                    optuna_storage=session.storage,
-                )
+            problem = reporter.wait()
+            if problem:
+                notes.append(f"report not written: {problem}")
         except Exception as exc:  # MLflow went away between flush and here
             notes.append(f"leaderboard not written: {exc.__class__.__name__}: {exc}")
+        finally:
+            reporter.wait()  # never leave the parent run's end before the report's writes
     journal.set_terminated("parent", status)
     spooled = journal.close(close_patience_s=patience_s)
     if spooled:
@@ -536,33 +547,36 @@ def run_study(
             if not study_exists(uri, storage, n)
         )
 
-    # Ray's start is mostly waiting on its processes: the data and the stores open meanwhile.
-    with _no_gc(), ThreadPoolExecutor(1, thread_name_prefix="gradsweep-prepare") as pool:
-        prepared = pool.submit(_prepare, config, output, uri, storage)
-        try:
-            started_ray = connect_ray(address, config)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                _remove_created(prepared.result().created)
-            raise
-        try:
-            stores = prepared.result()
-        except BaseException:
-            if started_ray:
-                ray.shutdown()
-            raise
-    session = _open_session(config, name, output, uri, storage, stores=stores)
-    num_samples = config.num_samples
-    if config.searcher.name == "grid":  # each distinct configuration once
-        num_samples = min(num_samples, grid_size(config))
-    board, notes = _run_session(
-        session,
-        started_ray,
-        close_patience_s,
-        num_samples=num_samples,
-        run_name=name,
-        progress=progress,
-    )
+    # Forked first, while this process runs no Ray, journal or helper thread of this study.
+    with ReportProcess() as reporter:
+        # Ray's start is mostly waiting on its processes: the data and stores open meanwhile.
+        with _no_gc(), ThreadPoolExecutor(1, thread_name_prefix="gradsweep-prepare") as pool:
+            prepared = pool.submit(_prepare, config, output, uri, storage)
+            try:
+                started_ray = connect_ray(address, config)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    _remove_created(prepared.result().created)
+                raise
+            try:
+                stores = prepared.result()
+            except BaseException:
+                if started_ray:
+                    ray.shutdown()
+                raise
+        session = _open_session(config, name, output, uri, storage, stores=stores)
+        num_samples = config.num_samples
+        if config.searcher.name == "grid":  # each distinct configuration once
+            num_samples = min(num_samples, grid_size(config))
+        board, notes = _run_session(
+            session,
+            started_ray,
+            close_patience_s,
+            reporter,
+            num_samples=num_samples,
+            run_name=name,
+            progress=progress,
+        )
     if num_samples < config.num_samples:
         notes.insert(0, f"grid: {num_samples} distinct configurations, so {num_samples} trials")
     return _result(session, board, notes, t0)
@@ -613,23 +627,26 @@ def resume_study(
         ) from None
     plan = plan_resume(client, parent, study, output / "ray")
     remaining = config.num_samples - plan.finished
-    started_ray = connect_ray(address, config) if remaining > 0 else False
-    client.log_batch(
-        parent.info.run_id, tags=[RunTag("gradsweep.resumed", time.strftime("%Y-%m-%dT%H:%M:%S"))]
-    )
-    if parent.info.status != "RUNNING":
-        client.update_run(parent.info.run_id, status="RUNNING")  # children nest under an active run
-    session = _open_session(config, study_name, output, uri, storage, parent.info.run_id)
-    board, notes = _run_session(
-        session,
-        started_ray,
-        close_patience_s,
-        resumed_tags=plan.tags,
-        num_samples=remaining,
-        run_name=f"{study_name}-resume-{time.strftime('%H%M%S')}",
-        progress=progress,
-        resume=plan.resume,
-    )
+    with ReportProcess() as reporter:  # forked before Ray and the journal start (run_study)
+        started_ray = connect_ray(address, config) if remaining > 0 else False
+        client.log_batch(
+            parent.info.run_id,
+            tags=[RunTag("gradsweep.resumed", time.strftime("%Y-%m-%dT%H:%M:%S"))],
+        )
+        if parent.info.status != "RUNNING":  # children nest under an active run
+            client.update_run(parent.info.run_id, status="RUNNING")
+        session = _open_session(config, study_name, output, uri, storage, parent.info.run_id)
+        board, notes = _run_session(
+            session,
+            started_ray,
+            close_patience_s,
+            reporter,
+            resumed_tags=plan.tags,
+            num_samples=remaining,
+            run_name=f"{study_name}-resume-{time.strftime('%H%M%S')}",
+            progress=progress,
+            resume=plan.resume,
+        )
     notes.insert(
         0,
         f"resumed: {plan.finished} trials already finished, {len(plan.resume)} resumed, "

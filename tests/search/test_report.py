@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import matplotlib.image
 import mlflow
 import pytest
 
 from search import run_study
 from search.analysis import usable
+from search.background import ReportProcess
 from search.report import build_report
 from search.tracking import PARENT_TAG
 from spaces import load_config
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +126,76 @@ def test_no_real_difference_is_not_significant(local_ray: None, tmp_path) -> Non
     assert claim["n_a"] == 6 and claim["n_b"] == 6
     assert claim["verdict"] == "not significant"
     assert claim["ci_low"] <= 0 <= claim["ci_high"]
+
+
+# -- the end-of-study report, built in a forked process (search.background) ---------------------
+
+
+def _alive(pid: int) -> bool:
+    """Running or sleeping: not gone, not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_study_wrote_its_report_in_another_process(planted) -> None:
+    result, _, _ = planted
+    directory = result.output_dir / "reports" / result.study_name
+    assert "elu > logistic" in (directory / "report.md").read_text()
+
+
+def test_report_process_builds_the_report_beside_this_one(planted, tmp_path) -> None:
+    result, _, _ = planted
+    with ReportProcess() as reporter:
+        pid = reporter.pid
+        assert pid is not None and pid != os.getpid() and _alive(pid)
+        reporter.start(result.tracking_uri, result.study_name, tmp_path, result.optuna_storage)
+        assert reporter.wait() is None
+    assert "## By activation" in (tmp_path / "report.md").read_text()
+    assert not _alive(pid)  # asked to stop and reaped on close
+
+
+def test_report_process_failure_is_one_line_not_an_exception(planted, tmp_path) -> None:
+    result, _, _ = planted
+    with ReportProcess() as reporter:
+        reporter.start(result.tracking_uri, "no-such-study", tmp_path, result.optuna_storage)
+        problem = reporter.wait()
+    assert problem is not None and "no-such-study" in problem and "\n" not in problem.strip()
+
+
+def test_report_built_here_when_its_process_died(planted, tmp_path) -> None:
+    result, _, _ = planted
+    with ReportProcess() as reporter:
+        os.kill(reporter.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _alive(reporter.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        reporter.start(result.tracking_uri, result.study_name, tmp_path, result.optuna_storage)
+        assert reporter.wait() is None
+    assert (tmp_path / "report.md").is_file()
+
+
+def test_report_process_ends_when_its_parent_is_killed() -> None:
+    """A driver killed with SIGKILL leaves no report process behind: it sees its pipe close."""
+    script = (
+        "from search.background import ReportProcess\n"
+        "import time\n"
+        "r = ReportProcess()\n"
+        "print(r.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child)
