@@ -1,4 +1,13 @@
-"""Fused repeated seeds: k seeds in one batched model train exactly as k separate ``train`` runs."""
+"""Fused repeated seeds: k seeds in one batched model train as k separate ``train`` runs.
+
+Both do the same arithmetic, but in different kernels (batched vs plain matrix products, whose
+summation order the BLAS library picks per CPU), so they agree to rounding after a step
+(``test_one_fused_step_equals_separate_steps``: at most 3e-8 apart, measured) and then drift as
+training amplifies rounding (Adam turns rounding in tiny gradients into whole steps; batch norm
+and SELU/ELU nets the most). Measured within 2 epochs on an AMD EPYC host: losses up to 3.3%
+apart, accuracies up to 0.011; on the Intel host of earlier sessions the runs agreed to 1e-4.
+So the exact claim is tested per step, and multi-epoch runs with the tolerances below.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ from trainers import (
 
 SEEDS = [0, 1, 2, 3]
 EPOCHS = 2
+LOSS_REL, ACC_ABS = 0.1, 0.03  # within EPOCHS epochs (see the module docstring)
 
 
 @pytest.fixture(scope="module")
@@ -80,30 +90,36 @@ def test_fused_seeds_equal_separate_runs(data, name: str) -> None:
     for f, a in zip(fused, alone, strict=True):
         assert (f.outcome, f.epochs_run) == (a.outcome, a.epochs_run) == ("completed", EPOCHS)
         for fe, ae in zip(f.history, a.history, strict=True):
-            assert fe.val_accuracy == pytest.approx(ae.val_accuracy, abs=1e-4)
-            assert fe.test_accuracy == pytest.approx(ae.test_accuracy, abs=1e-4)
-            assert fe.val_loss == pytest.approx(ae.val_loss, rel=1e-4)
-            assert fe.train_loss == pytest.approx(ae.train_loss, rel=1e-4)
+            assert fe.val_accuracy == pytest.approx(ae.val_accuracy, abs=ACC_ABS)
+            assert fe.test_accuracy == pytest.approx(ae.test_accuracy, abs=ACC_ABS)
+            assert fe.val_loss == pytest.approx(ae.val_loss, rel=LOSS_REL)
+            assert fe.train_loss == pytest.approx(ae.train_loss, rel=LOSS_REL)
             slopes = {k: v for k, v in ae.diagnostics.items() if k.startswith("prelu/")}
             assert fe.diagnostics.keys() == slopes.keys()
-        assert f.best_val_accuracy == pytest.approx(a.best_val_accuracy, abs=1e-4)
+        assert f.best_val_accuracy == pytest.approx(a.best_val_accuracy, abs=ACC_ABS)
     # The seeds really differ from one another (per-seed init and shuffle).
     assert len({round(f.history[-1].val_loss, 6) for f in fused}) == len(SEEDS)
 
 
-def test_fused_parameters_equal_separate_parameters(data) -> None:
-    build = builder(data, "elu", "he_normal", "before")
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_one_fused_step_equals_separate_steps(data, name: str) -> None:
+    """One batch, one optimizer step: every seed's parameters as its own ``train`` leaves them,
+    to rounding -- the exact claim, before training amplifies rounding (module docstring)."""
+    one = dataclasses.replace(data, x_train=data.x_train[:32], y_train=data.y_train[:32])
+    (activation, init, bn), overrides = CONFIGS[name]
+    build = builder(one, activation, init, bn, prelu_per_unit=name != "prelu-shared-bn-after")
     settings = TrainSettings(epochs=1, batch_size=32, lr=1e-3, diagnostics=False)
+    settings = dataclasses.replace(settings, **overrides)
     kept: dict[str, FusedLoopState] = {}
-    train_fused(build, SEEDS, data, settings, on_epoch=lambda _r, s: kept.setdefault("s", s))
+    train_fused(build, SEEDS, one, settings, on_epoch=lambda _r, s: kept.setdefault("s", s))
     fused = kept["s"].model
     for i, seed in enumerate(SEEDS):
         seed_everything(seed)
         model = build()
-        train(model, data, dataclasses.replace(settings, seed=seed))
+        train(model, one, dataclasses.replace(settings, seed=seed))
         mine = fused.state_dict_of(i)
         for key, value in model.state_dict().items():
-            torch.testing.assert_close(mine[key], value, atol=1e-5, rtol=1e-4, msg=key)
+            torch.testing.assert_close(mine[key], value, atol=1e-6, rtol=1e-5, msg=key)
 
 
 def test_fuse_round_trip_gives_the_same_logits(data) -> None:
@@ -156,9 +172,9 @@ def test_diverged_seeds_do_not_poison_the_others(data) -> None:
         assert f.reason == a.reason
         for fe, ae in zip(f.history, a.history, strict=True):
             assert fe.diverged == ae.diverged
-            assert fe.val_accuracy == pytest.approx(ae.val_accuracy, abs=1e-4)
+            assert fe.val_accuracy == pytest.approx(ae.val_accuracy, abs=ACC_ABS)
             if math.isfinite(ae.train_loss):
-                assert fe.train_loss == pytest.approx(ae.train_loss, rel=1e-4)
+                assert fe.train_loss == pytest.approx(ae.train_loss, rel=LOSS_REL)
 
 
 def test_all_seeds_diverging_ends_cleanly(data) -> None:
