@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,13 @@ from search.report import build_report
 
 #: How long close() waits for a child that was asked to stop before ending it by its PID.
 STOP_GRACE_S = 5.0
+#: How long wait() waits for a report before ending its process (a hung child, not a slow one:
+#: a report of a thousand trials takes well under a minute).
+REPORT_TIMEOUT_S = 600.0
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {' '.join(str(exc).split())}"
 
 
 def _build(request: dict[str, Any]) -> None:
@@ -68,20 +76,27 @@ def _forget_inherited_connections() -> None:
 
 def _serve(conn: Connection, parent_end: Connection) -> None:
     """The child: one report per request, an error line back (None when it went well)."""
-    gc.disable()  # until what we inherited is frozen (below)
+    parent = os.getppid()
     parent_end.close()  # else the parent's death would never reach us as end-of-file
     # MLflow's telemetry client has a lock and a consumer thread in the parent; neither is safe
     # to use after a fork, and nothing would send its records from here anyway.
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle
     _forget_inherited_connections()
-    # Nothing we inherited is ever collected here: a collection could run the finalizer of an
-    # object of a Ray session this process had (or has) and call into Ray from the child.
+    # Started with collection off (see ReportProcess); nothing we inherited is ever collected
+    # here: that could run the finalizer of an object of a Ray session of the parent and call
+    # into a Ray core worker whose threads this process does not have.
     gc.freeze()
     gc.enable()
-    _warm_up()
+    with contextlib.suppress(Exception):  # only a head start: the report loads them anyway
+        _warm_up()
     while True:
         try:
+            # A copy of the pipe's other end in some later fork of the parent would hide its
+            # death from recv(): look at who our parent is, too.
+            while not conn.poll(1.0):
+                if os.getppid() != parent:
+                    return
             request = conn.recv()
         except (EOFError, OSError):  # the parent is gone
             return
@@ -89,9 +104,11 @@ def _serve(conn: Connection, parent_end: Connection) -> None:
             return
         try:
             _build(request)
-            conn.send(None)
+            answer = None
         except Exception as exc:
-            conn.send(f"{exc.__class__.__name__}: {exc}")
+            answer = _one_line(exc)
+        with contextlib.suppress(OSError):  # the parent died meanwhile
+            conn.send(answer)
 
 
 class ReportProcess:
@@ -112,7 +129,14 @@ class ReportProcess:
         self._proc = context.Process(
             target=_serve, args=(child_end, parent_end), name="gradsweep-report", daemon=True
         )
-        self._proc.start()
+        # The child starts with garbage collection off, until it froze what it inherited.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._proc.start()
+        finally:
+            if enabled:
+                gc.enable()
         child_end.close()
         self._conn = parent_end
 
@@ -137,20 +161,27 @@ class ReportProcess:
             except OSError:  # the child died: build it here instead
                 self._drop()
 
-    def wait(self) -> str | None:
-        """None when the report was written; otherwise why it wasn't."""
+    def wait(self, timeout_s: float = REPORT_TIMEOUT_S) -> str | None:
+        """None when the report was written; otherwise why it wasn't, in one line."""
         request, self._request = self._request, None
         if request is None:
             return None
         if self._conn is not None:
+            deadline = time.monotonic() + timeout_s
             try:
+                while not self._conn.poll(0.2):
+                    if not self._proc.is_alive():
+                        raise EOFError
+                    if time.monotonic() > deadline:
+                        self._kill()
+                        return f"its process gave no answer within {timeout_s:g} s"
                 return self._conn.recv()
             except (EOFError, OSError):  # the child died mid-report: build it here
                 self._drop()
         try:
             _build(request)
         except Exception as exc:
-            return f"{exc.__class__.__name__}: {exc}"
+            return _one_line(exc)
         return None
 
     def _drop(self) -> None:
@@ -166,10 +197,16 @@ class ReportProcess:
             self._drop()
         if self._proc is not None:
             self._proc.join(STOP_GRACE_S)
+            self._kill()
+
+    def _kill(self) -> None:
+        """End the child by its PID (if still there) and reap it."""
+        self._drop()
+        if self._proc is not None:
             if self._proc.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self._proc.pid, signal.SIGKILL)
-                self._proc.join()
+            self._proc.join()
             self._proc = None
 
     def __enter__(self) -> ReportProcess:

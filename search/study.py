@@ -456,13 +456,12 @@ def _finish(
                     config.diagnostics.plots_top,
                     config.diagnostics.plots_diverged,
                 )
-            problem = reporter.wait()
-            if problem:
-                notes.append(f"report not written: {problem}")
         except Exception as exc:  # MLflow went away between flush and here
             notes.append(f"leaderboard not written: {exc.__class__.__name__}: {exc}")
-        finally:
-            reporter.wait()  # never leave the parent run's end before the report's writes
+        finally:  # the parent run ends only after the report's writes
+            problem = reporter.wait()
+        if problem:
+            notes.append(f"report not written: {problem}")
     journal.set_terminated("parent", status)
     spooled = journal.close(close_patience_s=patience_s)
     if spooled:

@@ -7,13 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.image
 import mlflow
 import pytest
 
-from search import run_study
+from search import background, run_study
 from search.analysis import usable
 from search.background import ReportProcess
 from search.report import build_report
@@ -46,10 +47,26 @@ def planted(local_ray: None, tmp_path_factory: pytest.TempPathFactory):
             "output_dir": str(out),
         }
     )
-    result = run_study(config)
+    with pytest.MonkeyPatch.context() as patch:  # who builds the end-of-study report
+        patch.setattr(background, "_build", _recording(out / "report-built-by"))
+        result = run_study(config)
     client = mlflow.MlflowClient(tracking_uri=result.tracking_uri)
     report = build_report(client, result.study_name, out / "report", result.optuna_storage)
     return result, client, report
+
+
+def _recording(path: Path, child: Callable[[], None] | None = None) -> Callable[[dict], None]:
+    """``background._build`` that first writes which process runs it to ``path`` (and runs
+    ``child()`` there when that is not this test's process)."""
+    build, test_pid = background._build, os.getpid()
+
+    def recorded(request: dict) -> None:
+        path.write_text(str(os.getpid()))
+        if child is not None and os.getpid() != test_pid:
+            child()
+        build(request)
+
+    return recorded
 
 
 def test_planted_claim_is_held(planted) -> None:
@@ -144,16 +161,22 @@ def test_study_wrote_its_report_in_another_process(planted) -> None:
     result, _, _ = planted
     directory = result.output_dir / "reports" / result.study_name
     assert "elu > logistic" in (directory / "report.md").read_text()
+    built_by = int((result.output_dir / "report-built-by").read_text())
+    assert built_by != os.getpid()  # the forked report process, not a fallback in the driver
 
 
-def test_report_process_builds_the_report_beside_this_one(planted, tmp_path) -> None:
+def test_report_process_builds_the_report_beside_this_one(
+    planted, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     result, _, _ = planted
+    monkeypatch.setattr(background, "_build", _recording(tmp_path / "built-by"))
     with ReportProcess() as reporter:
         pid = reporter.pid
         assert pid is not None and pid != os.getpid() and _alive(pid)
         reporter.start(result.tracking_uri, result.study_name, tmp_path, result.optuna_storage)
         assert reporter.wait() is None
     assert "## By activation" in (tmp_path / "report.md").read_text()
+    assert int((tmp_path / "built-by").read_text()) == pid
     assert not _alive(pid)  # asked to stop and reaped on close
 
 
@@ -162,10 +185,10 @@ def test_report_process_failure_is_one_line_not_an_exception(planted, tmp_path) 
     with ReportProcess() as reporter:
         reporter.start(result.tracking_uri, "no-such-study", tmp_path, result.optuna_storage)
         problem = reporter.wait()
-    assert problem is not None and "no-such-study" in problem and "\n" not in problem.strip()
+    assert problem is not None and "no-such-study" in problem and "\n" not in problem
 
 
-def test_report_built_here_when_its_process_died(planted, tmp_path) -> None:
+def test_report_built_here_when_its_process_died_before(planted, tmp_path) -> None:
     result, _, _ = planted
     with ReportProcess() as reporter:
         os.kill(reporter.pid, signal.SIGKILL)
@@ -175,6 +198,38 @@ def test_report_built_here_when_its_process_died(planted, tmp_path) -> None:
         reporter.start(result.tracking_uri, result.study_name, tmp_path, result.optuna_storage)
         assert reporter.wait() is None
     assert (tmp_path / "report.md").is_file()
+
+
+def test_report_built_here_when_its_process_dies_mid_report(
+    planted, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, _, _ = planted
+    monkeypatch.setattr(
+        background, "_build", _recording(tmp_path / "built-by", child=lambda: os._exit(3))
+    )
+    with ReportProcess() as reporter:
+        reporter.start(result.tracking_uri, result.study_name, tmp_path, result.optuna_storage)
+        assert reporter.wait() is None
+    assert int((tmp_path / "built-by").read_text()) == os.getpid()  # the fallback, here
+    assert (tmp_path / "report.md").is_file()
+
+
+def test_a_hung_report_process_is_ended_not_waited_for(
+    planted, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, _, _ = planted
+    monkeypatch.setattr(
+        background, "_build", _recording(tmp_path / "built-by", child=lambda: time.sleep(600))
+    )
+    t0 = time.monotonic()
+    with ReportProcess() as reporter:
+        pid = reporter.pid
+        reporter.start(result.tracking_uri, result.study_name, tmp_path, result.optuna_storage)
+        problem = reporter.wait(timeout_s=3)
+    assert problem is not None and "no answer within 3 s" in problem
+    assert time.monotonic() - t0 < 60
+    assert not _alive(pid)
+    assert not (tmp_path / "report.md").exists()  # no half-made fallback after a timeout
 
 
 def test_report_process_ends_when_its_parent_is_killed() -> None:
