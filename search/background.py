@@ -7,9 +7,10 @@ the two use both cores while Ray stops.
 
 The child is **forked before the study starts**: the driver then has every module imported (no
 import cost in the child) but no Ray session, journal thread or open store connection of this
-study yet, so nothing the child inherits is in use by another thread. It then sleeps on a pipe
-until the parent asks for the report (or closes it). Where ``fork`` is not available, or the child
-is gone, the report is built in-process, as before.
+study yet. (A script that called ``ray.init`` itself, or the tests, fork a process that runs Ray:
+the child never calls into it, and no inherited object is ever collected there.) It then sleeps on
+a pipe until the parent asks for the report (or closes it). Where ``fork`` is not available, or
+the child is gone, the report is built in-process, as before.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from search.report import build_report
 
 #: How long close() waits for a child that was asked to stop before ending it by its PID.
 STOP_GRACE_S = 5.0
-#: How long wait() waits for a report before ending its process (a hung child, not a slow one:
-#: a report of a thousand trials takes well under a minute).
+#: How long wait() waits for a report before ending its process: against a hung child, far above
+#: what a report takes (2-4 s for 16 trials here).
 REPORT_TIMEOUT_S = 600.0
 
 
