@@ -11,13 +11,14 @@ end-to-end epoch time with diagnostics off and on (minimum of interleaved runs) 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
 import torch
 
 import trainers
-from spaces import load_config
+from spaces import load_config, model_builder, resolve_trial, train_settings
 from trainers.diagnostics import GradientProbe
 
 
@@ -51,24 +52,13 @@ def run(
     config, activation: str, init: str, bn: str, diagnostics: bool, epochs: int
 ) -> tuple[float, float]:
     """(seconds per epoch, probe seconds per epoch) of one training run."""
-    data = trainers.load_splits(config.data.name)
+    data = config.data.load()
+    params = {"activation": activation, "init": init, "bn": bn, "lr": 3e-3}
+    spec = resolve_trial(config, params)
     trainers.seed_everything(0)
-    model = trainers.build_mlp(
-        data.n_features,
-        data.n_classes,
-        config.model.depth,
-        config.model.width,
-        activation,
-        None,
-        init,
-        bn,
-    )
-    settings = trainers.TrainSettings(
-        epochs=epochs,
-        batch_size=config.training.batch_size,
-        lr=3e-3,
-        diagnostics=diagnostics,
-        probe_size=config.diagnostics.probe_size,
+    model = model_builder(config, spec, data.n_features, data.n_classes)()
+    settings = dataclasses.replace(
+        train_settings(config, spec), epochs=epochs, diagnostics=diagnostics
     )
     with ProbeTimer() as timer:
         t0 = time.perf_counter()

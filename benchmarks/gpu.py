@@ -26,10 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common
+import fused_seeds
 import throughput as tp
 import torch
 
-from spaces import load_config, resolve_trial
+from spaces import load_config
 from trainers import load_splits, train_fused
 
 
@@ -38,9 +40,8 @@ def fused_trials(config, trials, seeds: int, device: str) -> float:
     data = load_splits(config.data.name).to(device)
     t0 = time.perf_counter()
     for params in trials:
-        spec = resolve_trial(config, params)
-        settings = tp.settings_for(config, spec.lr, diagnostics=False)
-        train_fused(tp.build_for(config, params), list(range(seeds)), data, settings)
+        settings = common.settings_for(config, params, diagnostics=False)
+        train_fused(common.build_for(config, params), list(range(seeds)), data, settings)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - t0
@@ -71,7 +72,7 @@ def main() -> int:
 
     print(f"\n== fused seeds on {args.device}: elu + he_normal + bn before, {epochs} epochs")
     for k in (8, 32):
-        r = tp.fused_vs_separate(args.device, k, epochs, threads=None)
+        r = fused_seeds.fused_vs_separate(args.device, k, epochs, threads=None)
         out[f"fused_{k}"] = r
         print(
             f"  {k:2d} seeds: separate {r['separate']:.2f} s, fused {r['fused']:.2f} s -> "
@@ -80,12 +81,12 @@ def main() -> int:
         )
 
     with tempfile.TemporaryDirectory(prefix="gradsweep-gpu-") as tmp:
-        study = tp.study_dict(trials_n, epochs, str(Path(tmp) / "study"))
+        study = common.study_dict(trials_n, epochs, str(Path(tmp) / "study"))
         config = load_config(study)
-        trials = tp.draw_trials(config)
-        tp.run_raw(config, trials[:1], True, args.device)  # warm-up
+        trials = common.draw_trials(config)
+        common.run_raw(config, trials[:1], True, args.device)  # warm-up
         for diagnostics in (True, False):
-            seconds = tp.run_raw(config, trials, diagnostics, args.device)
+            seconds = common.run_raw(config, trials, diagnostics, args.device)
             out[f"raw_diagnostics_{diagnostics}"] = seconds
             print(
                 f"  raw loop, {trials_n} trials sequential, diagnostics {diagnostics}: "

@@ -94,8 +94,8 @@ def run(
 
 def _summary(result: object) -> None:
     """The end of a run: leaderboard, notes, and where to look next."""
+    from search.environment import redact
     from search.leaderboard import render
-    from search.tracking import redact
 
     board = result.leaderboard  # type: ignore[attr-defined]
     name, uri = result.study_name, redact(result.tracking_uri)  # type: ignore[attr-defined]
@@ -193,10 +193,13 @@ def leaderboard(
     ] = None,
 ) -> None:
     """Print a study's leaderboard (or a factor table with CIs and tests), read from MLflow."""
-    if format not in ("table", "csv", "markdown", "json"):
-        raise fail(f"--format: {format!r} is not one of table, csv, markdown, json")
-    if by is not None and by not in ("activation", "init", "bn", "activation_bn"):
-        raise fail(f"--by: {by!r} is not one of activation, init, bn, activation_bn")
+    from search.analysis import FACTORS
+    from search.leaderboard import FORMATS
+
+    if format not in FORMATS:
+        raise fail(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
+    if by is not None and by not in FACTORS:
+        raise fail(f"--by: {by!r} is not one of {', '.join(FACTORS)}")
     _quiet()
     from search.errors import UserError
     from search.leaderboard import leaderboard as board
@@ -235,7 +238,7 @@ def leaderboard(
 
 
 def _tracking_client(tracking_uri: str | None):
-    from search.tracking import existing_store
+    from search.stores import existing_store
 
     return existing_store(tracking_uri)
 
@@ -250,23 +253,26 @@ def report(
     importance: Annotated[str, typer.Option(help="fanova or ped-anova.")] = "fanova",
 ) -> None:
     """Write the study report (claims, factor tables, importance, pictures) and log it on MLflow."""
-    if importance not in ("fanova", "ped-anova"):
-        raise fail(f"--importance: {importance!r} is not one of fanova, ped-anova")
+    from search.report import IMPORTANCE
+
+    if importance not in IMPORTANCE:
+        raise fail(f"--importance: {importance!r} is not one of {', '.join(IMPORTANCE)}")
     _quiet()
+    from search import environment
     from search.errors import UserError
     from search.leaderboard import find_parent_run
     from search.report import build_report
+    from search.schema import OPTUNA_STORAGE_TAG, OUTPUT_DIR_TAG
 
     try:
         client = _tracking_client(tracking_uri)
         parent = find_parent_run(client, study)
     except UserError as exc:
         raise fail(str(exc)) from None
-    output = Path(parent.data.tags.get("gradsweep.output_dir", "gradsweep-runs"))
+    output = Path(parent.data.tags.get(OUTPUT_DIR_TAG, "gradsweep-runs"))
     directory = out_dir or output / "reports" / study
-    result = build_report(
-        client, study, directory, os.environ.get("GRADSWEEP_OPTUNA_STORAGE"), importance=importance
-    )
+    storage = environment.optuna_storage(parent.data.tags.get(OPTUNA_STORAGE_TAG), output)
+    result = build_report(client, study, directory, storage, importance=importance)
     for note in result.notes:
         out.print(f"note: {note}", highlight=False)
     if not result.claims.empty:
@@ -281,6 +287,27 @@ def report(
         highlight=False,
         soft_wrap=True,
     )
+
+
+@app.command("activations")
+def list_activations() -> None:
+    """List the activations a study may search, with what alpha means and its search range."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from trainers import ACTIVATIONS
+
+    table = Table("activation", "family", "alpha", "default", "alpha: search", title_justify="left")
+    for name, spec in ACTIVATIONS.items():
+        searched = "-"
+        if spec.search_range is not None:
+            low, high, log = spec.search_range
+            searched = f"{low:g}..{high:g}" + (" (log)" if log else "")
+        default = spec.alpha_default
+        if isinstance(default, tuple):
+            default = f"[{default[0]:.3g}, {default[1]:.3g}]"
+        table.add_row(name, spec.family, escape(spec.alpha_doc), str(default or "-"), searched)
+    out.print(table)
 
 
 @app.command("presets")

@@ -31,10 +31,6 @@ from mlflow.exceptions import MlflowException
 
 log = logging.getLogger(__name__)
 
-# Our journal does the retrying; MLflow's own HTTP retries would hide an outage for minutes.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
 #: Error codes with which MLflow rejects a request itself: retrying cannot help.
 PERMANENT = {
@@ -294,6 +290,9 @@ def replay(
 
     The file is rewritten with what could not be delivered, or removed when all went through.
     """
+    from search.environment import configure
+
+    configure()  # MLflow's own HTTP retries off: the journal retries
     lines = []
     for line in path.read_text().splitlines():
         try:

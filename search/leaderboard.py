@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -17,9 +17,18 @@ from rich.console import Console
 from rich.table import Table
 
 from search.errors import UserError
-from search.tracking import OUTCOME_TAG, PARENT_TAG, ROLE_TAG, STUDY_TAG
+from search.schema import (
+    INTERRUPTED,
+    OUTCOME_TAG,
+    PARENT_TAG,
+    REASON_TAG,
+    ROLE_STUDY,
+    ROLE_TAG,
+    STUDY_TAG,
+)
 
 Format = Literal["table", "csv", "markdown", "json"]
+FORMATS: tuple[Format, ...] = get_args(Format)
 COLUMNS = [
     "rank",
     "run_name",
@@ -44,7 +53,7 @@ def find_parent_run(client: MlflowClient, study: str) -> Run:
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(
         experiments,
-        filter_string=f"tags.`{STUDY_TAG}` = '{study}' and tags.`{ROLE_TAG}` = 'study'",
+        filter_string=f"tags.`{STUDY_TAG}` = '{study}' and tags.`{ROLE_TAG}` = '{ROLE_STUDY}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -83,7 +92,7 @@ def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
     rows = []
     for run in child_runs(client, parent):
         params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
-        if tags.get(OUTCOME_TAG) == "interrupted":
+        if tags.get(OUTCOME_TAG) == INTERRUPTED:
             continue  # an attempt cut short by a lost driver; its resumed run is listed instead
         rows.append(
             {
@@ -98,7 +107,7 @@ def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
                 "epochs_run": int(metrics.get("epochs_run", 0)),
                 "status": run.info.status,
                 "outcome": tags.get(OUTCOME_TAG, run.info.status.lower()),
-                "reason": tags.get("gradsweep.reason", ""),
+                "reason": tags.get(REASON_TAG, ""),
                 "grad_ratio": metrics.get("diag/grad_ratio_first_last", math.nan),
                 "seeds": int(metrics.get("seeds", 1)),
                 "best_val_accuracy_std": metrics.get("best_val_accuracy_std", math.nan),

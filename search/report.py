@@ -24,6 +24,7 @@ from mlflow.entities import Metric
 from search.analysis import FACTORS, factor_table, judge_claims, pairwise_tests, usable
 from search.leaderboard import find_parent_run, leaderboard, markdown, render
 from search.plots import FAST_PNG
+from search.schema import OPTUNA_STORAGE_TAG
 
 IMPORTANCE = {
     "fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
@@ -142,7 +143,7 @@ def build_report(
             trials, metric, directory / "init_by_bn.png"
         )
     scores: dict[str, float] = {}
-    storage = optuna_storage or parent.data.tags.get("gradsweep.optuna_storage")
+    storage = optuna_storage or parent.data.tags.get(OPTUNA_STORAGE_TAG)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except Exception as exc:

@@ -24,8 +24,18 @@ from optuna.trial import TrialState
 
 from search.checkpoints import CHECKPOINT_FILE, RESUME_KEY
 from search.leaderboard import child_runs
-from search.outcomes import FROM_OPTUNA, OUTCOMES
-from search.tracking import OUTCOME_TAG
+from search.schema import (
+    FROM_OPTUNA,
+    INTERRUPTED,
+    ORPHANED,
+    OUTCOME_TAG,
+    OUTCOMES,
+    RAY_TRIAL_PATH_TAG,
+    REASON_TAG,
+    RESUMED_FROM_TAG,
+    RESUMED_TAG,
+    TRIAL_NUMBER_TAG,
+)
 
 
 @dataclass
@@ -51,7 +61,7 @@ def latest_checkpoint(trial_path: str) -> str | None:
 
 def _close(client: MlflowClient, run: Run, status: str, outcome: str, reason: str) -> None:
     client.log_batch(
-        run.info.run_id, tags=[RunTag(OUTCOME_TAG, outcome), RunTag("gradsweep.reason", reason)]
+        run.info.run_id, tags=[RunTag(OUTCOME_TAG, outcome), RunTag(REASON_TAG, reason)]
     )
     client.set_terminated(run.info.run_id, status=status)
 
@@ -61,7 +71,7 @@ def close_orphans(
 ) -> list[str]:
     """Close every child run still RUNNING with ``reason``: FAILED ``orphaned``, or (after a
     Ctrl+C) KILLED ``interrupted``, which resume continues and the leaderboard hides."""
-    status, outcome = ("KILLED", "interrupted") if interrupted else ("FAILED", "orphaned")
+    status, outcome = ("KILLED", INTERRUPTED) if interrupted else ("FAILED", ORPHANED)
     closed = []
     for run in child_runs(client, parent):
         if run.info.status == "RUNNING":
@@ -97,10 +107,10 @@ def plan_resume(
     for run in child_runs(client, parent):
         if run.info.status != "RUNNING":
             continue
-        number = int(run.data.tags.get("optuna.trial_number", -1))
+        number = int(run.data.tags.get(TRIAL_NUMBER_TAG, -1))
         trial = trials.get(number)
         if trial is None:
-            _close(client, run, "FAILED", "orphaned", "no Optuna trial matches this run")
+            _close(client, run, "FAILED", ORPHANED, "no Optuna trial matches this run")
         elif trial.state in FROM_OPTUNA:
             outcome = FROM_OPTUNA[trial.state]
             status = OUTCOMES[outcome][0]
@@ -108,18 +118,15 @@ def plan_resume(
             _close(client, run, status, outcome, reason)
         else:
             checkpoint = find_checkpoint(
-                ray_root, study.study_name, number, run.data.tags.get("ray.trial_path", "")
+                ray_root, study.study_name, number, run.data.tags.get(RAY_TRIAL_PATH_TAG, "")
             )
             plan.resume[number] = {RESUME_KEY: checkpoint} if checkpoint else {}
-            plan.tags[number] = {
-                "gradsweep.resumed": "true",
-                "gradsweep.resumed_from": run.info.run_id,
-            }
+            plan.tags[number] = {RESUMED_TAG: "true", RESUMED_FROM_TAG: run.info.run_id}
             _close(
                 client,
                 run,
                 "KILLED",
-                "interrupted",
+                INTERRUPTED,
                 "driver lost; the trial resumed in a new run"
                 + (" from its checkpoint" if checkpoint else ""),
             )
@@ -127,5 +134,5 @@ def plan_resume(
     for number in interrupted:  # asked by Optuna, but its run never reached MLflow
         checkpoint = find_checkpoint(ray_root, study.study_name, number)
         plan.resume[number] = {RESUME_KEY: checkpoint} if checkpoint else {}
-        plan.tags[number] = {"gradsweep.resumed": "true"}
+        plan.tags[number] = {RESUMED_TAG: "true"}
     return plan

@@ -19,7 +19,7 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from search.outcomes import OUTCOMES, outcome
+from search.schema import OUTCOMES, outcome
 
 log = logging.getLogger(__name__)
 

@@ -9,95 +9,39 @@ is spooled to disk. Trials never talk to MLflow themselves.
 from __future__ import annotations
 
 import json
-import logging
 import math
-import os
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Param
 from ray import tune
 
-from search.errors import UserError
+from search.environment import Locations, redact
 from search.journal import MAX_PARAMS, Journal
-from search.outcomes import OUTCOMES, outcome
-from spaces import StudyConfig, resolve_trial
-
-log = logging.getLogger(__name__)
-
-STUDY_TAG = "gradsweep.study"
-ROLE_TAG = "gradsweep.role"
-OUTCOME_TAG = "gradsweep.outcome"
-PARENT_TAG = "mlflow.parentRunId"
-#: Per-epoch metrics a trial reports that go to MLflow with step = epoch.
-EPOCH_METRICS = (
-    "train_loss",
-    "val_loss",
-    "val_accuracy",
-    "best_val_accuracy",
-    "epoch_seconds",
-    # fused seeds: how many, how many diverged, spread of the per-seed best
-    "seeds",
-    "seeds_diverged",
-    "best_val_accuracy_std",
-    "best_val_accuracy_ci_low",
-    "best_val_accuracy_ci_high",
+from search.schema import (
+    DIVERGED_EPOCH_TAG,
+    EPOCH_METRIC_PREFIXES,
+    EPOCH_METRICS,
+    OPTUNA_STORAGE_TAG,
+    OUTCOME_TAG,
+    OUTCOMES,
+    OUTPUT_DIR_TAG,
+    PARENT_TAG,
+    PLACEMENT_TAGS,
+    RAY_TRIAL_ID_TAG,
+    RAY_TRIAL_PATH_TAG,
+    REASON_TAG,
+    RETRIED_AFTER_TAG,
+    RETRIES_TAG,
+    ROLE_STUDY,
+    ROLE_TAG,
+    ROLE_TRIAL,
+    STUDY_TAG,
+    TRIAL_NUMBER_TAG,
+    outcome,
 )
-
-
-def default_tracking_uri(output_dir: Path) -> str:
-    """``sqlite:///<output>/mlflow.db``: MLflow 3 refuses its old ./mlruns file store."""
-    return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
-
-
-def check_tracking_uri(uri: str) -> None:
-    """Fail fast, before anything is created, when ``uri`` can't be a working tracking store."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
-                if response.status != 200:
-                    raise UserError(
-                        f"--tracking-uri: {uri} answered HTTP {response.status} on /health"
-                    )
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise UserError(
-                f"--tracking-uri: MLflow server {uri} is unreachable ({reason})"
-            ) from None
-    elif uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        if not path.is_absolute():
-            path = Path.cwd() / path
-        parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
-        if path.is_dir() or parent is None or not parent.is_dir():
-            raise UserError(f"--tracking-uri: {uri} does not name a writable SQLite file")
-    elif uri.startswith(("postgresql://", "postgresql+psycopg2://", "mysql://")):
-        return
-    else:
-        raise UserError(
-            f"--tracking-uri: unsupported {uri!r}; use sqlite:///PATH, http(s)://HOST:PORT "
-            "or postgresql://..."
-        )
-
-
-def existing_store(tracking_uri: str | None) -> MlflowClient:
-    """A client on a tracking store that must exist already (leaderboard, report, resume):
-    ``tracking_uri``, else ``GRADSWEEP_TRACKING_URI``, else ``./gradsweep-runs/mlflow.db``.
-    A missing SQLite file is an error here, never silently created empty."""
-    uri = (
-        tracking_uri
-        or os.environ.get("GRADSWEEP_TRACKING_URI")
-        or default_tracking_uri(Path("gradsweep-runs"))
-    )
-    check_tracking_uri(uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise UserError(f"--tracking-uri: no MLflow database at {uri.removeprefix('sqlite:///')}")
-    return MlflowClient(tracking_uri=uri)
+from spaces import StudyConfig, resolve_trial
 
 
 def flatten(prefix: str, value: Any) -> dict[str, str]:
@@ -110,25 +54,6 @@ def flatten(prefix: str, value: Any) -> dict[str, str]:
     return {prefix: json.dumps(value) if isinstance(value, list | tuple) else str(value)}
 
 
-def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
-    """Experiment id for ``name``; a new one keeps artifacts under ``artifact_root`` if given."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-    return client.create_experiment(name, artifact_location=location)
-
-
-def redact(url: str | None) -> str | None:
-    """A URL without its password: secrets never reach MLflow, logs or the terminal."""
-    if not url:
-        return url
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url
-
-
 def public_config(config: StudyConfig) -> dict[str, Any]:
     """The config as logged on the parent run: store URLs with their passwords redacted."""
     dump = config.model_dump(mode="json")
@@ -138,12 +63,19 @@ def public_config(config: StudyConfig) -> dict[str, Any]:
 
 
 def start_parent_run(
-    client: MlflowClient, experiment_id: str, study_name: str, config: StudyConfig
+    client: MlflowClient,
+    experiment_id: str,
+    study_name: str,
+    config: StudyConfig,
+    where: Locations,
 ) -> str:
-    """Create the study's parent run (RUNNING) with the resolved config as params and artifact."""
+    """Create the study's parent run (RUNNING) with the resolved config as params and artifact,
+    and where its records live (resume reads them back)."""
     tags = {
         STUDY_TAG: study_name,
-        ROLE_TAG: "study",
+        ROLE_TAG: ROLE_STUDY,
+        OUTPUT_DIR_TAG: str(where.output),
+        OPTUNA_STORAGE_TAG: redact(where.optuna_storage) or "",
         "searcher": config.searcher.name,
         "scheduler": config.scheduler.name,
         "dataset": config.data.name,
@@ -213,10 +145,10 @@ class MlflowTracker(tune.Callback):
         tags = {
             PARENT_TAG: self.parent_run_id,
             STUDY_TAG: self.study_name,
-            ROLE_TAG: "trial",
-            "ray.trial_id": trial.trial_id,
-            "ray.trial_path": str(getattr(trial, "path", "") or ""),
-            "optuna.trial_number": str(spec.number),
+            ROLE_TAG: ROLE_TRIAL,
+            RAY_TRIAL_ID_TAG: trial.trial_id,
+            RAY_TRIAL_PATH_TAG: str(getattr(trial, "path", "") or ""),
+            TRIAL_NUMBER_TAG: str(spec.number),
             "activation": spec.activation,
             "init": spec.init,
             "bn": spec.bn,
@@ -247,7 +179,7 @@ class MlflowTracker(tune.Callback):
         values = {
             k: float(v)
             for k, v in result.items()
-            if (k in EPOCH_METRICS or k.startswith(("diag/", "prelu/", "seed/")))
+            if (k in EPOCH_METRICS or k.startswith(EPOCH_METRIC_PREFIXES))
             and isinstance(v, int | float)
             and not isinstance(v, bool)
         }
@@ -255,8 +187,8 @@ class MlflowTracker(tune.Callback):
             k: v for k, v in values.items() if k.startswith(("diag/grad_norm/", "diag/act_std/"))
         }
         tags = {}
-        if trial.trial_id not in self.last and "node_id" in result:
-            tags = {"node_id": str(result["node_id"]), "device": str(result.get("device"))}
+        if trial.trial_id not in self.last and PLACEMENT_TAGS[0] in result:
+            tags = {k: str(result.get(k)) for k in PLACEMENT_TAGS}
         self.last[trial.trial_id] = dict(result)
         self.journal.log_batch(
             trial.trial_id, metrics=[(k, v, now, epoch) for k, v in values.items()], tags=tags
@@ -272,8 +204,8 @@ class MlflowTracker(tune.Callback):
         self.journal.log_batch(
             key,
             tags={
-                "gradsweep.retries": str(self.retries[key]),
-                "gradsweep.retried_after_epoch": str(epoch),
+                RETRIES_TAG: str(self.retries[key]),
+                RETRIED_AFTER_TAG: str(epoch),
             },
         )
 
@@ -322,13 +254,13 @@ class MlflowTracker(tune.Callback):
                     metrics.append((name, float(value), now, epoch))
             if result.get("diverged"):
                 reason = reason or f"non-finite loss or gradient in epoch {epoch}"
-                tags["gradsweep.diverged_epoch"] = str(epoch)
+                tags[DIVERGED_EPOCH_TAG] = str(epoch)
             if result.get("stop_reason"):
                 reason = reason or str(result["stop_reason"])
             for flag in ("vanishing", "exploding", "dying", "saturated"):
                 if f"diag/{flag}" in result:
                     tags[f"diag.{flag}"] = str(bool(result[f"diag/{flag}"])).lower()
         if reason:
-            tags["gradsweep.reason"] = reason
+            tags[REASON_TAG] = reason
         self.journal.log_batch(key, metrics=metrics, tags=tags)
         self.journal.set_terminated(key, status)

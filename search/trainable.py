@@ -20,14 +20,12 @@ import torch
 from ray import tune
 
 from search.checkpoints import CHECKPOINT_FILE, RESUME_KEY, owned_by_user
-from spaces import StudyConfig, resolve_trial
+from spaces import StudyConfig, model_builder, resolve_trial, train_settings
 from trainers import (
     EpochReport,
     GradientProbe,
     LoopState,
     Splits,
-    TrainSettings,
-    build_mlp,
     seed_everything,
     train,
     train_fused,
@@ -166,33 +164,9 @@ def run_trial(params: dict[str, Any], study: dict[str, Any], data: Splits) -> No
     use_gpu = config.resources.gpu > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
     data = data.to(device)
-
-    def build() -> torch.nn.Module:
-        return build_mlp(
-            data.n_features,
-            data.n_classes,
-            config.model.depth,
-            config.model.width,
-            spec.activation,
-            spec.alpha,
-            spec.init,
-            spec.bn,
-            config.model.dropout,
-            prelu_per_unit=spec.per_unit,
-        )
-
+    build = model_builder(config, spec, data.n_features, data.n_classes)
     training = config.training
-    settings = TrainSettings(
-        epochs=training.epochs,
-        batch_size=training.batch_size,
-        lr=spec.lr,
-        optimizer=training.optimizer,
-        momentum=training.momentum,
-        weight_decay=training.weight_decay,
-        seed=training.seed,
-        diagnostics=config.diagnostics.enabled,
-        probe_size=config.diagnostics.probe_size,
-    )
+    settings = train_settings(config, spec)
     health = HealthWatch(config)
     node = {"node_id": ray.get_runtime_context().get_node_id(), "device": device.type}
     resume = _load_checkpoint(params.get(RESUME_KEY))

@@ -1,17 +1,13 @@
 """What can be searched: validated study configs, presets, the define-by-run Optuna space.
 
 Sits above ``trainers`` (whose registries it reads to validate names) and below ``search``.
-The sampler registry loads Optuna on first use: a trial worker only needs the config.
+The samplers load Optuna when one is made: a trial worker only needs the config.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
-
 from spaces.config import (
     PRESETS_DIR,
-    SEARCHERS,
     ActivationChoice,
     ConfigError,
     Range,
@@ -19,23 +15,13 @@ from spaces.config import (
     load_config,
     presets,
 )
-from spaces.space import (
-    TRIAL_NUMBER_KEY,
-    TrialSpec,
-    alpha_param,
-    define_space,
-    enqueued_points,
-    grid_size,
-    resolve_trial,
-)
-
-if TYPE_CHECKING:
-    from spaces.samplers import SAMPLERS, make_sampler
+from spaces.samplers import SAMPLERS, make_sampler
+from spaces.space import TRIAL_NUMBER_KEY, alpha_param, define_space, enqueued_points, grid_size
+from spaces.trial import TrialSpec, model_builder, resolve_trial, train_settings
 
 __all__ = [
     "PRESETS_DIR",
     "SAMPLERS",
-    "SEARCHERS",
     "TRIAL_NUMBER_KEY",
     "ActivationChoice",
     "ConfigError",
@@ -48,12 +34,9 @@ __all__ = [
     "grid_size",
     "load_config",
     "make_sampler",
+    "model_builder",
     "presets",
     "resolve_trial",
+    "train_settings",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in ("SAMPLERS", "make_sampler"):
-        return getattr(import_module("spaces.samplers"), name)
-    raise AttributeError(f"module 'spaces' has no attribute {name!r}")

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -25,10 +26,37 @@ from pydantic import (
     model_validator,
 )
 
-from trainers import ACTIVATIONS, DATASETS, INITIALIZERS, OPTIMIZERS, Splits, load_splits
+from spaces.samplers import SAMPLERS
+from trainers import (
+    ACTIVATIONS,
+    BATCH_NORM_PLACEMENTS,
+    DATASETS,
+    INITIALIZERS,
+    OPTIMIZERS,
+    Splits,
+    load_splits,
+)
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-SEARCHERS: tuple[str, ...] = ("tpe", "random", "grid", "cmaes", "qmc", "gp")
+#: ``alpha: search`` searches the activation's registry range (``Activation.search_range``).
+SEARCH_DEFAULT = "search"
+
+
+def allowed(names: object) -> str:
+    """``'a', 'b' or 'c'``: how an error lists the allowed values."""
+    quoted = [repr(str(n)) for n in names]  # type: ignore[attr-defined]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def _one_of(names: tuple[str, ...] | dict[str, object]) -> AfterValidator:
+    """A validator admitting only ``names`` (a registry's keys), with pydantic's wording."""
+
+    def check(value: str) -> str:
+        if value not in names:
+            raise ValueError(f"allowed: {allowed(names)}")
+        return value
+
+    return AfterValidator(check)
 
 
 class ConfigError(ValueError):
@@ -71,18 +99,21 @@ class Range(_Strict):
 def _alpha_form(value: Any) -> str:
     if isinstance(value, dict | Range):
         return "range"
+    if value == SEARCH_DEFAULT:
+        return "default"
     return "pair" if isinstance(value, list | tuple) else "number"
 
 
-#: A fixed number, a fixed [lower, upper] pair (rrelu) or a searched range; the discriminator
-#: keeps a bad value's error to the one form the user wrote.
+#: A fixed number, a fixed [lower, upper] pair (rrelu), a searched range, or ``search`` (the
+#: registry's range); the discriminator keeps a bad value's error to the one form the user wrote.
 Alpha = Annotated[
     Annotated[float, Tag("number")]
     | Annotated[tuple[float, float], Tag("pair")]
-    | Annotated[Range, Tag("range")],
+    | Annotated[Range, Tag("range")]
+    | Annotated[Literal["search"], Tag("default")],
     Discriminator(_alpha_form),
 ]
-_FORM_TAGS = {"number", "pair", "range"}
+_FORM_TAGS = {"number", "pair", "range", "default"}
 #: A fixed positive learning rate, or a searched range.
 LearningRate = Annotated[
     Annotated[Annotated[float, Field(gt=0)], Tag("number")] | Annotated[Range, Tag("range")],
@@ -92,7 +123,8 @@ LearningRate = Annotated[
 
 class ActivationChoice(_Strict):
     """One searched activation. ``alpha``: omitted = literature default, a number (or a
-    ``[lower, upper]`` pair for rrelu) = fixed, ``{low, high, log}`` = searched by Optuna."""
+    ``[lower, upper]`` pair for rrelu) = fixed, ``{low, high, log}`` = searched by Optuna,
+    ``search`` = searched over the activation's registry range."""
 
     alpha: Alpha | None = None
     per_unit: bool = True  # prelu: one learned slope per unit (True) or one shared (False)
@@ -138,7 +170,7 @@ class SearchSpaceConfig(_Strict):
         default_factory=lambda: {"relu": ActivationChoice(), "elu": ActivationChoice()}
     )
     initializers: list[str] = Field(default_factory=lambda: ["matched"], min_length=1)
-    batch_norm: list[Literal["none", "before", "after"]] = Field(
+    batch_norm: list[Annotated[str, _one_of(BATCH_NORM_PLACEMENTS)]] = Field(
         default_factory=lambda: ["none"], min_length=1
     )
     lr: LearningRate = Range(low=1e-4, high=1e-1, log=True)
@@ -158,12 +190,22 @@ class SearchSpaceConfig(_Strict):
     def _known_activations(cls, v: dict[str, ActivationChoice]) -> dict[str, ActivationChoice]:
         if not v:
             raise ValueError("name at least one activation")
+        out = {}
         for name, choice in v.items():
             spec = ACTIVATIONS.get(name)
             if spec is None:
                 raise ValueError(f"unknown activation {name!r}; allowed: {', '.join(ACTIVATIONS)}")
+            if choice.alpha == SEARCH_DEFAULT and spec.alpha_kind != "none":
+                if spec.search_range is None:
+                    form = "[lower, upper] pair" if spec.alpha_kind == "range" else "number"
+                    raise ValueError(
+                        f"{name} has no default alpha range to search; give a fixed {form}"
+                    )
+                low, high, log = spec.search_range
+                choice = choice.model_copy(update={"alpha": Range(low=low, high=high, log=log)})
             _check_alpha(name, spec.alpha_kind, choice.alpha)
-        return v
+            out[name] = choice
+        return out
 
     @field_validator("initializers")
     @classmethod
@@ -287,7 +329,7 @@ class DiagnosticsConfig(_Strict):
 
 
 class SearcherConfig(_Strict):
-    name: Literal["tpe", "random", "grid", "cmaes", "qmc", "gp"] = "tpe"
+    name: Annotated[str, _one_of(SAMPLERS)] = "tpe"
     seed: int = 0
 
 

@@ -1,38 +1,64 @@
-"""Sampler registry: searcher name -> a seeded Optuna sampler for a study config."""
+"""Sampler registry: searcher name -> a seeded Optuna sampler for a study config.
+
+The names are the single source of ``searcher.name``'s allowed values; each factory imports
+Optuna when called, so validating a config (in a trial worker, say) never loads it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-import optuna
-
-from spaces.config import StudyConfig
-
-
-class GridSearch(optuna.samplers.BruteForceSampler):
-    """Every distinct configuration of the conditional space once (an activation's alpha points
-    are only crossed with that activation), in seeded order.
-
-    Optuna's ``GridSampler`` would cross every ``<activation>_alpha`` with every activation and
-    run the same relu configuration once per ELU alpha. How many trials run is Tune's
-    ``num_samples`` (capped at :func:`~spaces.space.grid_size`), so the sampler does not stop the
-    study itself, which outside ``study.optimize`` would raise.
-    """
-
-    def after_trial(self, study, trial, state, values) -> None:
-        return None
+if TYPE_CHECKING:
+    import optuna
 
 
-SAMPLERS: dict[str, Callable[[StudyConfig], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda c: optuna.samplers.TPESampler(seed=c.searcher.seed),
-    "random": lambda c: optuna.samplers.RandomSampler(seed=c.searcher.seed),
-    "grid": lambda c: GridSearch(seed=c.searcher.seed),
-    "cmaes": lambda c: optuna.samplers.CmaEsSampler(seed=c.searcher.seed),
-    "qmc": lambda c: optuna.samplers.QMCSampler(seed=c.searcher.seed),
-    "gp": lambda c: optuna.samplers.GPSampler(seed=c.searcher.seed),
+def _tpe(seed: int) -> optuna.samplers.BaseSampler:
+    from optuna.samplers import TPESampler
+
+    return TPESampler(seed=seed)
+
+
+def _random(seed: int) -> optuna.samplers.BaseSampler:
+    from optuna.samplers import RandomSampler
+
+    return RandomSampler(seed=seed)
+
+
+def _grid(seed: int) -> optuna.samplers.BaseSampler:
+    from spaces.grid import GridSearch
+
+    return GridSearch(seed=seed)
+
+
+def _cmaes(seed: int) -> optuna.samplers.BaseSampler:
+    from optuna.samplers import CmaEsSampler
+
+    return CmaEsSampler(seed=seed)
+
+
+def _qmc(seed: int) -> optuna.samplers.BaseSampler:
+    from optuna.samplers import QMCSampler
+
+    return QMCSampler(seed=seed)
+
+
+def _gp(seed: int) -> optuna.samplers.BaseSampler:
+    from optuna.samplers import GPSampler
+
+    return GPSampler(seed=seed)
+
+
+SAMPLERS: dict[str, Callable[[int], Any]] = {
+    "tpe": _tpe,
+    "random": _random,
+    "grid": _grid,
+    "cmaes": _cmaes,
+    "qmc": _qmc,
+    "gp": _gp,
 }
 
 
-def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
-    """The seeded sampler ``config.searcher.name`` names."""
-    return SAMPLERS[config.searcher.name](config)
+def make_sampler(config: Any) -> optuna.samplers.BaseSampler:
+    """The sampler ``config.searcher.name`` names, seeded with ``config.searcher.seed``."""
+    return SAMPLERS[config.searcher.name](config.searcher.seed)

@@ -8,7 +8,6 @@ distribution for the whole study, and leaky ReLU's log range and ELU's linear on
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from spaces.config import Range, StudyConfig
@@ -96,47 +95,3 @@ def grid_size(config: StudyConfig) -> int:
     )
     lr_points = len(space.lr.points()) if isinstance(space.lr, Range) else 1
     return per_activation * len(space.initializers) * len(space.batch_norm) * lr_points
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """One configuration, resolved from a trial's parameters: what the trainer builds."""
-
-    number: int
-    activation: str
-    alpha: float | tuple[float, float] | None
-    init: str
-    bn: str
-    lr: float
-    per_unit: bool = True
-
-    def label(self) -> str:
-        """Human-readable run name, e.g. ``t007 elu α=1.0 he_normal bn=before``."""
-        alpha = ""
-        if isinstance(self.alpha, tuple):
-            alpha = f" α=[{self.alpha[0]:.3g},{self.alpha[1]:.3g}]"
-        elif self.alpha is not None:
-            alpha = f" α={self.alpha:.3g}"
-        return f"t{self.number:03d} {self.activation}{alpha} {self.init} bn={self.bn}"
-
-
-def resolve_trial(config: StudyConfig, params: dict[str, Any]) -> TrialSpec:
-    """Map a trial's parameters (Optuna's plus the constants) to a :class:`TrialSpec`.
-
-    ``alpha`` is the searched ``<activation>_alpha``, else the fixed one from the config, else
-    ``None`` (the trainer then uses the activation's literature default).
-    """
-    activation = params["activation"]
-    alpha = params.get(alpha_param(activation), params.get("alpha"))
-    if isinstance(alpha, list):
-        alpha = (float(alpha[0]), float(alpha[1]))
-    choice = config.search.activations.get(activation)
-    return TrialSpec(
-        number=int(params.get(TRIAL_NUMBER_KEY, 0)),
-        activation=activation,
-        alpha=alpha,
-        init=params["init"],
-        bn=params["bn"],
-        lr=float(params["lr"]),
-        per_unit=choice.per_unit if choice is not None else True,
-    )

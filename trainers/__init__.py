@@ -8,8 +8,9 @@ Ray, Optuna or MLflow.
 from trainers.activations import ACTIVATIONS, Activation, build_activation
 from trainers.datasets import DATASETS, DataError, Splits, load_splits
 from trainers.diagnostics import FLAGS, GradientProbe, summarize
-from trainers.fused import FusedLoopState, FusedMLP, evaluate_fused, fuse, train_fused
-from trainers.initializers import INITIALIZERS, initialize
+from trainers.fused import FusedMLP, evaluate_fused, fuse
+from trainers.fused_loop import FusedLoopState, train_fused
+from trainers.initializers import INITIALIZERS, concrete_init, initialize
 from trainers.loop import (
     OPTIMIZERS,
     EpochReport,
@@ -43,6 +44,7 @@ __all__ = [
     "TrainSettings",
     "build_activation",
     "build_mlp",
+    "concrete_init",
     "evaluate",
     "evaluate_fused",
     "fuse",

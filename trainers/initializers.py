@@ -132,6 +132,16 @@ INITIALIZERS: dict[str, Initializer] = {
 }
 
 
+def concrete_init(name: str, activation: str | None) -> str:
+    """The initializer ``name`` applies before ``activation``, with ``matched`` resolved: two
+    trials that initialise identically are the same configuration."""
+    if name != "matched":
+        return name
+    if activation is None:
+        return glorot_uniform.__name__
+    return MATCHED_BY_FAMILY[ACTIVATIONS[activation].family].__name__
+
+
 def initialize(linear: nn.Linear, name: str, activation: str | None, alpha: object = None) -> None:
     """Initialise ``linear`` with initializer ``name`` for the activation that follows it."""
     INITIALIZERS[name](linear, ACTIVATIONS[activation] if activation else None, alpha)

@@ -72,6 +72,40 @@ class EpochReport:
     diverged: bool = False
     diagnostics: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def nonfinite(
+        cls, epoch: int, best_val: float, seconds: float, diagnostics: dict[str, float]
+    ) -> EpochReport:
+        """An epoch whose training loss went non-finite: it has no losses or accuracies."""
+        return cls(epoch, math.nan, math.nan, 0.0, 0.0, best_val, seconds, True, diagnostics)
+
+    @classmethod
+    def evaluated(
+        cls,
+        epoch: int,
+        train_loss: float,
+        val: tuple[float, float],
+        test_accuracy: float,
+        best_val: float,
+        seconds: float,
+        diagnostics: dict[str, float],
+    ) -> EpochReport:
+        """An epoch that trained and was evaluated (``val`` = loss, accuracy); diverged when
+        the validation loss is not finite."""
+        val_loss, val_accuracy = val
+        diverged = not math.isfinite(val_loss)
+        return cls(
+            epoch,
+            train_loss,
+            val_loss,
+            val_accuracy,
+            test_accuracy,
+            best_val,
+            seconds,
+            diverged,
+            diagnostics,
+        )
+
     def metrics(self) -> dict[str, float]:
         """Flat metric dict, diagnostics included (``diag/...`` keys)."""
         out = {k: v for k, v in self.__dict__.items() if k != "diagnostics"}
@@ -244,36 +278,19 @@ def train(
             seen += idx.numel()
 
         if diverged:
-            report = EpochReport(
-                epoch,
-                math.nan,
-                math.nan,
-                0.0,
-                0.0,
-                best_val,
-                time.perf_counter() - t0,
-                diverged=True,
-                diagnostics=learned_slopes(model),
-            )
-        else:
-            val_loss, val_accuracy = evaluate(model, data.x_val, data.y_val)
-            _, test_accuracy = evaluate(model, data.x_test, data.y_test)
-            diverged = not math.isfinite(val_loss)
-            best_val = max(best_val, val_accuracy)
             seconds = time.perf_counter() - t0
-            diagnostics = probe.measure() if probe is not None and not diverged else {}
+            report = EpochReport.nonfinite(epoch, best_val, seconds, learned_slopes(model))
+        else:
+            val = evaluate(model, data.x_val, data.y_val)
+            _, test_accuracy = evaluate(model, data.x_test, data.y_test)
+            best_val = max(best_val, val[1])
+            seconds = time.perf_counter() - t0
+            diagnostics = probe.measure() if probe is not None and math.isfinite(val[0]) else {}
             diagnostics.update(learned_slopes(model))
             # Mean over the samples trained on: a skipped single-sample batch is not counted.
-            report = EpochReport(
-                epoch,
-                total / max(seen, 1),
-                val_loss,
-                val_accuracy,
-                test_accuracy,
-                best_val,
-                seconds,
-                diverged=diverged,
-                diagnostics=diagnostics,
+            train_loss = total / max(seen, 1)
+            report = EpochReport.evaluated(
+                epoch, train_loss, val, test_accuracy, best_val, seconds, diagnostics
             )
         history.append(report)
         state = LoopState(model, optimizer, epoch, best_val, settings, shuffle)

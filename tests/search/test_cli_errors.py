@@ -283,15 +283,15 @@ def test_ray_failing_to_start_leaves_no_stores(
 ) -> None:
     """The MLflow and Optuna stores open while Ray starts; when Ray then fails (an attach
     refused after the address answered, say), what opening created is removed again."""
-    import search.study
+    import search.ray_session
     from search.errors import UserError
 
-    def refuse(address: str | None, config: object) -> bool:
+    def refuse(address: str | None) -> bool:
         time.sleep(2)  # the stores are being created meanwhile
         raise UserError("--address: cannot attach to Ray at 127.0.0.1:6379: refused")
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(search.study, "connect_ray", refuse)
+    monkeypatch.setattr(search.ray_session, "connect", refuse)
     code = main(_prepare(tmp_path, GOOD, []))
     captured = capsys.readouterr()
     assert code == 2

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from search import run_study
-from search.tracking import PARENT_TAG, STUDY_TAG
+from search.schema import PARENT_TAG, STUDY_TAG
 from spaces import load_config
 
 pytestmark = pytest.mark.slow

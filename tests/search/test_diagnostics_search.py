@@ -9,7 +9,7 @@ import pytest
 
 from search import run_study
 from search.plots import DPI, FIGSIZE, PARENT_FIGURE, TRIAL_FIGURE
-from search.tracking import OUTCOME_TAG, PARENT_TAG
+from search.schema import OUTCOME_TAG, PARENT_TAG
 from spaces import load_config
 
 pytestmark = pytest.mark.slow

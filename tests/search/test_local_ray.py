@@ -8,9 +8,8 @@ import optuna
 import pytest
 import ray
 
-import search.study
 from search import UserError, run_study
-from search.study import study_exists
+from search.stores import study_exists
 from spaces import load_config
 
 pytestmark = pytest.mark.slow
@@ -30,7 +29,7 @@ def test_two_studies_in_one_process_each_with_its_own_ray(
             gc_during.append(gc.isenabled())
             return _real(*args, **kwargs)
 
-        monkeypatch.setattr(search.study.ray, name, watched)
+        monkeypatch.setattr(ray, name, watched)
     assert not ray.is_initialized()
     config = load_config(
         {

@@ -18,7 +18,7 @@ from search import background, run_study
 from search.analysis import usable
 from search.background import ReportProcess
 from search.report import build_report
-from search.tracking import PARENT_TAG
+from search.schema import PARENT_TAG
 from spaces import load_config
 
 pytestmark = pytest.mark.slow

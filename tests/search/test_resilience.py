@@ -23,7 +23,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from search.tracking import OUTCOME_TAG, PARENT_TAG, STUDY_TAG
+from search.schema import OUTCOME_TAG, PARENT_TAG, STUDY_TAG
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from search import run_study
-from search.tracking import PARENT_TAG
+from search.schema import PARENT_TAG
 from spaces import load_config
 from trainers import TrainSettings, build_mlp, load_splits, seed_everything, train
 

@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from search import run_study
-from search.tracking import OUTCOME_TAG, PARENT_TAG
+from search.schema import OUTCOME_TAG, PARENT_TAG
 from spaces import load_config
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,121 @@
+"""Pre-flight checks: everything a user can get wrong, checked before anything is created.
+
+Each check raises :class:`~search.errors.UserError` with one line naming the flag or key and what
+is allowed, so bad input never leaves a half-made run, database or directory behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+from search.environment import redact
+from search.errors import UserError
+from spaces import StudyConfig
+from trainers import DataError, Splits
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_study_name(name: str) -> None:
+    """Study names become file names, Ray experiment names and MLflow filter values."""
+    if not STUDY_NAME.fullmatch(name) or len(name) > 120:
+        raise UserError(f"--study: {name!r} must use letters, digits, '_', '.' and '-'")
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast when ``uri`` can't be a working tracking store."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+                if response.status != 200:
+                    raise UserError(
+                        f"--tracking-uri: {uri} answered HTTP {response.status} on /health"
+                    )
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UserError(
+                f"--tracking-uri: MLflow server {uri} is unreachable ({reason})"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_absolute():
+            path = Path.cwd() / path
+        parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
+        if path.is_dir() or parent is None or not parent.is_dir():
+            raise UserError(f"--tracking-uri: {uri} does not name a writable SQLite file")
+    elif not uri.startswith(("postgresql://", "postgresql+psycopg2://", "mysql://")):
+        raise UserError(
+            f"--tracking-uri: unsupported {uri!r}; use sqlite:///PATH, http(s)://HOST:PORT "
+            "or postgresql://..."
+        )
+
+
+def check_storage(url: str) -> None:
+    """Fail fast on an Optuna storage URL SQLAlchemy cannot use, or a database that is not
+    there (a server database is connected to; a SQLite file is not created here)."""
+    if not url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql")):
+        raise UserError(
+            f"optuna_storage: unsupported {redact(url)!r}; use sqlite:///PATH or postgresql://..."
+        )
+    if url.startswith("sqlite:///"):
+        return
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 5})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"optuna_storage: cannot connect to {redact(url)}: {first}") from None
+
+
+def check_address(address: str) -> None:
+    """Fail fast when ``address`` names a Ray cluster that isn't there."""
+    if address == "auto":
+        current = Path("/tmp/ray/ray_current_cluster")
+        found = os.environ.get("RAY_ADDRESS", "")
+        if found in ("", "auto"):
+            found = current.read_text().strip() if current.is_file() else ""
+        if not found:
+            raise UserError("--address auto: no running Ray cluster found on this machine")
+        address = found
+    target = address if "://" in address else f"tcp://{address}"
+    parsed = urlparse(target)
+    if parsed.scheme not in ("tcp", "ray") or not parsed.hostname:
+        raise UserError(f"--address: {address!r} must be auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        port = parsed.port or (10001 if parsed.scheme == "ray" else 6379)
+    except ValueError:
+        raise UserError(f"--address: {address!r} has an invalid port") from None
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=3):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"--address: no Ray cluster reachable at {parsed.hostname}:{port} "
+            f"({exc.strerror or exc})"
+        ) from None
+
+
+def check(tracking_uri: str, storage: str, address: str | None) -> None:
+    """The quick checks of a study's locations (the data set is loaded while Ray starts)."""
+    check_tracking_uri(tracking_uri)
+    check_storage(storage)
+    if address:
+        check_address(address)
+
+
+def load_data(config: StudyConfig) -> Splits:
+    """The study's data set, or the one-line reason it can't be loaded."""
+    try:
+        return config.data.load()
+    except DataError as exc:
+        raise UserError(str(exc)) from None

@@ -1,0 +1,95 @@
+"""The run schema: every tag, role, outcome and metric name a study writes to MLflow and Optuna.
+
+Writers (the tracker, the study, resume) and readers (leaderboard, report, resume) import the
+names from here, so a renamed tag cannot silently stop being read somewhere. It imports nothing
+heavier than Optuna's ``TrialState``: the read side stays free of Ray and of the writer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optuna.trial import TrialState
+
+# -- tags -----------------------------------------------------------------------------------------
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a child run under its study
+STUDY_TAG = "gradsweep.study"
+ROLE_TAG = "gradsweep.role"
+OUTCOME_TAG = "gradsweep.outcome"
+REASON_TAG = "gradsweep.reason"
+DIVERGED_EPOCH_TAG = "gradsweep.diverged_epoch"
+RETRIES_TAG = "gradsweep.retries"
+RETRIED_AFTER_TAG = "gradsweep.retried_after_epoch"
+RESUMED_TAG = "gradsweep.resumed"  # parent: when; child: "true"
+RESUMED_FROM_TAG = "gradsweep.resumed_from"  # child: the interrupted attempt's run id
+OUTPUT_DIR_TAG = "gradsweep.output_dir"
+OPTUNA_STORAGE_TAG = "gradsweep.optuna_storage"
+TRIAL_NUMBER_TAG = "optuna.trial_number"
+RAY_TRIAL_ID_TAG = "ray.trial_id"
+RAY_TRIAL_PATH_TAG = "ray.trial_path"
+#: Where a trial ran (tags on its child run, reported by the trainable with its first epoch).
+PLACEMENT_TAGS = ("node_id", "device")
+#: The parent run's description of the study (tags, for filtering in the UI).
+STUDY_DESCRIPTION_TAGS = ("searcher", "scheduler", "dataset")
+#: A trial's factors, as tags for filtering in the UI and as params.
+FACTOR_TAGS = ("activation", "init", "bn")
+
+# -- roles ----------------------------------------------------------------------------------------
+ROLE_STUDY = "study"
+ROLE_TRIAL = "trial"
+
+# -- metrics --------------------------------------------------------------------------------------
+OBJECTIVE = "best_val_accuracy"  # what Optuna and the scheduler maximise
+#: Per-epoch metrics a trial reports that go to MLflow with step = epoch.
+EPOCH_METRICS = (
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "best_val_accuracy",
+    "epoch_seconds",
+    # fused seeds: how many, how many diverged, spread of the per-seed best
+    "seeds",
+    "seeds_diverged",
+    "best_val_accuracy_std",
+    "best_val_accuracy_ci_low",
+    "best_val_accuracy_ci_high",
+)
+#: Prefixes of the per-epoch metric families that also go to MLflow.
+EPOCH_METRIC_PREFIXES = ("diag/", "prelu/", "seed/")
+#: Written once, when a trial ends.
+FINAL_METRICS = ("test_accuracy", "best_val_accuracy", "epochs_run")
+
+# -- outcomes -------------------------------------------------------------------------------------
+#: outcome -> (MLflow run status, Optuna trial state). The tracker, the searcher and resume all
+#: read this table, so a trial can never be FINISHED in one store and FAIL in the other.
+OUTCOMES: dict[str, tuple[str, TrialState]] = {
+    "completed": ("FINISHED", TrialState.COMPLETE),  # ran every epoch
+    "early_stopped": ("KILLED", TrialState.PRUNED),  # the scheduler (ASHA) stopped it
+    "stopped": ("KILLED", TrialState.PRUNED),  # gradient-health stopping or the time budget
+    "diverged": ("FAILED", TrialState.FAIL),  # non-finite loss: no score to learn from
+    "error": ("FAILED", TrialState.FAIL),  # the trial raised
+    "no_result": ("KILLED", TrialState.FAIL),  # ended before its first epoch was reported
+}
+#: Outcomes of runs that a study closed itself (never reported by a trial).
+INTERRUPTED, ORPHANED = "interrupted", "orphaned"
+#: What an Optuna trial's final state says about a run whose own final write was lost.
+FROM_OPTUNA = {
+    TrialState.COMPLETE: "completed",
+    TrialState.PRUNED: "stopped",
+    TrialState.FAIL: "error",
+}
+
+
+def outcome(result: dict[str, Any] | None, epochs: int, error: bool = False) -> str:
+    """The outcome of a trial that ended with ``result`` as its last report."""
+    if error:
+        return "error"
+    if not result:
+        return "no_result"
+    if result.get("diverged"):
+        return "diverged"
+    if result.get("stop_reason"):
+        return "stopped"
+    if int(result.get("epoch", 0)) < epochs:
+        return "early_stopped"
+    return "completed"

@@ -1,0 +1,101 @@
+"""The study's two stores: MLflow (what every trial logged) and Optuna (which trials exist).
+
+Opening creates a new SQLite store's tables; :class:`Stores` remembers which files that created,
+so a study that fails to start can remove them again and leave nothing half-made behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from mlflow import MlflowClient
+
+from search.environment import Locations, tracking_uri
+from search.errors import UserError
+from search.leaderboard import find_parent_run
+from search.preflight import check_tracking_uri
+
+
+@dataclass
+class Stores:
+    """Open MLflow and Optuna stores of a study, and which paths opening them created."""
+
+    client: MlflowClient
+    optuna: optuna.storages.BaseStorage
+    created: list[Path] = field(default_factory=list)
+
+    def remove_created(self) -> None:
+        """Remove what opening created (only while the study has not started: it is empty)."""
+        _remove(self.created)
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in reversed(paths):  # files before the folder that holds them
+        if path.is_dir():
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only if still empty
+        else:
+            path.unlink(missing_ok=True)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL, else None."""
+    return Path(url.split("///", 1)[1]) if url.startswith("sqlite:///") else None
+
+
+def open_stores(where: Locations, experiment: str) -> Stores:
+    """Open (create when new) the MLflow and Optuna stores: the slow part of a study's start."""
+    databases = (sqlite_file(where.tracking_uri), sqlite_file(where.optuna_storage))
+    files = [where.output, *(p for p in databases if p is not None)]
+    created = [p for p in files if not p.exists()]
+    where.output.mkdir(parents=True, exist_ok=True)
+    try:
+        client = MlflowClient(tracking_uri=where.tracking_uri)
+        client.get_experiment_by_name(experiment)  # creates a new store's tables
+        return Stores(client, optuna.storages.RDBStorage(where.optuna_storage), created)
+    except BaseException:
+        _remove(created)
+        raise
+
+
+def existing_store(flag: str | None) -> MlflowClient:
+    """A client on a tracking store that must exist already (leaderboard, report, resume).
+
+    A missing SQLite file is an error here, never silently created empty.
+    """
+    uri = tracking_uri(flag, None, Path("gradsweep-runs"))
+    check_tracking_uri(uri)
+    path = sqlite_file(uri)
+    if path is not None and not path.is_file():
+        raise UserError(f"--tracking-uri: no MLflow database at {path}")
+    return MlflowClient(tracking_uri=uri)
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    """Experiment id for ``name``; a new one keeps artifacts under ``artifact_root`` if given."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def study_exists(uri: str, storage: str, name: str) -> bool:
+    """Whether MLflow or Optuna already hold a study called ``name`` (creates no store)."""
+
+    def missing(url: str) -> bool:
+        path = sqlite_file(url)
+        return path is not None and not path.is_file()
+
+    if not missing(storage) and name in optuna.study.get_all_study_names(storage=storage):
+        return True
+    if missing(uri):
+        return False
+    try:
+        find_parent_run(MlflowClient(tracking_uri=uri), name)
+    except UserError:
+        return False
+    return True

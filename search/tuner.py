@@ -1,0 +1,101 @@
+"""Assembling the Ray Tune ``Tuner`` of a study: searcher, scheduler, trainable, callbacks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from search.schema import OBJECTIVE
+from search.searcher import ResumingOptunaSearch
+from search.trainable import run_trial
+from spaces import TRIAL_NUMBER_KEY, StudyConfig, define_space, enqueued_points, make_sampler
+from trainers import Splits
+
+MODE = "max"
+#: A Ray Tune function trainable: ``trainable(params, study=config dict, data=splits)``.
+Trainable = Callable[..., None]
+
+
+def _fifo(config: StudyConfig) -> TrialScheduler:
+    return FIFOScheduler()
+
+
+def _asha(config: StudyConfig) -> TrialScheduler:
+    return ASHAScheduler(
+        time_attr="epoch",  # a resumed trial's training_iteration restarts at 1
+        max_t=config.training.epochs,
+        grace_period=min(config.scheduler.grace_period, config.training.epochs),
+        reduction_factor=config.scheduler.reduction_factor,
+    )
+
+
+#: Scheduler name (``scheduler.name`` in the config) -> Tune scheduler.
+SCHEDULERS: dict[str, Callable[[StudyConfig], TrialScheduler]] = {"fifo": _fifo, "asha": _asha}
+
+
+def trial_dirname(trial: Any) -> str:
+    """``t007_<trial id>``: resume finds a trial's checkpoints by its Optuna number."""
+    return f"t{int(trial.config.get(TRIAL_NUMBER_KEY, 0)):03d}_{trial.trial_id}"
+
+
+def build_tuner(
+    config: StudyConfig,
+    *,
+    study_name: str,
+    run_name: str,
+    output: Path,
+    storage: optuna.storages.BaseStorage,
+    data: Splits,
+    num_samples: int,
+    callbacks: Sequence[tune.Callback],
+    trainable: Trainable = run_trial,
+    resume: dict[int, dict[str, Any]] | None = None,
+) -> tuple[tune.Tuner, ResumingOptunaSearch]:
+    """The Tuner of one run over the study (a first run, or a resume), and its searcher.
+
+    ``resume`` maps interrupted Optuna trial numbers to their extra config (their checkpoint):
+    they run again first, and the enqueued points are not (they ran the first time).
+    """
+    searcher = ResumingOptunaSearch(
+        space=define_space(config),
+        metric=OBJECTIVE,
+        mode=MODE,
+        sampler=make_sampler(config),
+        points_to_evaluate=(enqueued_points(config) or None) if resume is None else None,
+        study_name=study_name,
+        storage=storage,
+        epochs=config.training.epochs,
+        resume=resume or {},
+    )
+    resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
+    # The splits go through the object store once: workers skip the loaders and the file.
+    shipped = tune.with_parameters(trainable, study=config.model_dump(mode="json"), data=data)
+    tuner = tune.Tuner(
+        tune.with_resources(shipped, resources),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=SCHEDULERS[config.scheduler.name](config),
+            metric=OBJECTIVE,
+            mode=MODE,
+            num_samples=num_samples,
+            time_budget_s=config.budget_minutes * 60 if config.budget_minutes else None,
+            max_concurrent_trials=config.max_concurrent,
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=str(output / "ray"),
+            callbacks=list(callbacks),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            # num_to_keep would force an experiment snapshot per checkpoint: O(trials) each time.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        ),
+    )
+    return tuner, searcher
