@@ -20,7 +20,7 @@ def part_long(quick: bool, out: dict[str, Any]) -> None:
     """Trials of >= 30 s, 4 of them 2 at a time, ``run_study`` with the default config.
 
     A trial's framework share has two parts, both measured in the same run (so the host's
-    speed, which drifts by 10-20% on a shared machine, cancels out): its slot time (Tune's trial
+    speed, which drifts on a shared machine, cancels out): its slot time (Tune's trial
     start to completion, as the driver saw them) outside the trial's own epochs, over the slot
     time -- shown for the first trial of each trial process (its slot includes starting that
     process: Python, Ray, torch) and for the later ones, which reuse it; and the CPU the

@@ -1,4 +1,4 @@
-"""Throughput benchmarks for gradsweep (issue 8), one invocation, printed as plain text.
+"""Throughput benchmarks for gradsweep, one invocation, printed as plain text.
 
 Parts (``--only`` picks one; all run by default, one after the other):
 
@@ -227,7 +227,7 @@ def part_throughput(quick: bool, out: dict[str, Any]) -> None:
         a = run_raw(config, trials, diagnostics=True)
         print(f"  (a) raw loop, sequential, diagnostics on (the study default): {a:7.1f} s")
         # The default config three times (the figure is their median: one run on a shared
-        # 2-core machine moves by 10-20%), with (b) after the first of them, so that the host's
+        # machine moves a lot), with (b) after the first of them, so that the host's
         # drift over the minutes this part takes falls on both sides alike; then Ray already
         # running, as on a cluster.
         repeats = 1 if quick else 3

@@ -33,7 +33,7 @@ from search.report import build_report
 #: How long close() waits for a child that was asked to stop before ending it by its PID.
 STOP_GRACE_S = 5.0
 #: How long wait() waits for a report before ending its process: against a hung child, far above
-#: what a report takes (2-4 s for 16 trials here).
+#: what a report takes (benchmarks/README.md).
 REPORT_TIMEOUT_S = 600.0
 
 

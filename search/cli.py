@@ -1,4 +1,4 @@
-"""The ``gradsweep`` command line: run, leaderboard, presets.
+"""The ``gradsweep`` command line (``gradsweep --help`` lists its commands).
 
 User errors (bad config, unknown names, unreachable addresses) end with one line on stderr and
 exit code 2; tracebacks appear only with ``--debug``.

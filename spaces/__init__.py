@@ -39,4 +39,3 @@ __all__ = [
     "resolve_trial",
     "train_settings",
 ]
-

@@ -265,7 +265,9 @@ class SearchSpaceConfig(_Strict):
         return self
 
 
-def _check_alpha(name: str, kind: str, alpha: object) -> None:
+def _check_alpha(
+    name: str, kind: str, alpha: float | tuple[float, float] | Range | str | None
+) -> None:
     where = f"alpha of {name}"
     if alpha is None:
         return

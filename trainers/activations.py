@@ -1,20 +1,22 @@
 """Activation registry: every nonlinearity a study may name, with what its alpha means.
 
-One entry per activation. Config validation, the search space, the initializers' gains and the
-docs all read :data:`ACTIVATIONS`, so adding an activation is one entry here plus the contract tests
-that parametrize over this dict.
+One entry per activation. Config validation, the search space, the initializers' gains and
+``gradsweep activations`` all read :data:`ACTIVATIONS`, so adding an activation is one entry here
+plus the contract tests that parametrize over this dict.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 AlphaKind = Literal["none", "scalar", "range"]
+#: A resolved alpha: a number, a (lower, upper) pair (rrelu), or None for the default.
+AlphaValue = float | tuple[float, float] | None
 
 #: SELU's fixed constants (Klambauer et al. 2017), also PyTorch's.
 SELU_LAMBDA = 1.0507009873554805
@@ -39,7 +41,7 @@ class Activation:
     alpha_default: float | tuple[float, float] | None = None
     search_range: tuple[float, float, bool] | None = None  # (low, high, log)
     alpha_doc: str = "no alpha"
-    closed_form: Callable[[torch.Tensor, object], torch.Tensor] | None = None
+    closed_form: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
 
     def leaky_slope(self, alpha: object) -> float:
         """Negative-side slope used by the He gain (0 for non-leaky activations).
@@ -53,7 +55,7 @@ class Activation:
             return 0.0
         if isinstance(alpha, tuple | list):
             return (float(alpha[0]) + float(alpha[1])) / 2.0
-        return float(alpha)
+        return float(alpha)  # type: ignore[arg-type]  # a scalar alpha: validated by spaces
 
 
 class PReLU(nn.PReLU):

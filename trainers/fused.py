@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -44,6 +45,10 @@ class FusedLinear(nn.Module):
 class FusedBatchNorm1d(nn.Module):
     """k ``BatchNorm1d`` layers, statistics per seed and unit; buffers ``[k, C]``."""
 
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
+
     def __init__(self, layers: Sequence[nn.BatchNorm1d]) -> None:
         super().__init__()
         first = layers[0]
@@ -52,10 +57,11 @@ class FusedBatchNorm1d(nn.Module):
         self.eps, self.momentum = first.eps, first.momentum
         self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]))
         self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in layers]))
-        self.register_buffer("running_mean", torch.stack([m.running_mean for m in layers]))
-        self.register_buffer("running_var", torch.stack([m.running_var for m in layers]))
+        for name in ("running_mean", "running_var"):
+            self.register_buffer(name, torch.stack([getattr(m, name) for m in layers]))
         # Every live seed trains every batch, so one count serves all of them.
-        self.register_buffer("num_batches_tracked", first.num_batches_tracked.clone())
+        tracked = cast(torch.Tensor, first.num_batches_tracked)
+        self.register_buffer("num_batches_tracked", tracked.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, b, c = x.shape
@@ -96,15 +102,16 @@ def _fuse_module(modules: Sequence[nn.Module]) -> nn.Module:
         raise TypeError("fuse: the copies differ in structure")
     if isinstance(first, nn.Sequential):
         children = OrderedDict(
-            (name, _fuse_module([m._modules[name] for m in modules])) for name in first._modules
+            (name, _fuse_module([cast(nn.Module, m._modules[name]) for m in modules]))
+            for name in first._modules
         )
         return (FusedMLP if isinstance(first, MLP) else nn.Sequential)(children)
     if isinstance(first, nn.Linear):
-        return FusedLinear(modules)
+        return FusedLinear(cast(Sequence[nn.Linear], modules))
     if isinstance(first, nn.BatchNorm1d):
-        return FusedBatchNorm1d(modules)
+        return FusedBatchNorm1d(cast(Sequence[nn.BatchNorm1d], modules))
     if isinstance(first, nn.PReLU):
-        return FusedPReLU(modules)
+        return FusedPReLU(cast(Sequence[nn.PReLU], modules))
     if next(first.parameters(), None) is None and next(first.buffers(), None) is None:
         # Stateless and elementwise (activations, dropout): applies to [k, batch, C] as it is.
         return first
@@ -122,7 +129,10 @@ class FusedMLP(nn.Sequential):
     @property
     def k(self) -> int:
         """Number of fused copies."""
-        return int(self.head.weight.shape[0])
+        return int(self._head().weight.shape[0])
+
+    def _head(self) -> FusedLinear:
+        return cast(FusedLinear, self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
@@ -139,7 +149,7 @@ class FusedMLP(nn.Sequential):
     @torch.no_grad()
     def keep_(self, index: Sequence[int]) -> None:
         """Keep only copies ``index`` (in that order), gradients included; in place."""
-        rows = torch.tensor(list(index), dtype=torch.long, device=self.head.weight.device)
+        rows = torch.tensor(list(index), dtype=torch.long, device=self._head().weight.device)
         for module in self.modules():
             for name, p in list(module._parameters.items()):
                 if p is None:
@@ -166,9 +176,9 @@ def fuse(models: Sequence[nn.Module]) -> FusedMLP:
 def fused_slopes(model: FusedMLP, i: int) -> dict[str, float]:
     """Copy ``i``'s mean PReLU slope per hidden layer (``trainers.model.learned_slopes``)."""
     return {
-        f"prelu/slope/{name}": block.act.weight[i].detach().mean().item()
+        f"prelu/slope/{name}": act.weight[i].detach().mean().item()
         for name, block in model.named_children()
-        if name.startswith("layer_") and isinstance(getattr(block, "act", None), FusedPReLU)
+        if name.startswith("layer_") and isinstance(act := getattr(block, "act", None), FusedPReLU)
     }
 
 

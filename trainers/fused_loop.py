@@ -37,6 +37,7 @@ from trainers.fused import FusedMLP, evaluate_fused, fuse, fused_slopes
 from trainers.loop import (
     OPTIMIZERS,
     EpochReport,
+    Outcome,
     TrainResult,
     TrainSettings,
     restore_rng_state,
@@ -177,14 +178,14 @@ def train_fused(
         fresh.load_state_dict(state)
         return fresh
 
-    def finish(s: _Seed, outcome: str, epoch: int, reason: str = "") -> None:
+    def finish(s: _Seed, outcome: Outcome, epoch: int, reason: str = "") -> None:
         results[s.seed] = TrainResult(
             outcome,
             epoch,
             s.best_val,
             s.test_accuracy,
             s.history,
-            reason,  # type: ignore[arg-type]
+            reason,
         )
 
     for epoch in range(start_epoch + 1, settings.epochs + 1):

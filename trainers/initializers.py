@@ -36,7 +36,7 @@ def torch_gain(activation: Activation | None, alpha: object) -> float:
         return nn.init.calculate_gain("leaky_relu", activation.leaky_slope(alpha))
     name = {"logistic": "sigmoid", "tanh": "tanh", "selu": "linear"}.get(activation.name)
     if name is not None:
-        return nn.init.calculate_gain(name)
+        return nn.init.calculate_gain(name)  # type: ignore[arg-type]  # one of the three above
     if activation.family in ("rectifier", "exponential", "smooth"):
         return nn.init.calculate_gain("relu")
     return 1.0

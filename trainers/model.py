@@ -8,7 +8,7 @@ hidden layer by name (``layer_01`` ... ``layer_NN``).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Literal
+from typing import Literal, cast
 
 from torch import nn
 
@@ -25,7 +25,9 @@ class MLP(nn.Sequential):
     @property
     def hidden(self) -> list[nn.Sequential]:
         """The hidden blocks, input side first."""
-        return [m for name, m in self.named_children() if name.startswith("layer_")]
+        return [
+            cast(nn.Sequential, m) for name, m in self.named_children() if name.startswith("layer_")
+        ]
 
 
 def learned_slopes(model: nn.Module) -> dict[str, float]:
@@ -35,9 +37,9 @@ def learned_slopes(model: nn.Module) -> dict[str, float]:
     (Xu et al. 2015 saw learned slopes overfit on small data). Empty for models without PReLU.
     """
     return {
-        f"prelu/slope/{name}": block.act.weight.detach().mean().item()
+        f"prelu/slope/{name}": act.weight.detach().mean().item()
         for name, block in model.named_children()
-        if name.startswith("layer_") and isinstance(getattr(block, "act", None), nn.PReLU)
+        if name.startswith("layer_") and isinstance(act := getattr(block, "act", None), nn.PReLU)
     }
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from spaces import (
     ConfigError,
+    Range,
     define_space,
     enqueued_points,
     grid_size,
@@ -16,7 +17,7 @@ from spaces import (
     resolve_trial,
 )
 from spaces.samplers import SAMPLERS
-from trainers import ACTIVATIONS
+from trainers import ACTIVATIONS, BATCH_NORM_PLACEMENTS
 
 
 @pytest.mark.parametrize("name", sorted(presets()))
@@ -135,3 +136,34 @@ def test_config_error_is_one_line() -> None:
         load_config({"model": {"depth": 0, "width": 0}, "foo": 1})
     assert "\n" not in str(info.value)
     assert "model.depth" in str(info.value) and "foo: unknown key" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, spec in ACTIVATIONS.items() if spec.search_range is not None]
+)
+def test_alpha_search_takes_the_registry_range(name: str) -> None:
+    """``alpha: search`` is the registry's range: presets and users share one source."""
+    config = load_config({"search": {"activations": {name: {"alpha": "search"}}}})
+    low, high, log = ACTIVATIONS[name].search_range
+    assert config.search.activations[name].alpha == Range(low=low, high=high, log=log)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("relu", "relu has no alpha"), ("rrelu", "rrelu has no default alpha range")],
+)
+def test_alpha_search_without_a_range_is_one_line(name: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config({"search": {"activations": {name: {"alpha": "search"}}}})
+    assert "\n" not in str(info.value)
+
+
+def test_allowed_names_come_from_the_registries() -> None:
+    """Searcher names and BN placements are validated against their registries."""
+    for bad, allowed_names in (
+        ({"searcher": {"name": "nope"}}, SAMPLERS),
+        ({"search": {"batch_norm": ["nope"]}}, BATCH_NORM_PLACEMENTS),
+    ):
+        with pytest.raises(ConfigError) as info:
+            load_config(bad)
+        assert all(repr(n) in str(info.value) for n in allowed_names)
