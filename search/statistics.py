@@ -201,9 +201,10 @@ def contrast(
     if obs.duplicated(["cell", "seed"]).any():
         raise ValueError("two rows share a cell and a seed: call merge_replicates(obs, factors)")
     in_a, in_b = _mask(obs, side_a, "A"), _mask(obs, side_b, "B")
-    both = set(obs["cell"][in_a]) & set(obs["cell"][in_b])
+    cells = obs["cell"].to_numpy(dtype=object)
+    both = sorted(set(cells[in_a]) & set(cells[in_b]))
     if both:
-        raise ValueError(f"cell(s) {', '.join(sorted(both))} are on both sides of the claim")
+        raise ValueError(f"cell(s) {', '.join(map(str, both))} are on both sides of the claim")
     y = obs[metric].to_numpy(dtype=float)
     finite = np.isfinite(y)
     in_a, in_b = in_a & finite, in_b & finite
@@ -217,12 +218,14 @@ def contrast(
         if not mask.any():
             return empty(f"no observation on side {name} has a finite {metric}")
 
-    sub = obs[in_a | in_b]
-    is_a = in_a[in_a | in_b]
-    values = y[in_a | in_b]
+    # Plain numpy from here: a claim is evaluated some thirty times per report.
+    rows_used = in_a | in_b
+    is_a, values, cells = in_a[rows_used], y[rows_used], cells[rows_used]
     # Integer codes per stratum factor (NaN is a level of its own, as alpha is NaN for ReLU).
-    factorized = [pd.factorize(sub[f], sort=True, use_na_sentinel=False) for f in strata]
-    codes = np.column_stack([np.zeros(len(sub), np.intp), *(codes for codes, _ in factorized)])
+    factorized = [
+        pd.factorize(obs[f].to_numpy()[rows_used], sort=True, use_na_sentinel=False) for f in strata
+    ]
+    codes = np.column_stack([np.zeros(len(values), np.intp), *(c for c, _ in factorized)])
     keys, sid = np.unique(codes, axis=0, return_inverse=True)
     sid = sid.ravel()
     n_strata = len(keys)
@@ -234,7 +237,6 @@ def contrast(
         return empty(_unmatched(codes[:, 1:], is_a, strata), one_sided)
 
     keep = np.isin(sid, used)
-    cells = sub["cell"].to_numpy()
     labels, xs = [], []
     for s in used:
         rows = np.flatnonzero(sid == s)
@@ -259,7 +261,9 @@ def contrast(
         min_p = max(min_p, 1 / (n_resamples + 1))
     reason = None
     if min_p >= alpha:
-        copies = int(sub["copies"].to_numpy()[keep].sum() - keep.sum()) if "copies" in sub else 0
+        copies = 0
+        if "copies" in obs.columns:
+            copies = int(obs["copies"].to_numpy()[rows_used][keep].sum() - keep.sum())
         reason = _too_small(na, nb, min_p, alpha, copies)
     return Contrast(
         metric=metric,
