@@ -192,6 +192,8 @@ def contrast(
     a non-finite metric are dropped; ``strata`` are the factor columns held equal. Seeded and
     deterministic; ``alpha`` sets the CI level (1 − alpha) and the "design cannot decide" bound.
     """
+    if not 0 < alpha < 1 or n_resamples < 1:
+        raise ValueError(f"need 0 < alpha < 1 and n_resamples ≥ 1, got {alpha}, {n_resamples}")
     needed = ["cell", "seed", metric, *strata]
     missing = [c for c in needed if c not in obs.columns]
     if "cell" in missing:
@@ -260,7 +262,9 @@ def contrast(
     if not exact:
         min_p = max(min_p, 1 / (n_resamples + 1))
     reason = None
-    if min_p >= alpha:
+    if min_p >= alpha and (2 if balanced else 1) / arrangements < alpha:
+        reason = f"n_resamples={n_resamples} cannot give p below {min_p:.3g}: use more"
+    elif min_p >= alpha:
         copies = 0
         if "copies" in obs.columns:
             copies = int(obs["copies"].to_numpy()[rows_used][keep].sum() - keep.sum())
@@ -425,8 +429,8 @@ def verdict(c: Contrast, p_holm: float, alpha: float = 0.05) -> tuple[str, str]:
         return "not enough data", c.reason
     if c.min_p >= alpha:
         return "not enough data", f"the smallest possible p is {c.min_p:.3g} ≥ {alpha:g}"
-    if math.isnan(p_holm):
-        return "not enough data", "not tested (no adjusted p-value)"
+    if math.isnan(p_holm):  # a caller's slip, not a property of the data: say so loudly
+        raise ValueError("p_holm is NaN for a decidable contrast: pass its p to holm()")
     ci = f"{c.level:.0%} CI {c.ci_low:+.3g} to {c.ci_high:+.3g}"
     numbers = f"effect {c.effect:+.3g} ({ci}), p = {c.p:.2g}, p_holm = {p_holm:.2g}"
     if p_holm < alpha and c.effect > 0:

@@ -401,6 +401,8 @@ def test_verdicts() -> None:
         "the smallest possible p is 0.1 ≥ 0.05",
     )
     assert verdict(_contrast(0.03, 0.2, reason="too few"), 0.2) == ("not enough data", "too few")
+    with pytest.raises(ValueError, match="holm"):
+        verdict(_contrast(0.03, 0.001), math.nan)  # left out of Holm by mistake: not "no data"
 
 
 def test_reasons_and_verdicts_are_one_line() -> None:
@@ -422,7 +424,9 @@ def test_reasons_and_verdicts_are_one_line() -> None:
     assert cases[2].reason == (
         "1 vs 2 seeds in 1 stratum: the smallest possible p is 0.333 (needs ≥ 4 seeds per side)"
     )
-    for c in cases:
+    few = contrast(_study(_strata(4, 4, 2), rng), "acc", ELU, RELU, ["depth"], n_resamples=10)
+    assert few.reason == "n_resamples=10 cannot give p below 0.0909: use more"
+    for c in [*cases, few]:
         for text in (c.reason or "", *verdict(c, c.p)):
             assert "\n" not in text
 
