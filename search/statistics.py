@@ -79,7 +79,7 @@ __all__ = ["Contrast", "Side", "contrast", "holm", "merge_replicates", "verdict"
 Side: TypeAlias = pd.Series | np.ndarray | Callable[[pd.DataFrame], "pd.Series | np.ndarray"]
 
 #: Statistics closer than this (times the largest centred value) are ties: far above the
-#: rounding of a sum of a few hundred floats, far below any difference a metric can resolve.
+#: rounding of a sum of a few hundred floats, far below the resolution of a logged metric.
 _TIE = 1e-9
 
 

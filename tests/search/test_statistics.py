@@ -18,8 +18,14 @@ from scipy import stats
 from search.statistics import Contrast, contrast, holm, merge_replicates, verdict
 
 FACTORS = ["activation", "depth", "bn", "lr"]
-ELU = lambda d: d["activation"] == "elu"  # noqa: E731
-RELU = lambda d: d["activation"] == "relu"  # noqa: E731
+
+
+def elu(d: pd.DataFrame) -> pd.Series:
+    return d["activation"] == "elu"
+
+
+def relu(d: pd.DataFrame) -> pd.Series:
+    return d["activation"] == "relu"
 
 
 def _study(
@@ -48,7 +54,7 @@ def _study(
 
 
 def _strata(n_a: int | list[int], n_b: int | list[int], k: int = 3) -> list[dict]:
-    """``k`` strata with different baselines and noise (the easy, the middling, the hard)."""
+    """``k`` strata with different baselines and noise, as depths and BN placements differ."""
     bases, sds = [0.9, 0.8, 0.6, 0.7, 0.85], [0.01, 0.02, 0.015, 0.01, 0.005]
     n_a = n_a if isinstance(n_a, list) else [n_a] * k
     n_b = n_b if isinstance(n_b, list) else [n_b] * k
@@ -154,12 +160,12 @@ def test_duplicate_trap_is_not_enough_data() -> None:
     ]
     raw = pd.DataFrame(rows)
     with pytest.raises(ValueError, match="merge_replicates"):
-        contrast(raw, "acc", ELU, RELU, ["depth"])
+        contrast(raw, "acc", elu, relu, ["depth"])
     with pytest.raises(ValueError, match="merge_replicates"):
-        contrast(raw.assign(cell=raw["activation"]), "acc", ELU, RELU, ["depth"])
+        contrast(raw.assign(cell=raw["activation"]), "acc", elu, relu, ["depth"])
     obs, away = merge_replicates(raw, FACTORS)
     assert away == 8 and len(obs) == 2
-    c = contrast(obs, "acc", ELU, RELU, ["depth", "bn"])
+    c = contrast(obs, "acc", elu, relu, ["depth", "bn"])
     assert c.n_seeds_a == c.n_seeds_b == 1 and c.min_p == 1.0 and c.p == 1.0
     assert c.reason is not None and "1 seed per side in 1 stratum" in c.reason
     assert "8 identical runs merged" in c.reason and "smallest possible p is 1" in c.reason
@@ -184,7 +190,7 @@ def test_null_study_rejects_at_most_alpha() -> None:
     for i in range(claims):
         design = _strata(list(rng.integers(3, 5, 3)), list(rng.integers(3, 5, 3)))
         c = contrast(
-            _study(design, rng), "acc", ELU, RELU, ["depth", "bn"], n_resamples=999, seed=i
+            _study(design, rng), "acc", elu, relu, ["depth", "bn"], n_resamples=999, seed=i
         )
         assert c.reason is None
         rejected += c.p < alpha
@@ -197,8 +203,8 @@ def test_planted_effect_is_held_and_covered() -> None:
     c = contrast(
         _study(_strata(4, 4), np.random.default_rng(1), effect=0.05),
         "acc",
-        ELU,
-        RELU,
+        elu,
+        relu,
         ["depth", "bn"],
     )
     assert c.reason is None and c.p < 0.001
@@ -208,6 +214,19 @@ def test_planted_effect_is_held_and_covered() -> None:
     assert status == "held" and "p_holm" in why
 
 
+def test_ci_covers_a_planted_shift() -> None:
+    """The CI inverts the test, so it misses the true shift as often as the test rejects a true
+    null: at most 5%, with the same binomial 99.9% slack as the null study (n_resamples=999)."""
+    claims, misses = 200, 0
+    rng = np.random.default_rng(13)
+    for i in range(claims):
+        design = _strata(list(rng.integers(3, 6, 3)), list(rng.integers(3, 6, 3)))
+        obs = _study(design, rng, effect=0.01)
+        c = contrast(obs, "acc", elu, relu, ["depth", "bn"], n_resamples=999, seed=i)
+        misses += not c.ci_low <= 0.01 <= c.ci_high
+    assert misses <= stats.binom.ppf(0.999, claims, 0.05)
+
+
 def test_simpsons_paradox_is_resolved_by_strata() -> None:
     """A beats B by 0.02 in both strata, but B sits mostly in the easy stratum."""
     design = [
@@ -215,9 +234,9 @@ def test_simpsons_paradox_is_resolved_by_strata() -> None:
         {"depth": 50, "bn": "none", "base": 0.6, "sd": 0.005, "n_a": 8, "n_b": 3},
     ]
     obs = _study(design, np.random.default_rng(2), effect=0.02)
-    pooled = obs.loc[ELU(obs), "acc"].mean() - obs.loc[RELU(obs), "acc"].mean()
+    pooled = obs.loc[elu(obs), "acc"].mean() - obs.loc[relu(obs), "acc"].mean()
     assert pooled < -0.05  # the trap is real: pooled, B looks far better
-    c = contrast(obs, "acc", ELU, RELU, ["depth", "bn"])
+    c = contrast(obs, "acc", elu, relu, ["depth", "bn"])
     assert c.effect == pytest.approx(0.02, abs=0.01) and c.ci_low > 0
     assert verdict(c, c.p)[0] == "held"
 
@@ -238,8 +257,8 @@ def test_ci_excludes_zero_exactly_when_p_below_alpha(n_a, n_b, k, decimals, expe
         base["acc"] = base["acc"].round(decimals)
     sd = float(base["acc"].std())
     for shift in np.linspace(-3 * sd, 3 * sd, 41):
-        obs = base.assign(acc=base["acc"] + shift * ELU(base))
-        c = contrast(obs, "acc", ELU, RELU, ["depth", "bn"], n_resamples=2000)
+        obs = base.assign(acc=base["acc"] + shift * elu(base))
+        c = contrast(obs, "acc", elu, relu, ["depth", "bn"], n_resamples=2000)
         assert c.exact is expect_exact
         assert c.ci_low <= c.effect <= c.ci_high
         assert (c.ci_low > 0 or c.ci_high < 0) == (c.p < 0.05), (shift, c)
@@ -253,7 +272,7 @@ def test_exact_p_and_ci_ends_match_brute_force() -> None:
         {"depth": 10, "bn": "none", "base": 0.7, "sd": 0.02, "n_a": 2, "n_b": 2},
     ]
     obs = _study(design, np.random.default_rng(4), effect=0.02)
-    c = contrast(obs, "acc", ELU, RELU, ["depth", "bn"])
+    c = contrast(obs, "acc", elu, relu, ["depth", "bn"])
     assert c.exact and c.min_p == pytest.approx(1 / 60)
     assert c.p == pytest.approx(_brute_p(obs, 0.0))
     eps = 1e-7
@@ -264,7 +283,7 @@ def test_exact_p_and_ci_ends_match_brute_force() -> None:
 
 def test_two_vs_two_in_one_stratum_is_exact_and_cannot_decide() -> None:
     design = [{"depth": 5, "bn": "none", "base": 0.8, "sd": 0.01, "n_a": 2, "n_b": 2}]
-    c = contrast(_study(design, np.random.default_rng(5), effect=1.0), "acc", ELU, RELU, ["depth"])
+    c = contrast(_study(design, np.random.default_rng(5), effect=1.0), "acc", elu, relu, ["depth"])
     assert c.exact and c.min_p == pytest.approx(1 / 3) and c.p >= 1 / 3 - 1e-12
     assert c.p == pytest.approx(1 / 3)  # the largest possible separation still gives 1/3
     assert math.isinf(c.ci_low) and math.isinf(c.ci_high)  # no shift can be rejected
@@ -276,8 +295,8 @@ def test_two_vs_two_in_one_stratum_is_exact_and_cannot_decide() -> None:
 
 def test_monte_carlo_agrees_with_exact_enumeration() -> None:
     obs = _study(_strata(4, 4, 2), np.random.default_rng(6), effect=0.01)
-    exact = contrast(obs, "acc", ELU, RELU, ["depth", "bn"], n_resamples=4900)  # 70 * 70 = 4900
-    approx = contrast(obs, "acc", ELU, RELU, ["depth", "bn"], n_resamples=4899, seed=1)
+    exact = contrast(obs, "acc", elu, relu, ["depth", "bn"], n_resamples=4900)  # 70 * 70 = 4900
+    approx = contrast(obs, "acc", elu, relu, ["depth", "bn"], n_resamples=4899, seed=1)
     assert exact.exact and not approx.exact
     assert approx.effect == pytest.approx(exact.effect)
     se = math.sqrt(exact.p * (1 - exact.p) / 4899)
@@ -293,9 +312,9 @@ def test_one_sided_strata_are_ignored_and_counted() -> None:
     extra = _study([{"depth": 99, "bn": "none", "base": 0.1, "sd": 0.01, "n_a": 4, "n_b": 0}], rng)
     extra2 = _study([{"depth": 98, "bn": "none", "base": 0.1, "sd": 0.01, "n_a": 0, "n_b": 3}], rng)
     c = contrast(
-        pd.concat([obs, extra, extra2], ignore_index=True), "acc", ELU, RELU, ["depth", "bn"]
+        pd.concat([obs, extra, extra2], ignore_index=True), "acc", elu, relu, ["depth", "bn"]
     )
-    ref = contrast(obs, "acc", ELU, RELU, ["depth", "bn"])
+    ref = contrast(obs, "acc", elu, relu, ["depth", "bn"])
     assert c.strata_one_sided == 2 and ref.strata_one_sided == 0
     assert c.strata_used == ref.strata_used == ["depth=5, bn=none", "depth=10, bn=none"]
     assert (c.effect, c.p, c.ci_low, c.ci_high) == (ref.effect, ref.p, ref.ci_low, ref.ci_high)
@@ -306,9 +325,9 @@ def test_nan_metrics_are_dropped() -> None:
     obs = _study(_strata(5, 5, 2), np.random.default_rng(8), effect=0.03)
     holes = obs.index[[0, 7, 12]]
     c = contrast(
-        obs.assign(acc=obs["acc"].where(~obs.index.isin(holes))), "acc", ELU, RELU, ["depth", "bn"]
+        obs.assign(acc=obs["acc"].where(~obs.index.isin(holes))), "acc", elu, relu, ["depth", "bn"]
     )
-    ref = contrast(obs.drop(index=holes), "acc", ELU, RELU, ["depth", "bn"])
+    ref = contrast(obs.drop(index=holes), "acc", elu, relu, ["depth", "bn"])
     assert c.n_seeds_a + c.n_seeds_b == len(obs) - 3
     assert (c.effect, c.p, c.ci_low, c.ci_high, c.min_p) == (
         ref.effect,
@@ -318,30 +337,30 @@ def test_nan_metrics_are_dropped() -> None:
         ref.min_p,
     )
     all_nan = contrast(
-        obs.assign(acc=np.where(ELU(obs), np.nan, obs["acc"])), "acc", ELU, RELU, ["depth"]
+        obs.assign(acc=np.where(elu(obs), np.nan, obs["acc"])), "acc", elu, relu, ["depth"]
     )
     assert all_nan.reason == "no observation on side A has a finite acc" and math.isnan(all_nan.p)
 
 
 def test_no_matching_stratum_names_the_factor() -> None:
     obs = _study(_strata(3, 3, 2), np.random.default_rng(9), lr_b=0.1)
-    c = contrast(obs, "acc", ELU, RELU, ["depth", "bn", "lr"])
+    c = contrast(obs, "acc", elu, relu, ["depth", "bn", "lr"])
     assert c.reason == "no stratum has both sides (lr differs in every pair of cells)"
     assert c.strata_one_sided == 4 and math.isnan(c.p) and math.isnan(c.effect)
     assert verdict(c, math.nan) == ("not enough data", c.reason)
     # depth and lr each match somewhere, never together
-    crossed = obs.assign(depth=np.where(RELU(obs) & (obs["depth"] == 10), 99, obs["depth"]))
+    crossed = obs.assign(depth=np.where(relu(obs) & (obs["depth"] == 10), 99, obs["depth"]))
     crossed = crossed.assign(
-        lr=np.where(RELU(crossed) & (crossed["depth"] == 99), 0.01, crossed["lr"])
+        lr=np.where(relu(crossed) & (crossed["depth"] == 99), 0.01, crossed["lr"])
     )
-    c = contrast(crossed, "acc", ELU, RELU, ["depth", "lr"])
+    c = contrast(crossed, "acc", elu, relu, ["depth", "lr"])
     assert c.reason == "no stratum has both sides (every pair of cells differs in one of depth, lr)"
 
 
 def test_sides_as_masks_or_functions_and_their_errors() -> None:
     obs = _study(_strata(4, 4, 2), np.random.default_rng(10), effect=0.02)
     shuffled = obs.sample(frac=1.0, random_state=0)
-    by_function = contrast(obs, "acc", ELU, RELU, ["depth", "bn"])
+    by_function = contrast(obs, "acc", elu, relu, ["depth", "bn"])
     by_mask = contrast(
         obs,
         "acc",
@@ -349,15 +368,15 @@ def test_sides_as_masks_or_functions_and_their_errors() -> None:
         shuffled["activation"] == "relu",
         ["depth", "bn"],
     )
-    by_array = contrast(obs, "acc", ELU(obs).to_numpy(), RELU(obs).to_numpy(), ["depth", "bn"])
+    by_array = contrast(obs, "acc", elu(obs).to_numpy(), relu(obs).to_numpy(), ["depth", "bn"])
     assert by_function == by_mask == by_array  # a Series aligns on the index
-    assert contrast(obs, "acc", ELU, RELU, []).strata_used == ["all"]
+    assert contrast(obs, "acc", elu, relu, []).strata_used == ["all"]
     with pytest.raises(ValueError, match="both sides"):
-        contrast(obs, "acc", ELU, lambda d: d["depth"] > 0, ["depth"])
+        contrast(obs, "acc", elu, lambda d: d["depth"] > 0, ["depth"])
     with pytest.raises(ValueError, match="boolean mask"):
-        contrast(obs, "acc", ELU, RELU(obs).to_numpy()[:-1], ["depth"])
+        contrast(obs, "acc", elu, relu(obs).to_numpy()[:-1], ["depth"])
     with pytest.raises(ValueError, match="lack the column"):
-        contrast(obs, "acc", ELU, RELU, ["width"])
+        contrast(obs, "acc", elu, relu, ["width"])
 
 
 # --- multiplicity and verdicts --------------------------------------------------------------
@@ -408,11 +427,11 @@ def test_verdicts() -> None:
 def test_reasons_and_verdicts_are_one_line() -> None:
     rng = np.random.default_rng(11)
     cases = [
-        contrast(_study(_strata(1, 1, 1), rng), "acc", ELU, RELU, ["depth"]),
-        contrast(_study(_strata(1, 1, 3), rng), "acc", ELU, RELU, ["depth"]),
-        contrast(_study(_strata(1, 2, 1), rng), "acc", ELU, RELU, ["depth"]),
-        contrast(_study(_strata(3, 3, 2), rng, lr_b=0.1), "acc", ELU, RELU, ["lr"]),
-        contrast(_study(_strata(4, 4, 2), rng, effect=0.05), "acc", ELU, RELU, ["depth"]),
+        contrast(_study(_strata(1, 1, 1), rng), "acc", elu, relu, ["depth"]),
+        contrast(_study(_strata(1, 1, 3), rng), "acc", elu, relu, ["depth"]),
+        contrast(_study(_strata(1, 2, 1), rng), "acc", elu, relu, ["depth"]),
+        contrast(_study(_strata(3, 3, 2), rng, lr_b=0.1), "acc", elu, relu, ["lr"]),
+        contrast(_study(_strata(4, 4, 2), rng, effect=0.05), "acc", elu, relu, ["depth"]),
     ]
     assert (
         cases[0].reason
@@ -424,7 +443,7 @@ def test_reasons_and_verdicts_are_one_line() -> None:
     assert cases[2].reason == (
         "1 vs 2 seeds in 1 stratum: the smallest possible p is 0.333 (needs ≥ 4 seeds per side)"
     )
-    few = contrast(_study(_strata(4, 4, 2), rng), "acc", ELU, RELU, ["depth"], n_resamples=10)
+    few = contrast(_study(_strata(4, 4, 2), rng), "acc", elu, relu, ["depth"], n_resamples=10)
     assert few.reason == "n_resamples=10 cannot give p below 0.0909: use more"
     for c in [*cases, few]:
         for text in (c.reason or "", *verdict(c, c.p)):
@@ -444,10 +463,10 @@ def test_a_typical_claim_is_fast_and_deterministic() -> None:
         for bn in ("none", "before", "after")
     ]
     obs = _study(design, rng, effect=0.005)
-    contrast(obs, "acc", ELU, RELU, ["depth", "bn"])  # warm-up
+    contrast(obs, "acc", elu, relu, ["depth", "bn"])  # warm-up
     start = time.perf_counter()
-    first = contrast(obs, "acc", ELU, RELU, ["depth", "bn"])
+    first = contrast(obs, "acc", elu, relu, ["depth", "bn"])
     elapsed = time.perf_counter() - start
     assert len(obs) == 96 and not first.exact and len(first.strata_used) == 12
     assert elapsed < 0.5
-    assert contrast(obs, "acc", ELU, RELU, ["depth", "bn"]) == first
+    assert contrast(obs, "acc", elu, relu, ["depth", "bn"]) == first
