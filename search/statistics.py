@@ -22,9 +22,9 @@ Design, and why:
 - **Statistic.** T = Σ_s w_s (mean_A,s − mean_B,s), the weighted mean of within-stratum
   differences of means, with w_s ∝ n_A,s·n_B,s / (n_A,s + n_B,s) summing to 1. Under equal
   variances Var(mean_A,s − mean_B,s) = σ²(n_A,s + n_B,s)/(n_A,s·n_B,s), so these are the
-  inverse-variance weights, the same ones Cochran–Mantel–Haenszel (Mantel & Haenszel, JNCI 1959)
-  and van Elteren (Bull. ISI 1960) give a stratum of that size. T is in the metric's units, so
-  the effect and its CI read directly ("+0.03 accuracy").
+  inverse-variance weights: the weights Mantel & Haenszel (JNCI 1959) give a stratum's risk
+  difference and, on the rank scale, van Elteren's stratified Wilcoxon (Bull. ISI 1960). T is in
+  the metric's units, so the effect and its CI read directly ("+0.03 accuracy").
 - **Test.** A stratified permutation test (Good, "Permutation, Parametric and Bootstrap Tests of
   Hypotheses", 3rd ed. 2005): side labels are permuted among the observations (seeds) of each
   stratum only, so stratum baselines never leak into the null distribution. The null is that the
@@ -341,10 +341,11 @@ def _invert(
     """p at Δ = 0 and the CI {Δ : p(Δ) ≥ alpha}, both from the same per-permutation intervals.
 
     Arrangement r counts as extreme at Δ when |t_r − Δ·c_r| + tol ≥ |t_obs − Δ|. As |c_r| ≤ 1,
-    the gap is nondecreasing up to Δ = t_obs and nonincreasing after it, so r counts exactly on
-    an interval [lo_r, hi_r] around t_obs; each side is the max of two lines, giving closed-form
-    ends. p(Δ) = (offset + #{r : lo_r ≤ Δ ≤ hi_r}) / denom then falls monotonically away from
-    t_obs, so the CI's ends are order statistics of lo and hi, and p(0) < alpha ⇔ 0 ∉ CI.
+    the slack (left minus right) rises up to Δ = t_obs and falls after it, so r counts exactly on
+    an interval [lo_r, hi_r] around t_obs; on each side the slack is the max of two lines, so the
+    ends have a closed form. p(Δ) = (offset + #{r : lo_r ≤ Δ ≤ hi_r}) / denom then falls
+    monotonically away from t_obs, so the CI's ends are order statistics of lo and hi, and
+    p(0) < alpha ⇔ 0 ∉ CI.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         lo = np.minimum(_root(t_obs - t - tol, 1 - c, -1), _root(t_obs + t - tol, 1 + c, -1))
