@@ -1,0 +1,441 @@
+"""Statistics for claims: which runs count, one contrast with its test and CI, Holm, a verdict.
+
+Pure numpy/pandas: no Ray, MLflow, Optuna or other gradsweep module, so it is tested without
+training. Typical use, one family of claims (keep accuracy claims apart from gradient claims)::
+
+    obs, merged_away = merge_replicates(obs, factors)
+    cs = [contrast(obs, metric, a, b, strata) for a, b, strata in claims]
+    p_holm = holm([c.p if c.decidable else math.nan for c in cs])
+    verdicts = [verdict(c, p) for c, p in zip(cs, p_holm)]
+
+Design, and why:
+
+- **Unit of evidence.** Training is deterministic given configuration and seed, so two runs with
+  the same factor values and the same seed are one observation, and a configuration (a *cell*)
+  is one unit whose seeds are its replicates; identical runs are never independent evidence
+  (Bouthillier et al., "Accounting for Variance in Machine Learning Benchmarks", MLSys 2021).
+  `merge_replicates` enforces this before anything is counted.
+- **What a claim compares.** Cells that differ only in the claim's factor: the other factors
+  (the *strata*) are held equal, and a stratum counts only when it has both sides. Pooling across
+  strata instead can reverse the sign when one side is over-represented in an easy stratum
+  (Simpson's paradox).
+- **Statistic.** T = Σ_s w_s (mean_A,s − mean_B,s), the weighted mean of within-stratum
+  differences of means, with w_s ∝ n_A,s·n_B,s / (n_A,s + n_B,s) summing to 1. Under equal
+  variances Var(mean_A,s − mean_B,s) = σ²(n_A,s + n_B,s)/(n_A,s·n_B,s), so these are the
+  inverse-variance weights: the weights Mantel & Haenszel (JNCI 1959) give a stratum's risk
+  difference and, on the rank scale, van Elteren's stratified Wilcoxon (Bull. ISI 1960). T is in
+  the metric's units, so the effect and its CI read directly ("+0.03 accuracy").
+- **Test.** A stratified permutation test (Good, "Permutation, Parametric and Bootstrap Tests of
+  Hypotheses", 3rd ed. 2005): side labels are permuted among the observations (seeds) of each
+  stratum only, so stratum baselines never leak into the null distribution. The null is that the
+  observations of a stratum are exchangeable between the sides; the test is exact under it with
+  no normality assumption, which matters with 3–5 seeds. Two-sided on |T|. When the number of
+  distinct arrangements N = Π_s C(n_s, n_A,s) is at most ``n_resamples`` they are all enumerated
+  and p is exact; otherwise p = (1 + #{|T_perm| ≥ |T_obs|}) / (R + 1) over R seeded random
+  permutations, which never reports 0 and keeps the test valid (Phipson & Smyth, "Permutation
+  P-values Should Never Be Zero", SAGMB 2010). Statistics equal up to rounding count as ties
+  (as ``scipy.stats.permutation_test`` does), so discrete metrics such as accuracy on a fixed
+  test set are not made anti-conservative by floating-point noise.
+- **CI from the same test.** The 1 − alpha CI is the set of shifts Δ the test does not reject
+  when Δ is subtracted from side A's values (test inversion, Ernst, "Permutation Methods: A Basis
+  for Exact Inference", Statistical Science 2004). T is linear in the values, so under a shift
+  T_perm(Δ) = T_perm − Δ·c_perm with c_perm computed once from the same permutations; each
+  permutation then accepts a closed interval of Δ around the estimate, the endpoints have a closed
+  form, and the CI's ends are order statistics of them: exact, no root finding, and "CI excludes
+  0" ⇔ "p < alpha" holds by construction. It assumes a constant additive shift, the model behind
+  a difference of means.
+- **What the design can decide.** ``min_p`` is the smallest p the design could ever give: 2/N
+  when every stratum is balanced (the mirror arrangement ties with the observed one), else 1/N,
+  and never below 1/(R + 1) under Monte Carlo. When it is ≥ alpha no data could make the claim
+  significant, so the answer is "not enough data" with a reason, never "not significant".
+- **Why not a mixed model** (cells as groups, seeds within). In these designs each side of a
+  stratum is usually one cell, so a random cell effect is confounded with the claim's factor and
+  cannot be estimated apart from it; and the claim is about these configurations, with seeds as
+  the replicates, which is exactly what the permutation within strata treats as random.
+- **Several cells on one side of a stratum** (e.g. two alphas of leaky ReLU when alpha is not a
+  stratum) are pooled as one side: the test then is about the side as a whole, and it assumes
+  those cells are exchangeable. Put every factor that should be held equal into ``strata``.
+- **Multiplicity.** Holm (Scand. J. Statist. 1979) over one family controls the family-wise
+  error. A claim whose design cannot reach alpha even unadjusted can never be rejected, so
+  leaving it out of the family keeps that control and gives the others more power (Tarone,
+  "A Modified Bonferroni Method for Discrete Data", Biometrics 1990).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from typing import TypeAlias
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Contrast", "Side", "contrast", "holm", "merge_replicates", "verdict"]
+
+#: A side of a claim: a boolean mask aligned with the observations, or a function making one.
+Side: TypeAlias = pd.Series | np.ndarray | Callable[[pd.DataFrame], "pd.Series | np.ndarray"]
+
+#: Statistics closer than this (times the largest centred value) are ties: far above the
+#: rounding of a sum of a few hundred floats, far below the resolution of a logged metric.
+_TIE = 1e-9
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """One claim "side A beats side B on ``metric``" in numbers (NaN where nothing was tested).
+
+    ``effect`` is T (A − B, metric units); ``[ci_low, ci_high]`` its ``level`` CI from inverting
+    the test that gave ``p``. ``reason`` is one line saying why the design cannot decide, or None.
+    Counts are over the strata used (those with both sides).
+    """
+
+    metric: str
+    strata_used: list[str]
+    strata_one_sided: int
+    n_cells_a: int
+    n_seeds_a: int
+    n_cells_b: int
+    n_seeds_b: int
+    effect: float
+    ci_low: float
+    ci_high: float
+    p: float
+    min_p: float
+    exact: bool
+    level: float
+    reason: str | None = None
+
+    @property
+    def decidable(self) -> bool:
+        """Whether the design could reach significance: pass ``p`` to Holm only when it could."""
+        return self.reason is None
+
+
+def merge_replicates(obs: pd.DataFrame, factors: list[str]) -> tuple[pd.DataFrame, int]:
+    """Collapse runs with identical factor values and seed into one row; add ``cell``, ``copies``.
+
+    Training is deterministic given configuration and seed, so such rows are one observation
+    counted several times. Numeric columns are averaged (NaN-skipping, so a crashed copy does not
+    erase a finished one), other columns keep their first value, ``trial`` keeps the smallest id.
+    Grouping keeps NaN keys (alpha is NaN for ReLU). ``cell`` is a short hash of the factor
+    values, stable across processes and column order. Returns the merged frame and how many rows
+    were merged away.
+    """
+    keys = [*factors, "seed"]
+    missing = [k for k in keys if k not in obs.columns]
+    if missing:
+        raise ValueError(f"observations lack the column(s) {', '.join(missing)}")
+    data = obs if "copies" in obs.columns else obs.assign(copies=1)  # merging again sums copies
+    agg: dict[str, str] = {}
+    for col in data.columns.drop([*keys, "cell"], errors="ignore"):
+        numeric = pd.api.types.is_numeric_dtype(data[col])
+        numeric = numeric and not pd.api.types.is_bool_dtype(data[col])
+        agg[col] = {"trial": "min", "copies": "sum"}.get(col, "mean" if numeric else "first")
+    merged = data.groupby(keys, dropna=False, sort=True).agg(agg).reset_index()
+    merged["cell"] = [_cell_id(row, factors) for row in merged[factors].itertuples(index=False)]
+    order = [*obs.columns, *(c for c in ("copies", "cell") if c not in obs.columns)]
+    return merged[order], len(obs) - len(merged)
+
+
+def _cell_id(values: tuple, factors: list[str]) -> str:
+    """A 10-hex-digit id of the factor values: numbers as floats, so 1 and 1.0 agree."""
+    parts = sorted(f"{name}={_canonical(v)}" for name, v in zip(factors, values, strict=True))
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=5).hexdigest()
+
+
+def _canonical(value: object) -> str:
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, int | float | np.integer | np.floating):
+        return "nan" if math.isnan(value) else repr(float(value))
+    return "nan" if value is None else str(value)
+
+
+def _label(value: object) -> str:
+    if isinstance(value, float | np.floating) and not isinstance(value, bool):
+        return "nan" if math.isnan(value) else f"{value:g}"
+    return str(value)
+
+
+def _mask(obs: pd.DataFrame, side: Side, name: str) -> np.ndarray:
+    raw = side(obs) if callable(side) else side
+    if isinstance(raw, pd.Series):
+        raw = raw.reindex(obs.index)
+        if raw.isna().any():
+            raise ValueError(f"side {name}'s mask does not cover every observation")
+        if pd.api.types.is_bool_dtype(raw):
+            raw = raw.to_numpy(dtype=bool)
+    values = np.asarray(raw)
+    if values.shape != (len(obs),) or values.dtype != bool:
+        raise ValueError(f"side {name} must be a boolean mask with one entry per observation")
+    return values
+
+
+def contrast(
+    obs: pd.DataFrame,
+    metric: str,
+    side_a: Side,
+    side_b: Side,
+    strata: list[str],
+    *,
+    n_resamples: int = 9999,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> Contrast:
+    """Stratified permutation test and CI of "A beats B on ``metric``", other factors held equal.
+
+    ``obs`` comes from `merge_replicates` (one row per cell and seed; it raises otherwise, since
+    copies would pass for replicates). Sides are disjoint masks or functions of ``obs``; rows with
+    a non-finite metric are dropped; ``strata`` are the factor columns held equal. Seeded and
+    deterministic; ``alpha`` sets the CI level (1 − alpha) and the "design cannot decide" bound.
+    """
+    if not 0 < alpha < 1 or n_resamples < 1:
+        raise ValueError(f"need 0 < alpha < 1 and n_resamples ≥ 1, got {alpha}, {n_resamples}")
+    needed = ["cell", "seed", metric, *strata]
+    missing = [c for c in needed if c not in obs.columns]
+    if "cell" in missing:
+        raise ValueError("contrast needs the `cell` column: call merge_replicates(obs, factors)")
+    if missing:
+        raise ValueError(f"observations lack the column(s) {', '.join(missing)}")
+    if obs.duplicated(["cell", "seed"]).any():
+        raise ValueError("two rows share a cell and a seed: call merge_replicates(obs, factors)")
+    in_a, in_b = _mask(obs, side_a, "A"), _mask(obs, side_b, "B")
+    cells = obs["cell"].to_numpy(dtype=object)
+    both = sorted(set(cells[in_a]) & set(cells[in_b]))
+    if both:
+        raise ValueError(f"cell(s) {', '.join(map(str, both))} are on both sides of the claim")
+    y = obs[metric].to_numpy(dtype=float)
+    finite = np.isfinite(y)
+    in_a, in_b = in_a & finite, in_b & finite
+
+    def empty(reason: str, one_sided: int = 0) -> Contrast:
+        nan = math.nan
+        counts = (one_sided, 0, 0, 0, 0)
+        return Contrast(metric, [], *counts, nan, nan, nan, nan, 1.0, True, 1 - alpha, reason)
+
+    for name, mask in (("A", in_a), ("B", in_b)):
+        if not mask.any():
+            return empty(f"no observation on side {name} has a finite {metric}")
+
+    # Plain numpy from here: a claim is evaluated some thirty times per report.
+    rows_used = in_a | in_b
+    is_a, values, cells = in_a[rows_used], y[rows_used], cells[rows_used]
+    # Integer codes per stratum factor (NaN is a level of its own, as alpha is NaN for ReLU).
+    factorized = [
+        pd.factorize(obs[f].to_numpy()[rows_used], sort=True, use_na_sentinel=False) for f in strata
+    ]
+    codes = np.column_stack([np.zeros(len(values), np.intp), *(c for c, _ in factorized)])
+    keys, sid = np.unique(codes, axis=0, return_inverse=True)
+    sid = sid.ravel()
+    n_strata = len(keys)
+    n_a = np.bincount(sid[is_a], minlength=n_strata)
+    n_b = np.bincount(sid[~is_a], minlength=n_strata)
+    used = np.flatnonzero((n_a > 0) & (n_b > 0))
+    one_sided = int(((n_a > 0) != (n_b > 0)).sum())
+    if used.size == 0:
+        return empty(_unmatched(codes[:, 1:], is_a, strata), one_sided)
+
+    keep = np.isin(sid, used)
+    labels, xs = [], []
+    for s in used:
+        rows = np.flatnonzero(sid == s)
+        levels = (uniques[code] for (_, uniques), code in zip(factorized, keys[s, 1:], strict=True))
+        labels.append(", ".join(f"{f}={_label(v)}" for f, v in zip(strata, levels, strict=True)))
+        x = np.concatenate([values[rows[is_a[rows]]], values[rows[~is_a[rows]]]])
+        xs.append(x - x.mean())  # T is invariant to a per-stratum shift; centring cuts rounding
+    na, nb = n_a[used], n_b[used]
+    arrangements = math.prod(math.comb(int(a + b), int(a)) for a, b in zip(na, nb, strict=True))
+    exact = arrangements <= n_resamples
+    h = na * nb / (na + nb)  # inverse variance of a difference of means under equal variances
+    w = h / h.sum()
+    t, c = _null(xs, na, nb, w, exact, n_resamples, seed)
+    t_obs = float(w @ np.array([x[:a].mean() - x[a:].mean() for x, a in zip(xs, na, strict=True)]))
+    tol = _TIE * max(float(np.abs(x).max()) for x in xs)
+    offset, denom = (0, arrangements) if exact else (1, n_resamples + 1)
+    p, ci_low, ci_high = _invert(t, c, t_obs, tol, offset, denom, alpha)
+
+    balanced = bool(np.all(na == nb))
+    min_p = (2 if balanced else 1) / arrangements
+    if not exact:
+        min_p = max(min_p, 1 / (n_resamples + 1))
+    reason = None
+    if min_p >= alpha and (2 if balanced else 1) / arrangements < alpha:
+        reason = f"n_resamples={n_resamples} cannot give p below {min_p:.3g}: use more"
+    elif min_p >= alpha:
+        copies = 0
+        if "copies" in obs.columns:
+            copies = int(obs["copies"].to_numpy()[rows_used][keep].sum() - keep.sum())
+        reason = _too_small(na, nb, min_p, alpha, copies)
+    return Contrast(
+        metric=metric,
+        strata_used=labels if strata else ["all"],
+        strata_one_sided=one_sided,
+        n_cells_a=len(set(cells[keep & is_a])),
+        n_seeds_a=int(na.sum()),
+        n_cells_b=len(set(cells[keep & ~is_a])),
+        n_seeds_b=int(nb.sum()),
+        effect=t_obs,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        p=p,
+        min_p=min_p,
+        exact=exact,
+        level=1 - alpha,
+        reason=reason,
+    )
+
+
+def _null(
+    xs: list[np.ndarray],
+    na: np.ndarray,
+    nb: np.ndarray,
+    w: np.ndarray,
+    exact: bool,
+    n_resamples: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """T and c for every arrangement (exact) or R random ones: T_perm(Δ) = T − Δ·c.
+
+    Per stratum, an arrangement is the set of positions labelled A (side A's values come first);
+    k of them are originally A, so shifting A by Δ moves that stratum's difference by
+    Δ·(k/n_A − (n_A − k)/n_B). Strata combine by outer sums (exact) or row-wise (Monte Carlo).
+    A Monte Carlo stratum with at most R arrangements draws uniformly from its table of them
+    (the same law as a random permutation, and cheaper than shuffling R rows); a larger one
+    shuffles its labels row by row.
+    """
+    rng = np.random.default_rng(seed)
+    t = np.zeros(1)
+    c = np.zeros(1)
+    for x, a, b, ws in zip(xs, na, nb, w, strict=True):
+        n = int(a + b)
+        if math.comb(n, int(a)) <= n_resamples:
+            picks = np.array(list(combinations(range(n), int(a))), dtype=np.intp)
+            sum_a, k = x[picks].sum(axis=1), (picks < a).sum(axis=1)
+            if not exact:
+                draw = rng.integers(len(picks), size=n_resamples)
+                sum_a, k = sum_a[draw], k[draw]
+        else:
+            labels = rng.permuted(np.broadcast_to(np.arange(n) < a, (n_resamples, n)), axis=1)
+            sum_a, k = labels @ x, labels[:, :a].sum(axis=1)
+        t_s = ws * (sum_a / a - (x.sum() - sum_a) / b)
+        c_s = ws * (k / a - (a - k) / b)
+        if exact:
+            t = (t[:, None] + t_s[None, :]).ravel()
+            c = (c[:, None] + c_s[None, :]).ravel()
+        else:
+            t, c = t + t_s, c + c_s
+    # c is ±1 only for the identity and (balanced) mirror arrangements; snap their rounding so
+    # those arrangements accept every shift, as they do exactly.
+    c = np.clip(c, -1.0, 1.0)
+    c[np.abs(c - 1) < 1e-9] = 1.0
+    c[np.abs(c + 1) < 1e-9] = -1.0
+    return t, c
+
+
+def _invert(
+    t: np.ndarray, c: np.ndarray, t_obs: float, tol: float, offset: int, denom: int, alpha: float
+) -> tuple[float, float, float]:
+    """p at Δ = 0 and the CI {Δ : p(Δ) ≥ alpha}, both from the same per-permutation intervals.
+
+    Arrangement r counts as extreme at Δ when |t_r − Δ·c_r| + tol ≥ |t_obs − Δ|. As |c_r| ≤ 1,
+    the slack (left minus right) rises up to Δ = t_obs and falls after it, so r counts exactly on
+    an interval [lo_r, hi_r] around t_obs; on each side the slack is the max of two lines, so the
+    ends have a closed form. p(Δ) = (offset + #{r : lo_r ≤ Δ ≤ hi_r}) / denom then falls
+    monotonically away from t_obs, so the CI's ends are order statistics of lo and hi, and
+    p(0) < alpha ⇔ 0 ∉ CI.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lo = np.minimum(_root(t_obs - t - tol, 1 - c, -1), _root(t_obs + t - tol, 1 + c, -1))
+        hi = np.maximum(_root(t_obs + t + tol, 1 + c, +1), _root(t_obs - t + tol, 1 - c, +1))
+    counts = offset + np.arange(t.size + 1)
+    need = int(np.argmax(counts / denom >= alpha))  # fewest arrangements that keep p ≥ alpha
+    ci_low = -math.inf if need == 0 else float(np.partition(lo, need - 1)[need - 1])
+    ci_high = math.inf if need == 0 else float(-np.partition(-hi, need - 1)[need - 1])
+    if t_obs > 0:
+        extreme = int((lo <= 0).sum())
+    elif t_obs < 0:
+        extreme = int((hi >= 0).sum())
+    else:
+        extreme = t.size
+    return (offset + extreme) / denom, ci_low, ci_high
+
+
+def _root(num: np.ndarray, slope: np.ndarray, side: int) -> np.ndarray:
+    """Ends num/slope of the half-lines where lines of slope ≥ 0 are ≥ 0; ±inf for flat ones.
+
+    ``side`` −1: the line is slope·Δ − num, the half-line [num/slope, ∞); +1: num − slope·Δ,
+    (−∞, num/slope]. A flat line holds everywhere (end at side·inf) when its constant is ≥ 0,
+    nowhere otherwise (end at −side·inf).
+    """
+    flat = slope == 0
+    out = num / np.where(flat, 1.0, slope)
+    holds = (-num >= 0) if side < 0 else (num >= 0)
+    return np.where(flat, np.where(holds, side * math.inf, -side * math.inf), out)
+
+
+def _unmatched(codes: np.ndarray, is_a: np.ndarray, strata: list[str]) -> str:
+    """Name the stratum factor(s) that keep every A cell from matching a B cell."""
+    ua, ub = np.unique(codes[is_a], axis=0), np.unique(codes[~is_a], axis=0)
+    differ = ua[:, None, :] != ub[None, :, :]
+    always = [f for f, d in zip(strata, differ.all(axis=(0, 1)), strict=True) if d]
+    if always:
+        verb = "differs" if len(always) == 1 else "differ"
+        return f"no stratum has both sides ({', '.join(always)} {verb} in every pair of cells)"
+    some = [f for f, d in zip(strata, differ.any(axis=(0, 1)), strict=True) if d]
+    return f"no stratum has both sides (every pair of cells differs in one of {', '.join(some)})"
+
+
+def _too_small(na: np.ndarray, nb: np.ndarray, min_p: float, alpha: float, copies: int) -> str:
+    """One line: the design, its smallest possible p, and the balanced size that would do."""
+    n = len(na)
+    where = f"{n} stratum" if n == 1 else f"{n} strata"
+    if np.all(na == na[0]) and np.all(nb == na[0]):
+        m = int(na[0])
+        design = f"{m} seed{'s' if m > 1 else ''} per side in {where}"
+    else:
+        design = f"{int(na.sum())} vs {int(nb.sum())} seeds in {where}"
+    if copies:
+        design += f" ({copies} identical run{'s' if copies > 1 else ''} merged)"
+    k = next(m for m in range(1, 64) if 2 / math.comb(2 * m, m) ** n < alpha)
+    return f"{design}: the smallest possible p is {min_p:.3g} (needs ≥ {k} seeds per side)"
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values; NaN means not tested and is not counted in m.
+
+    Adjusted p_(i) = max over j ≤ i of min(1, (m − j + 1)·p_(j)) in ascending order (Holm 1979):
+    controls the family-wise error under any dependence, uniformly more powerful than Bonferroni.
+    """
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    adjusted = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdict(c: Contrast, p_holm: float, alpha: float = 0.05) -> tuple[str, str]:
+    """("held" | "refuted" | "not significant" | "not enough data", one-line reason).
+
+    Claims are oriented so that A is the side claimed better: held needs p_holm < alpha and a
+    positive effect, refuted the same with a negative one. "not enough data" only when the design
+    could not decide (``c.reason``, or min_p ≥ alpha even before adjustment), so "not significant"
+    always means the data could have said otherwise.
+    """
+    if c.reason is not None:
+        return "not enough data", c.reason
+    if c.min_p >= alpha:
+        return "not enough data", f"the smallest possible p is {c.min_p:.3g} ≥ {alpha:g}"
+    if math.isnan(p_holm):  # a caller's slip, not a property of the data: say so loudly
+        raise ValueError("p_holm is NaN for a decidable contrast: pass its p to holm()")
+    ci = f"{c.level:.0%} CI {c.ci_low:+.3g} to {c.ci_high:+.3g}"
+    numbers = f"effect {c.effect:+.3g} ({ci}), p = {c.p:.2g}, p_holm = {p_holm:.2g}"
+    if p_holm < alpha and c.effect > 0:
+        return "held", numbers
+    if p_holm < alpha and c.effect < 0:
+        return "refuted", numbers
+    return "not significant", numbers
