@@ -99,7 +99,7 @@ def gradient_rate(norms: Sequence[float]) -> float:
         (logs[j] - logs[i]) / (j - i)
         for i in range(len(logs))
         for j in range(i + 1, len(logs))
-        if math.isfinite(logs[i]) or logs[i] != logs[j]  # two zero norms say nothing
+        if math.isfinite(logs[i]) or logs[i] != logs[j]  # two zero (or two inf) norms: no slope
     ]
     if not slopes:
         return math.nan
