@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -12,16 +13,24 @@ from torch import nn
 from trainers import (
     ACTIVATIONS,
     BATCH_NORM_PLACEMENTS,
+    FLAGS,
+    FusedMLP,
     GradientProbe,
     Splits,
     TrainSettings,
     build_mlp,
+    fuse,
     load_splits,
     seed_everything,
     summarize,
     train,
 )
-from trainers.diagnostics import saturation_fraction
+from trainers.diagnostics import (
+    MIN_RATE_LAYERS,
+    FusedGradientProbe,
+    gradient_rate,
+    saturation_fraction,
+)
 
 NAMES = list(ACTIVATIONS)
 SIGMOIDS = [n for n, spec in ACTIVATIONS.items() if spec.family == "sigmoid"]
@@ -196,21 +205,86 @@ def layer_norms(norms: list[float]) -> dict[str, float]:
     return {f"diag/grad_norm/layer_{i:02d}": v for i, v in enumerate(norms, start=1)}
 
 
+def geometric(rate: float, depth: int) -> list[float]:
+    """Norms ``rate**(depth - l)`` for l = 1 .. depth: the mean-field picture with chi = rate."""
+    return [rate ** (depth - layer) for layer in range(1, depth + 1)]
+
+
 @pytest.mark.parametrize(
     ("norms", "flags"),
     [
-        ([1.0, 1.0, 1.0], {"vanishing": 0.0, "exploding": 0.0}),
-        ([1e-4, 1e-2, 1.0], {"vanishing": 1.0, "exploding": 0.0}),
-        ([1.0, 1.0, 1e-3], {"vanishing": 0.0, "exploding": 1.0}),  # ratio above 1 / 1e-2
+        ([1.0] * 5, {"vanishing": 0.0, "exploding": 0.0}),
+        (
+            [1e-4, 1e-3, 1e-2, 1e-1, 1.0],
+            {"vanishing": 1.0, "exploding": 0.0},
+        ),  # shrinks 10x a layer
+        (geometric(1.3, 5), {"vanishing": 0.0, "exploding": 1.0}),  # grows 1.3x a layer
         ([2e3, 2e3, 2e3], {"vanishing": 0.0, "exploding": 1.0}),  # a norm above 1e3
         ([1.0, float("inf"), 1.0], {"vanishing": 0.0, "exploding": 1.0}),
+        ([1.0, float("nan"), 1.0], {"vanishing": 0.0, "exploding": 1.0}),
     ],
 )
 def test_summarize_flags(norms: list[float], flags: dict[str, float]) -> None:
     summary = summarize(layer_norms(norms))
-    assert summary["diag/grad_ratio_first_last"] == pytest.approx(norms[0] / norms[-1])
+    assert summary["diag/grad_ratio_first_last"] == pytest.approx(norms[0] / norms[-1], nan_ok=True)
     for flag, value in flags.items():
         assert summary[f"diag/{flag}"] == value
+
+
+@pytest.mark.parametrize(
+    ("rate", "vanishing", "exploding"),
+    [
+        (0.14, 1.0, 0.0),
+        (0.7, 1.0, 0.0),
+        (0.8, 0.0, 0.0),
+        (1.0, 0.0, 0.0),
+        (1.05, 0.0, 0.0),
+        (1.2, 0.0, 1.0),
+    ],
+)
+@pytest.mark.parametrize("depth", [5, 20, 50])
+def test_the_rate_means_the_same_at_any_depth(
+    rate: float, vanishing: float, exploding: float, depth: int
+) -> None:
+    """chi**(L - l) norms give chi back and one verdict at depth 5, 20 and 50, while the
+    first/last ratio (chi**(L - 1)) spans orders of magnitude between those depths."""
+    summary = summarize(layer_norms(geometric(rate, depth)))
+    assert summary["diag/grad_rate"] == pytest.approx(rate, rel=1e-9)
+    assert summary["diag/grad_ratio_first_last"] == pytest.approx(rate ** (depth - 1))
+    assert summary["diag/vanishing"] == vanishing
+    assert summary["diag/exploding"] == exploding
+
+
+def test_one_odd_layer_does_not_move_the_rate() -> None:
+    """The first layer 100x off (it sees the raw input) leaves chi and the verdicts alone."""
+    norms = geometric(1.0, 20)
+    norms[0] = 100.0
+    summary = summarize(layer_norms(norms))
+    assert summary["diag/grad_rate"] == pytest.approx(1.0)
+    assert summary["diag/exploding"] == 0.0
+    assert gradient_rate([1e-2, *geometric(0.5, 19)]) == pytest.approx(0.5)
+
+
+def test_norms_that_underflowed_to_zero_vanish() -> None:
+    """A deep logistic net's input-side norms underflow to 0: no log, but chi says it all."""
+    norms = [*[0.0] * 30, *geometric(0.15, 20)]
+    assert gradient_rate(norms) == 0.0
+    assert summarize(layer_norms(norms))["diag/vanishing"] == 1.0
+    # A few zeros among many finite layers leave the fitted rate where the finite ones put it.
+    assert gradient_rate([0.0, 0.0, *geometric(0.9, 20)]) == pytest.approx(0.9, rel=0.05)
+    assert math.isnan(gradient_rate([0.0] * 6))
+
+
+@pytest.mark.parametrize("depth", [1, 2, MIN_RATE_LAYERS - 1])
+def test_too_shallow_for_a_rate(depth: int) -> None:
+    """Below MIN_RATE_LAYERS there is no rate: only the norm rules can flag."""
+    summary = summarize(layer_norms(geometric(0.1, depth)))
+    assert "diag/grad_rate" not in summary
+    assert math.isnan(gradient_rate(geometric(0.1, depth)))
+    assert summary["diag/vanishing"] == 0.0
+    assert summary["diag/exploding"] == 0.0
+    assert summarize(layer_norms([float("inf")] * depth))["diag/exploding"] == 1.0
+    assert summarize(layer_norms([2e3] * depth))["diag/exploding"] == 1.0
 
 
 def test_summarize_orders_layers_by_depth() -> None:
@@ -230,3 +304,152 @@ def test_summarize_dying_and_saturated() -> None:
     metrics = {**layer_norms([1.0, 1.0]), "diag/saturation/layer_01": 0.4}
     assert summarize(metrics)["diag/saturated"] == 0.0
     assert summarize({}) == {}
+
+
+# At initialisation (epoch 0), 64 hidden units, a 64-sample probe batch, seeds 0..4: the verdict
+# mean-field theory expects for each architecture, the same at depth 5, 20 and 50.
+AT_INIT = [
+    ("logistic", "pytorch_default", "none", "vanishing"),
+    ("relu", "he_normal", "before", "exploding"),  # Yang et al. 2019: BN explodes with depth
+    ("relu", "he_normal", "none", None),
+    ("elu", "he_normal", "none", None),
+    ("selu", "lecun_normal", "none", None),
+    ("tanh", "glorot_uniform", "none", None),
+]
+
+
+@pytest.mark.parametrize("depth", [5, 20, 50])
+@pytest.mark.parametrize(("activation", "init", "batch_norm", "verdict"), AT_INIT)
+def test_flags_at_initialisation(
+    digits: Splits, activation: str, init: str, batch_norm: str, verdict: str | None, depth: int
+) -> None:
+    """A freshly built net, measured before any step, gets its expected verdict at every depth."""
+    for seed in range(5):
+        seed_everything(seed)
+        net = build(digits, activation, depth=depth, width=64, init=init, batch_norm=batch_norm)
+        figures = GradientProbe(net, digits, size=64).measure()
+        assert math.isfinite(figures["diag/grad_rate"]), (seed, figures["diag/grad_rate"])
+        for flag in ("vanishing", "exploding"):
+            want = float(flag == verdict)
+            assert figures[f"diag/{flag}"] == want, (seed, flag, figures["diag/grad_rate"])
+
+
+def test_epoch_zero_has_every_figure_but_the_update_ratio(digits: Splits) -> None:
+    """A model never stepped (no gradients yet, no ``start_epoch``) is measured as usual."""
+    seed_everything(0)
+    net = build(digits, "relu", depth=6, batch_norm="before")
+    probe = GradientProbe(net, digits, size=64)
+    figures = probe.measure()
+    for figure in ("grad_norm", "act_std", "act_mean", "dead_frac"):
+        assert math.isfinite(figures[f"diag/{figure}/layer_06"])
+    assert not any(k.startswith("diag/update_ratio/") for k in figures)
+    assert {f"diag/{flag}" for flag in FLAGS} <= figures.keys()
+    assert "diag/grad_rate" in figures
+    assert all(p.grad is None for p in net.parameters())
+    probe.start_epoch()  # then one step: the epoch-1 figures have the update ratio
+    torch.optim.SGD(net.parameters(), lr=0.1).zero_grad()
+    nn.functional.cross_entropy(net(digits.x_train[:64]), digits.y_train[:64]).backward()
+    torch.optim.SGD(net.parameters(), lr=0.1).step()
+    assert probe.measure()["diag/update_ratio/layer_01"] > 0.0
+
+
+def build_fused(
+    data: Splits, seeds: list[int], activation: str, **options: object
+) -> tuple[FusedMLP, Callable[[], nn.Module]]:
+    """The copies of ``seeds`` fused as ``train_fused`` builds them, and their builder."""
+
+    def make() -> nn.Module:
+        return build(data, activation, **options)
+
+    copies = []
+    for seed in seeds:
+        seed_everything(seed)
+        copies.append(make())
+    return fuse(copies), make
+
+
+FUSED_CASES = [
+    ("relu", {"init": "he_normal", "batch_norm": "before"}),
+    ("prelu", {"init": "he_normal", "batch_norm": "after"}),
+    ("tanh", {"init": "glorot_uniform"}),
+    ("logistic", {"batch_norm": "before"}),
+    ("selu", {"init": "lecun_normal"}),
+]
+
+
+@pytest.mark.parametrize(("activation", "options"), FUSED_CASES)
+def test_fused_probe_equals_a_plain_probe_on_each_copy(
+    digits: Splits, activation: str, options: dict[str, object]
+) -> None:
+    """Per copy, the fused probe's figures are a plain probe's on that copy unfused (1e-5 rel).
+
+    Measured after one step, so the update ratio is compared as well.
+    """
+    fused, make = build_fused(digits, [0, 1, 2], activation, depth=6, **options)
+    starts = [fused.state_dict_of(i) for i in range(fused.k)]
+    probe = FusedGradientProbe(fused, digits, size=64)
+    probe.start_epoch()
+    optimizer = torch.optim.SGD(fused.parameters(), lr=0.05)
+    logits = fused(digits.x_train[:128])
+    k, b, classes = logits.shape
+    losses = nn.functional.cross_entropy(
+        logits.reshape(k * b, classes), digits.y_train[:128].repeat(k), reduction="none"
+    )
+    losses.view(k, b).mean(dim=1).sum().backward()
+    optimizer.step()
+    per_copy = probe.measure()
+
+    assert len(per_copy) == 3
+    for i, figures in enumerate(per_copy):
+        plain = make()
+        plain.load_state_dict(starts[i])
+        reference = GradientProbe(plain, digits, size=64)
+        reference.start_epoch()
+        plain.load_state_dict(fused.state_dict_of(i))
+        want = reference.measure()
+        assert figures.keys() == want.keys()
+        for key, value in want.items():
+            if key.startswith("diag/act_mean/"):  # a mean near 0: rounding is absolute
+                assert figures[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (i, key)
+            else:
+                assert figures[key] == pytest.approx(value, rel=1e-5), (i, key)
+    # The copies are different nets: their figures differ.
+    assert per_copy[0]["diag/grad_norm/layer_01"] != per_copy[1]["diag/grad_norm/layer_01"]
+
+
+@pytest.mark.parametrize("activation", ["relu", "prelu", "rrelu", "selu"])
+def test_fused_measuring_has_no_side_effects(digits: Splits, activation: str) -> None:
+    """As for the plain probe: weights, BN buffers, gradients, RNG and mode left as they were,
+    also after copies left the fused model (``keep_`` replaces its tensors)."""
+    fused, _ = build_fused(digits, [0, 1, 2], activation, batch_norm="before", dropout=0.1)
+    probe = FusedGradientProbe(fused, digits)
+    probe.start_epoch()
+    fused(digits.x_train[:64]).sum().backward()
+    fused.keep_([0, 2])
+    probe.keep_([0, 2])
+    fused.eval()
+    state = {k: v.clone() for k, v in fused.state_dict().items()}
+    grads = {k: p.grad.clone() for k, p in fused.named_parameters()}
+    rng = torch.get_rng_state()
+    per_copy = probe.measure()
+    assert len(per_copy) == 2
+    assert per_copy[1]["diag/update_ratio/layer_01"] == 0.0
+    assert not fused.training
+    assert torch.equal(torch.get_rng_state(), rng)
+    for key, value in fused.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    for key, p in fused.named_parameters():
+        assert torch.equal(p.grad, grads[key]), key
+
+
+def test_fused_epoch_zero_and_wrong_kinds_of_model(digits: Splits) -> None:
+    """A fresh fused model is measured without ``start_epoch``; each probe takes its own kind."""
+    fused, make = build_fused(digits, [0, 1], "elu", depth=5)
+    per_copy = FusedGradientProbe(fused, digits, size=64).measure()
+    assert [set(f) for f in per_copy] == [set(GradientProbe(make(), digits).measure())] * 2
+    assert not any(k.startswith("diag/update_ratio/") for k in per_copy[0])
+    assert all(p.grad is None for p in fused.parameters())
+    with pytest.raises(TypeError, match="FusedGradientProbe"):
+        GradientProbe(fused, digits)
+    with pytest.raises(TypeError, match="GradientProbe"):
+        FusedGradientProbe(make(), digits)
