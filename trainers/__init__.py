@@ -7,7 +7,7 @@ Ray, Optuna or MLflow.
 
 from trainers.activations import ACTIVATIONS, Activation, build_activation
 from trainers.datasets import DATASETS, DataError, Splits, load_splits
-from trainers.diagnostics import FLAGS, GradientProbe, summarize
+from trainers.diagnostics import FLAGS, FusedGradientProbe, GradientProbe, summarize
 from trainers.fused import FusedMLP, evaluate_fused, fuse
 from trainers.fused_loop import FusedLoopState, train_fused
 from trainers.initializers import INITIALIZERS, concrete_init, initialize
@@ -35,6 +35,7 @@ __all__ = [
     "Activation",
     "DataError",
     "EpochReport",
+    "FusedGradientProbe",
     "FusedLoopState",
     "FusedMLP",
     "GradientProbe",

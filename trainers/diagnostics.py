@@ -42,6 +42,7 @@ import math
 import re
 import statistics
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -60,6 +61,11 @@ _SATURATING = {nn.Sigmoid: (0.0, 1.0), nn.Tanh: (-1.0, 1.0), nn.Softsign: (-1.0,
 def hidden_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The model's hidden blocks ``layer_NN`` in depth order (see ``trainers.model``)."""
     return [(n, m) for n, m in model.named_children() if n.startswith("layer_")]
+
+
+def _weight(block: nn.Module) -> torch.Tensor:
+    """A hidden block's linear weight (``[out, in]``, or ``[k, out, in]`` fused)."""
+    return cast(torch.Tensor, block.get_submodule("linear").weight)
 
 
 def saturation_fraction(module: nn.Module, out: torch.Tensor) -> float | None:
@@ -123,13 +129,13 @@ class _Probe:
         self._params = list(model.parameters())
         self._buffers = [b for b in model.buffers() if b is not None]
         want = 3 if self._fused else 2
-        if self._blocks and self._blocks[0][1].linear.weight.dim() != want:
+        if self._blocks and _weight(self._blocks[0][1]).dim() != want:
             other = "GradientProbe" if self._fused else "FusedGradientProbe"
             raise TypeError(f"{type(self).__name__}: wrong kind of model; use {other}")
 
     def start_epoch(self) -> None:
         """Remember each layer's weights, for the epoch's update-to-weight ratio."""
-        self._start = {name: block.linear.weight.detach().clone() for name, block in self._blocks}
+        self._start = {name: _weight(block).detach().clone() for name, block in self._blocks}
 
     def gradients(self) -> dict[str, torch.Tensor]:
         """Each hidden layer's weight gradient on the probe batch (train mode, no side effects)."""
@@ -148,7 +154,7 @@ class _Probe:
         grads, acts = self._run()
         blocks = self._blocks
         names = [name for name, _ in blocks]
-        act = blocks[0][1].act
+        act = blocks[0][1].get_submodule("act")
         columns: dict[str, torch.Tensor] = {}  # each [layers, copies]
         with torch.no_grad():
             pre = torch.stack([self._seeded(acts[n][0]) for n in names])  # [L, k, batch, units]
@@ -159,12 +165,12 @@ class _Probe:
                 columns["saturation"] = _saturated(act, post.flatten(2), dim=2)
             else:  # "dead" only means something where the negative side is (near) flat
                 columns["dead_frac"] = (pre <= 0).all(dim=2).float().mean(dim=2)
-            start = [self._start.get(n) for n in names]
-            weights = [block.linear.weight.detach() for _, block in blocks]
-            pairs = zip(start, weights, strict=True)
-            if all(s is not None and s.shape == w.shape for s, w in pairs):
-                moved = self._norms(torch._foreach_sub(weights, start))
-                size = self._norms(start)  # type: ignore[arg-type]
+            start = [self._start[n] for n in names if n in self._start]
+            weights = [_weight(block).detach() for _, block in blocks]
+            pairs = zip(start, weights, strict=False)
+            if len(start) == len(weights) and all(s.shape == w.shape for s, w in pairs):
+                moved = self._norms(list(torch._foreach_sub(weights, start)))
+                size = self._norms(start)
                 columns["update_ratio"] = moved / size.clamp_min(1e-12)
             table = torch.stack([c.float() for c in columns.values()]).tolist()
         results = []
@@ -189,7 +195,7 @@ class _Probe:
 
     def _tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The model's parameters and buffers, whose state measuring must leave as it was."""
-        return self._params, self._buffers
+        return list(self._params), self._buffers
 
     def _loss(self, logits: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, self.y)
@@ -202,7 +208,7 @@ class _Probe:
         saved_grads = [p.grad for p in params]
         acts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         hooks = [
-            block.act.register_forward_hook(
+            block.get_submodule("act").register_forward_hook(
                 lambda _m, inp, out, name=name: acts.__setitem__(
                     name, (inp[0].detach(), out.detach())
                 )
@@ -220,7 +226,8 @@ class _Probe:
                     p.grad = None
                 self._loss(model(self.x)).backward()
             grads = {
-                name: block.linear.weight.grad.detach().clone() for name, block in self._blocks
+                name: cast(torch.Tensor, _weight(block).grad).detach().clone()
+                for name, block in self._blocks
             }
         finally:
             for h in hooks:
