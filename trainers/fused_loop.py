@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainers.datasets import Splits
+from trainers.diagnostics import FusedGradientProbe
 from trainers.fused import FusedMLP, evaluate_fused, fuse, fused_slopes
 from trainers.loop import (
     OPTIMIZERS,
@@ -171,6 +172,8 @@ def train_fused(
         keep = [i for i in range(len(live)) if i not in out]
         state = _keep_optimizer_state(optimizer.state_dict(), keep)
         model.keep_(keep)
+        if probe is not None:
+            probe.keep_(keep)
         live[:] = [live[i] for i in keep]
         if not live:
             return optimizer
@@ -188,11 +191,17 @@ def train_fused(
             reason,
         )
 
+    # Every seed measured in one batched pass; epoch 0 (the initialised nets) on a fresh run.
+    probe = FusedGradientProbe(model, data, settings.probe_size) if settings.diagnostics else None
+    initial = probe.measure() if probe is not None and resume is None else []
+
     for epoch in range(start_epoch + 1, settings.epochs + 1):
         if not live:
             break
         t0 = time.perf_counter()
         model.train()
+        if probe is not None:
+            probe.start_epoch()
         orders = torch.stack([torch.randperm(n, generator=s.shuffle) for s in live]).to(device)
         totals = [0.0] * len(live)
         seen = 0
@@ -237,6 +246,7 @@ def train_fused(
             val = evaluate_fused(model, data.x_val, data.y_val)
             test = evaluate_fused(model, data.x_test, data.y_test)
             seconds = time.perf_counter() - t0
+            measured = probe.measure() if probe is not None else [{} for _ in live]
             for i, s in enumerate(live):
                 s.test_accuracy = test[i][1]
                 s.best_val = max(s.best_val, val[i][1])
@@ -247,7 +257,7 @@ def train_fused(
                     s.test_accuracy,
                     s.best_val,
                     seconds,
-                    fused_slopes(model, i),
+                    {**measured[i], **fused_slopes(model, i)},
                 )
                 if reports[s.seed].diverged:
                     val_diverged.append(i)
@@ -261,6 +271,10 @@ def train_fused(
             optimizer = drop(val_diverged)
         for s in live:
             s.history.append(reports[s.seed])
+        if epoch == start_epoch + 1 and initial:
+            for seed, figures in zip(seeds, initial, strict=True):
+                if seed in reports:
+                    reports[seed].initial = figures
         reports = {seed: reports[seed] for seed in seeds if seed in reports}
         if on_epoch is not None:
             state = FusedLoopState(

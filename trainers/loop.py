@@ -60,7 +60,9 @@ class TrainSettings:
 
 @dataclass
 class EpochReport:
-    """What one epoch produced. ``diagnostics`` holds per-layer gradient-flow figures."""
+    """What one epoch produced. ``diagnostics`` holds per-layer gradient-flow figures after the
+    epoch; ``initial`` the same figures measured before the first update (epoch 0), on the first
+    epoch of a run that did not resume from a checkpoint, else empty."""
 
     epoch: int
     train_loss: float
@@ -71,6 +73,7 @@ class EpochReport:
     epoch_seconds: float
     diverged: bool = False
     diagnostics: dict[str, float] = field(default_factory=dict)
+    initial: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def nonfinite(
@@ -108,7 +111,7 @@ class EpochReport:
 
     def metrics(self) -> dict[str, float]:
         """Flat metric dict, diagnostics included (``diag/...`` keys)."""
-        out = {k: v for k, v in self.__dict__.items() if k != "diagnostics"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("diagnostics", "initial")}
         out["diverged"] = float(self.diverged)
         return {**out, **self.diagnostics}
 
@@ -252,6 +255,8 @@ def train(
         restore_rng_state(resume["rng"])
         restore_shuffle(shuffle, resume["rng"], start_epoch, n)
     probe = GradientProbe(model, data, settings.probe_size) if settings.diagnostics else None
+    # Epoch 0: the initialised net, where Glorot & Bengio's and He et al.'s analyses live.
+    initial = probe.measure() if probe is not None and resume is None else {}
     history: list[EpochReport] = []
     test_accuracy = 0.0
 
@@ -292,6 +297,8 @@ def train(
             report = EpochReport.evaluated(
                 epoch, train_loss, val, test_accuracy, best_val, seconds, diagnostics
             )
+        if epoch == start_epoch + 1:
+            report.initial = initial
         history.append(report)
         state = LoopState(model, optimizer, epoch, best_val, settings, shuffle)
         reason = on_epoch(report, state) if on_epoch is not None else None
