@@ -201,6 +201,8 @@ def table(path: str | None = None, target: str | None = None) -> Arrays:
             f"data.options.target: no column {target!r} in {file.name}; columns are "
             f"{', '.join(map(str, frame.columns))}"
         )
+    if frame.empty:
+        raise DataError(f"data.options.path: {file.name} has no rows")
     features = frame.drop(columns=[target])
     non_numeric = [
         c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c].dtype)
