@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import random
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -364,6 +365,38 @@ def test_openml_loads_from_the_cache_by_name_or_id(
     assert raw.y.tolist() == (np.arange(TINY_ROWS) % 3).tolist()
     s = load_splits("openml", options)
     assert (s.n_features, s.n_classes) == (4, 3)
+    assert CONNECTIONS == []
+
+
+SKLEARN_IRIS = {  # scikit-learn's own copies of what openml.org served for iris (id 61)
+    "api-v1-jdl-dn-iris-l-2-s-act-.json.gz": "api/v1/json/data/list/data_name/iris/limit/2/"
+    "status/active/.gz",
+    "api-v1-jd-61.json.gz": "api/v1/json/data/61.gz",
+    "api-v1-jdf-61.json.gz": "api/v1/json/data/features/61.gz",
+    "api-v1-jdq-61.json.gz": "api/v1/json/data/qualities/61.gz",
+    "data-v1-dl-61.arff.gz": "data/v1/download/61/iris.arff.gz",
+}
+
+
+@pytest.mark.filterwarnings("ignore:Multiple active versions")
+def test_openml_reads_files_as_openml_org_served_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same loader on real OpenML responses (shipped with scikit-learn's tests), not only on
+    the files written above."""
+    import sklearn
+
+    shipped = Path(sklearn.__file__).parent / "datasets/tests/data/openml/id_61"
+    if not shipped.is_dir():
+        pytest.skip("this scikit-learn install ships no OpenML test files")
+    root = tmp_path / "openml" / "openml.org"
+    for source, target in SKLEARN_IRIS.items():
+        (root / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shipped / source, root / target)
+    monkeypatch.setenv("GRADSWEEP_DATA_HOME", str(tmp_path))
+    s = load_splits("openml", {"name": "iris"})
+    assert (s.n_features, s.n_classes) == (4, 3)
+    assert sum(len(y) for y in (s.y_train, s.y_val, s.y_test)) == 150
     assert CONNECTIONS == []
 
 
