@@ -289,13 +289,15 @@ def openml(
         isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1
     ):
         raise DataError(f"data.options.n_samples: must be a positive integer, got {n_samples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DataError(f"data.options.seed: must be an integer, got {seed!r}")
 
     key = "data.options.name" if name is not None else "data.options.id"
     what = f"OpenML data set {name!r}" if name is not None else f"OpenML data set id {id}"
     if version is not None:
         what += f" version {version}"
     frame_x, frame_y = _fetch_openml(name, id, version, target, key, what)
-    return _openml_arrays(frame_x, frame_y, target, n_samples, int(seed), key, what)
+    return _openml_arrays(frame_x, frame_y, target, n_samples, seed, key, what)
 
 
 def _fetch_openml(
@@ -523,6 +525,9 @@ def rows_needed(n_rows: int, n_classes: int, val: float, test: float) -> tuple[i
     not matter). And each split's two parts must each have at least as many rows as there are
     classes, which sets the least number of rows in all.
     """
+
+    if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
+        raise ValueError(f"fractions must be in (0, 1) with a sum below 1, got {val}, {test}")
 
     def totals_fit(n: int) -> bool:
         n_test = math.ceil(test * n)

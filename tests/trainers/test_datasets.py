@@ -448,6 +448,7 @@ def test_data_home_follows_the_environment(tmp_path: Path, monkeypatch: pytest.M
         ({"id": TINY_ID, "version": 1}, r"^data\.options\.version: only with 'name'"),
         ({"id": "tiny"}, r"^data\.options\.id: must be a positive integer"),
         ({"name": "tiny", "n_samples": 0}, r"^data\.options\.n_samples: must be a positive"),
+        ({"name": "tiny", "seed": "0"}, r"^data\.options\.seed: must be an integer"),
         ({"name": "tiny", "n_samples": 1000}, r"1000 is more than the 60 rows"),
         ({"name": "tiny", "n_samples": 2}, r"2 rows cannot hold the 3 classes"),
         ({"name": "tiny", "target": "species"}, r"^data\.options\.target: .* no column 'species'"),
