@@ -13,6 +13,7 @@ libraries when called, so importing this module stays cheap for trial workers.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -314,6 +315,7 @@ def _fetch_openml(
     from sklearn.datasets import fetch_openml
 
     home = data_home()
+    home_existed = home.exists()
     try:
         with warnings.catch_warnings():
             # each retry warns; the DataError below says all a user needs
@@ -331,6 +333,7 @@ def _fetch_openml(
     except HTTPError as exc:
         raise DataError(f"{key}: openml.org answered {exc.code} for {what}: {exc.reason}") from None
     except (URLError, TimeoutError):
+        _prune_empty_folders(home, keep_root=home_existed)  # what the failed download made
         raise DataError(
             f"{key}: {what} is not in the cache {home} and openml.org cannot be reached; run once "
             f"on a machine with internet access and copy {home} here, or set GRADSWEEP_DATA_HOME "
@@ -343,6 +346,21 @@ def _fetch_openml(
     except ValueError as exc:  # OpenMLError (no such name or version), a bad cached file, ...
         raise DataError(f"{key}: {what}: {_one_line(exc)}") from None
     return bunch.data, bunch.target
+
+
+def _prune_empty_folders(root: Path, keep_root: bool) -> None:
+    """Remove the empty folders scikit-learn made for files it then could not download.
+
+    Never a file, and ``root`` itself only when it did not exist before: a failed run leaves no
+    trace.
+    """
+    if not root.is_dir():
+        return
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: -len(entry[0])):
+        if keep_root and Path(folder) == root:
+            continue
+        with contextlib.suppress(OSError):  # as it should, on a folder that holds anything
+            os.rmdir(folder)
 
 
 def _openml_arrays(

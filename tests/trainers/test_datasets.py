@@ -427,6 +427,7 @@ def test_openml_empty_cache_is_one_line_naming_the_folder(
     assert "internet access" in message and "GRADSWEEP_DATA_HOME" in message
     assert CONNECTIONS, "a cache miss should have tried openml.org (and been blocked)"
     assert time.perf_counter() - start < 10
+    assert not home.exists()  # the failed download left no empty folders behind
 
 
 def test_data_home_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -576,3 +577,15 @@ def test_numeric_string_labels_keep_numeric_order() -> None:
     codes, classes = datasets._encode_labels(np.array(["10", "2", "1", "2"], dtype=object))
     assert classes == ("1", "2", "10")
     assert codes.tolist() == [2, 1, 0, 1]
+
+
+def test_openml_cache_miss_keeps_what_the_cache_holds(
+    openml_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(datasets, "OPENML_RETRIES", 1)
+    monkeypatch.setattr(datasets, "OPENML_RETRY_DELAY_S", 0.01)
+    before = sorted(p for p in openml_home.rglob("*") if p.is_file())
+    with pytest.raises(DataError, match="is not in the cache"):
+        load_splits("openml", {"name": "tiny", "version": 2})  # a version the cache lacks
+    assert sorted(p for p in openml_home.rglob("*") if p.is_file()) == before
+    assert load_splits("openml", {"name": "tiny"}).n_classes == 3
