@@ -329,7 +329,7 @@ def test_mnist1d_seed_option_and_global_rng_left_alone() -> None:
     expected_np, expected_py = np.random.random(), random.random()
     np.random.seed(123)
     random.seed(123)
-    default, again, other = DATASETS["mnist1d"](), DATASETS["mnist1d"](seed=42), None
+    default, again = DATASETS["mnist1d"](), DATASETS["mnist1d"](seed=42)
     other = DATASETS["mnist1d"](seed=7)
     assert np.random.random() == expected_np
     assert random.random() == expected_py
