@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
+import random
+import shutil
+import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +17,128 @@ import pandas as pd
 import pytest
 import torch
 
-from trainers import DATASETS, DataError, Splits, load_splits
+from trainers import DATASETS, DataError, Splits, datasets, load_splits
+
+CONNECTIONS: list[object] = []  # every attempt the blocker below refused, for tests to inspect
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every data set must load offline: any attempt to resolve or connect fails at once, so a
+    cache miss surfaces as an error (and is recorded) instead of a hang or a real download."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        CONNECTIONS.append(args[:2])
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    CONNECTIONS.clear()
+    yield
+    CONNECTIONS.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_split_cache() -> None:
+    """load_splits caches by name and options, not by cache folder: each test starts afresh."""
+    datasets._load_splits_cached.cache_clear()
+
+
+# --- an OpenML cache in scikit-learn's own layout -------------------------------------------
+
+TINY_ID = 90001
+TINY_ROWS = 60
+
+
+def tiny_frame(n: int = TINY_ROWS) -> pd.DataFrame:
+    """Row id, three numeric features, a 0/1 numeric 'level' and a nominal 3-class target."""
+    rng = np.random.default_rng(1)
+    labels = np.array(["setosa", "versicolor", "virginica"])[np.arange(n) % 3]
+    return pd.DataFrame(
+        {
+            "row_id": np.arange(n),
+            "f1": rng.normal(0.0, 1.0, n).round(4),
+            "f2": rng.normal(3.0, 2.0, n).round(4) + (labels == "virginica"),
+            "f3": rng.integers(0, 5, n),
+            "level": np.arange(n) % 2,
+            "class": labels,
+        }
+    )
+
+
+def write_openml_cache(home: Path, data_id: int = TINY_ID, name: str = "tiny") -> Path:
+    """Write what ``fetch_openml(name, data_home=home/"openml")`` reads, gzip-compressed, where
+    scikit-learn looks: ``openml.org/<path of the API or download URL>.gz`` under ``home/openml``.
+
+    The files are the name lookup, the description (with the ARFF's URL and md5), the features
+    (types and flags: 'row_id' is a row identifier, 'class' the default target) and the qualities
+    (NumberOfInstances), as openml.org serves them.
+    """
+    frame = tiny_frame()
+    root = home / "openml" / "openml.org"
+    nominal = sorted(set(frame["class"]))
+    arff = "\n".join(
+        [
+            f"@RELATION {name}",
+            *(f"@ATTRIBUTE {c} NUMERIC" for c in frame.columns[:-1]),
+            "@ATTRIBUTE class {" + ",".join(nominal) + "}",
+            "@DATA",
+            *(",".join(map(str, row)) for row in frame.itertuples(index=False)),
+            "",
+        ]
+    ).encode()
+    arff_url = f"https://api.openml.org/data/v1/download/{data_id}/{name}.arff"
+    features = [
+        {
+            "index": str(i),
+            "name": column,
+            "data_type": "nominal" if column == "class" else "numeric",
+            **({"nominal_value": nominal} if column == "class" else {}),
+            "is_target": "true" if column == "class" else "false",
+            "is_ignore": "false",
+            "is_row_identifier": "true" if column == "row_id" else "false",
+            "number_of_missing_values": "0",
+        }
+        for i, column in enumerate(frame.columns)
+    ]
+    entry = {"did": data_id, "name": name, "version": 1, "status": "active", "format": "ARFF"}
+    files = {
+        f"api/v1/json/data/list/data_name/{name}/limit/2/status/active/": {
+            "data": {"dataset": [entry]}
+        },
+        f"api/v1/json/data/{data_id}": {
+            "data_set_description": {
+                "id": str(data_id),
+                "name": name,
+                "version": "1",
+                "description": "A tiny data set written by the gradsweep tests.",
+                "format": "ARFF",
+                "url": arff_url,
+                "file_id": str(data_id),
+                "default_target_attribute": "class",
+                "status": "active",
+                "md5_checksum": hashlib.md5(arff).hexdigest(),
+            }
+        },
+        f"api/v1/json/data/features/{data_id}": {"data_features": {"feature": features}},
+        f"api/v1/json/data/qualities/{data_id}": {
+            "data_qualities": {
+                "quality": [
+                    {"name": "NumberOfInstances", "value": f"{len(frame)}.0"},
+                    {"name": "NumberOfFeatures", "value": f"{frame.shape[1]}.0"},
+                ]
+            }
+        },
+    }
+    for path, content in files.items():
+        target = root / f"{path}.gz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(gzip.compress(json.dumps(content).encode()))
+    arff_path = root / f"data/v1/download/{data_id}/{name}.arff.gz"
+    arff_path.parent.mkdir(parents=True, exist_ok=True)
+    arff_path.write_bytes(gzip.compress(arff))
+    return home
 
 
 def write_table(path: Path, n: int = 240) -> Path:
@@ -29,16 +158,25 @@ def write_table(path: Path, n: int = 240) -> Path:
 
 
 def options_for(name: str, tmp_path: Path) -> dict[str, object]:
-    """Options that make each registered data set small and offline; {} for the bundled ones."""
+    """Options that make each registered data set small and offline; {} for the bundled ones.
+
+    OpenML reads the tiny cache written under ``tmp_path/cache`` (``GRADSWEEP_DATA_HOME``).
+    """
     if name == "file":
         return {"path": str(write_table(tmp_path / "table.csv")), "target": "label"}
     if name == "synthetic":
         return {"n_samples": 300, "n_features": 8, "n_informative": 4, "n_classes": 3}
+    if name == "openml":
+        write_openml_cache(tmp_path / "cache")
+        return {"name": "Tiny"}  # OpenML names are case-insensitive; sklearn's cache is lower case
     return {}
 
 
 @pytest.fixture(params=list(DATASETS))
-def case(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, object]]:
+def case(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, dict[str, object]]:
+    monkeypatch.setenv("GRADSWEEP_DATA_HOME", str(tmp_path / "cache"))
     return request.param, options_for(request.param, tmp_path)
 
 
@@ -163,3 +301,291 @@ def test_non_numeric_feature_is_a_clear_data_error(tmp_path: Path) -> None:
 def test_data_error_is_a_value_error() -> None:
     """Config validation catches ValueError: a bad data set must surface the same way."""
     assert issubclass(DataError, ValueError)
+
+
+def test_every_data_set_loaded_without_touching_the_network(
+    case: tuple[str, dict[str, object]],
+) -> None:
+    splits_of(case)
+    assert CONNECTIONS == []
+
+
+# --- MNIST-1D -------------------------------------------------------------------------------
+
+
+def test_mnist1d_is_the_packages_default_set_made_whole() -> None:
+    """The package's 4000 train + 1000 test signals of length 40, all 10 classes, float32."""
+    raw = DATASETS["mnist1d"]()
+    assert raw.x.shape == (5000, 40)
+    assert raw.x.dtype == np.float32
+    assert np.bincount(raw.y).size == 10
+    assert np.bincount(raw.y).min() > 350  # 500 per class before the package's shuffle-cut
+
+
+def test_mnist1d_seed_option_and_global_rng_left_alone() -> None:
+    """Its generator reseeds NumPy's and Python's global RNGs; ours puts them back."""
+    np.random.seed(123)
+    random.seed(123)
+    expected_np, expected_py = np.random.random(), random.random()
+    np.random.seed(123)
+    random.seed(123)
+    default, again = DATASETS["mnist1d"](), DATASETS["mnist1d"](seed=42)
+    other = DATASETS["mnist1d"](seed=7)
+    assert np.random.random() == expected_np
+    assert random.random() == expected_py
+    np.testing.assert_array_equal(default.x, again.x)
+    assert not np.array_equal(default.x, other.x)
+
+
+@pytest.mark.parametrize("seed", ["7", 1.5, True])
+def test_mnist1d_seed_must_be_an_integer(seed: object) -> None:
+    with pytest.raises(DataError, match=r"^data\.options\.seed: must be an integer"):
+        load_splits("mnist1d", {"seed": seed})
+
+
+# --- OpenML from its cache ------------------------------------------------------------------
+
+
+@pytest.fixture
+def openml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = write_openml_cache(tmp_path / "cache")
+    monkeypatch.setenv("GRADSWEEP_DATA_HOME", str(home))
+    return home
+
+
+@pytest.mark.parametrize("options", [{"name": "tiny"}, {"name": "TINY"}, {"id": TINY_ID}])
+def test_openml_loads_from_the_cache_by_name_or_id(
+    openml_home: Path, options: dict[str, object]
+) -> None:
+    raw = DATASETS["openml"](**options)
+    assert raw.columns == ("f1", "f2", "f3", "level")  # the row identifier is not a feature
+    assert raw.classes == ("setosa", "versicolor", "virginica")
+    expected = tiny_frame()
+    np.testing.assert_allclose(raw.x[:, 0], expected["f1"], rtol=1e-6)
+    assert raw.y.tolist() == (np.arange(TINY_ROWS) % 3).tolist()
+    s = load_splits("openml", options)
+    assert (s.n_features, s.n_classes) == (4, 3)
+    assert CONNECTIONS == []
+
+
+SKLEARN_IRIS = {  # scikit-learn's own copies of what openml.org served for iris (id 61)
+    "api-v1-jdl-dn-iris-l-2-s-act-.json.gz": "api/v1/json/data/list/data_name/iris/limit/2/"
+    "status/active/.gz",
+    "api-v1-jd-61.json.gz": "api/v1/json/data/61.gz",
+    "api-v1-jdf-61.json.gz": "api/v1/json/data/features/61.gz",
+    "api-v1-jdq-61.json.gz": "api/v1/json/data/qualities/61.gz",
+    "data-v1-dl-61.arff.gz": "data/v1/download/61/iris.arff.gz",
+}
+
+
+@pytest.mark.filterwarnings("ignore:Multiple active versions")
+def test_openml_reads_files_as_openml_org_served_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same loader on real OpenML responses (shipped with scikit-learn's tests), not only on
+    the files written above."""
+    import sklearn
+
+    shipped = Path(sklearn.__file__).parent / "datasets/tests/data/openml/id_61"
+    if not shipped.is_dir():
+        pytest.skip("this scikit-learn install ships no OpenML test files")
+    root = tmp_path / "openml" / "openml.org"
+    for source, target in SKLEARN_IRIS.items():
+        (root / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shipped / source, root / target)
+    monkeypatch.setenv("GRADSWEEP_DATA_HOME", str(tmp_path))
+    s = load_splits("openml", {"name": "iris"})
+    assert (s.n_features, s.n_classes) == (4, 3)
+    assert sum(len(y) for y in (s.y_train, s.y_val, s.y_test)) == 150
+    assert CONNECTIONS == []
+
+
+def test_openml_subsample_is_stratified_and_seeded(openml_home: Path) -> None:
+    first = DATASETS["openml"](name="tiny", n_samples=30, seed=0)
+    again = DATASETS["openml"](name="tiny", n_samples=30, seed=0)
+    other = DATASETS["openml"](name="tiny", n_samples=30, seed=1)
+    assert first.x.shape == (30, 4)
+    assert np.bincount(first.y).tolist() == [10, 10, 10]
+    np.testing.assert_array_equal(first.x, again.x)
+    assert not np.array_equal(first.x, other.x)
+
+
+def test_openml_empty_cache_is_one_line_naming_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "empty cache"
+    monkeypatch.setenv("GRADSWEEP_DATA_HOME", str(home))
+    monkeypatch.setattr(datasets, "OPENML_RETRIES", 1)
+    monkeypatch.setattr(datasets, "OPENML_RETRY_DELAY_S", 0.01)
+    start = time.perf_counter()
+    with pytest.raises(DataError) as info:
+        load_splits("openml", {"name": "Fashion-MNIST"})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("data.options.name: OpenML data set 'Fashion-MNIST' is not in the")
+    assert str(home) in message
+    assert "internet access" in message and "GRADSWEEP_DATA_HOME" in message
+    assert CONNECTIONS, "a cache miss should have tried openml.org (and been blocked)"
+    assert time.perf_counter() - start < 10
+    assert not home.exists()  # the failed download left no empty folders behind
+
+
+def test_data_home_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRADSWEEP_DATA_HOME", str(tmp_path / "here"))
+    assert datasets.data_home() == tmp_path / "here"
+    monkeypatch.delenv("GRADSWEEP_DATA_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert datasets.data_home() == tmp_path / "xdg" / "gradsweep"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert datasets.data_home() == tmp_path / "user" / ".cache" / "gradsweep"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, r"^data\.options: the 'openml' data set needs 'name' .* or 'id'"),
+        ({"name": "tiny", "id": TINY_ID}, r"exactly one of them"),
+        ({"id": TINY_ID, "version": 1}, r"^data\.options\.version: only with 'name'"),
+        ({"id": "tiny"}, r"^data\.options\.id: must be a positive integer"),
+        ({"name": "tiny", "n_samples": 0}, r"^data\.options\.n_samples: must be a positive"),
+        ({"name": "tiny", "seed": "0"}, r"^data\.options\.seed: must be an integer"),
+        ({"name": "tiny", "n_samples": 1000}, r"1000 is more than the 60 rows"),
+        ({"name": "tiny", "n_samples": 2}, r"2 rows cannot hold the 3 classes"),
+        ({"name": "tiny", "target": "species"}, r"^data\.options\.target: .* no column 'species'"),
+        (
+            {"name": "tiny", "target": "level"},  # then the nominal 'class' is a feature
+            r"^data\.options\.name: non-numeric feature columns 'class' in OpenML data set 'tiny'",
+        ),
+    ],
+)
+def test_openml_bad_options_are_one_line(
+    openml_home: Path, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(DataError, match=message) as info:
+        load_splits("openml", options)
+    assert "\n" not in str(info.value)
+    assert CONNECTIONS == []
+
+
+# --- validation of every data set -----------------------------------------------------------
+
+
+def error_for(tmp_path: Path, frame: pd.DataFrame, **kwargs: object) -> str:
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError) as info:
+        load_splits("file", {"path": str(path), "target": "label"}, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_and_infinite_values_name_columns_and_rows(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {"a": np.arange(30.0), "b": np.arange(30.0), "c": np.arange(30.0), "label": [0, 1] * 15}
+    )
+    frame.loc[[3, 7], "a"] = np.nan  # written as empty cells
+    frame.loc[7, "c"] = np.inf
+    frame.loc[9, "c"] = -np.inf
+    message = error_for(tmp_path, frame)
+    assert message == (
+        "data.options.path: t.csv has 3 rows with empty, NaN or infinite feature values "
+        "(columns 'a', 'c'); drop or fill them first"
+    )
+
+
+def test_a_single_class_is_refused(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"a": np.arange(20.0), "label": ["cat"] * 20})
+    assert error_for(tmp_path, frame) == (
+        "data.options.path: t.csv has only one class ('cat'); classification needs at least 2"
+    )
+
+
+def test_a_table_of_only_the_target_is_refused(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"label": [0, 1] * 10})
+    assert "t.csv has no feature columns, only the target" in error_for(tmp_path, frame)
+
+
+def test_a_table_without_rows_is_refused(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"a": pd.Series([], dtype=float), "label": pd.Series([], dtype=int)})
+    assert error_for(tmp_path, frame) == "data.options.path: t.csv has no rows"
+
+
+def test_empty_target_cells_are_refused(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"a": np.arange(20.0), "label": ["x", None] * 10})
+    assert "column 'label' of t.csv has 10 empty cells" in error_for(tmp_path, frame)
+
+
+def test_a_class_too_small_for_the_split_says_how_many_rows_it_needs(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"a": np.arange(41.0), "label": ["cat"] * 20 + ["dog"] * 20 + ["eel"]})
+    assert error_for(tmp_path, frame) == (
+        "data.options.path: t.csv: class 'eel' has 1 row; the stratified split with "
+        "val_fraction 0.2 and test_fraction 0.2 needs at least 3 rows per class"
+    )
+
+
+def test_too_few_rows_for_many_classes_says_how_many_rows_it_needs(tmp_path: Path) -> None:
+    """30 rows of 10 classes: the 6 test rows cannot hold one row of each class."""
+    frame = pd.DataFrame({"a": np.arange(30.0), "label": np.arange(30) % 10})
+    assert error_for(tmp_path, frame) == (
+        "data.options.path: t.csv has 30 rows; a stratified split of 10 classes with "
+        "val_fraction 0.2 and test_fraction 0.2 needs at least 47 rows"
+    )
+
+
+def test_synthetic_with_one_class_is_refused() -> None:
+    with pytest.raises(DataError, match=r"^data\.name: 'synthetic' has only one class \('0'\)"):
+        load_splits("synthetic", {"n_samples": 50, "n_classes": 1, "n_informative": 2})
+
+
+@pytest.mark.parametrize(("val", "test"), [(0.2, 0.2), (0.1, 0.3), (0.3, 0.5), (0.05, 0.05)])
+def test_rows_needed_is_enough_and_fewer_can_fail(val: float, test: float) -> None:
+    """With the stated minimum per class and in all, every seed splits; one row fewer in a class
+    fails for some class mix and seed (so the message never asks for more than it must)."""
+    from sklearn.model_selection import train_test_split
+
+    def splits(counts: np.ndarray, seed: int) -> bool:
+        y = np.repeat(np.arange(counts.size), counts)
+        try:
+            _, _, y_rest, _ = train_test_split(y, y, test_size=test, stratify=y, random_state=seed)
+            train_test_split(y_rest, test_size=val / (1 - test), stratify=y_rest, random_state=seed)
+        except ValueError:
+            return False
+        return True
+
+    rng = np.random.default_rng(0)
+    fewer_failed = False
+    for _ in range(12):
+        counts = rng.integers(2, 40, size=int(rng.integers(2, 6)))
+        per_class, _ = datasets.rows_needed(int(counts.sum()), counts.size, val, test)
+        counts = np.maximum(counts, per_class)
+        per_class, total = datasets.rows_needed(int(counts.sum()), counts.size, val, test)
+        if counts.sum() >= total and counts.min() >= per_class:
+            assert all(splits(counts, seed) for seed in range(3)), counts
+        counts[0] = per_class - 1
+        fewer_failed |= not all(splits(counts, seed) for seed in range(5))
+    assert fewer_failed
+
+
+def test_split_fractions_are_checked() -> None:
+    with pytest.raises(DataError, match=r"sum below 1, got 0\.6 and 0\.5"):
+        load_splits("iris", val_fraction=0.6, test_fraction=0.5)
+
+
+def test_numeric_string_labels_keep_numeric_order() -> None:
+    codes, classes = datasets._encode_labels(np.array(["10", "2", "1", "2"], dtype=object))
+    assert classes == ("1", "2", "10")
+    assert codes.tolist() == [2, 1, 0, 1]
+
+
+def test_openml_cache_miss_keeps_what_the_cache_holds(
+    openml_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(datasets, "OPENML_RETRIES", 1)
+    monkeypatch.setattr(datasets, "OPENML_RETRY_DELAY_S", 0.01)
+    before = sorted(p for p in openml_home.rglob("*") if p.is_file())
+    with pytest.raises(DataError, match="is not in the cache"):
+        load_splits("openml", {"name": "tiny", "version": 2})  # a version the cache lacks
+    assert sorted(p for p in openml_home.rglob("*") if p.is_file()) == before
+    assert load_splits("openml", {"name": "tiny"}).n_classes == 3
