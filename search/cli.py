@@ -6,6 +6,7 @@ exit code 2; tracebacks appear only with ``--debug``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -211,23 +212,32 @@ def leaderboard(
     except UserError as exc:
         raise fail(str(exc)) from None
     if by is not None:
-        from search.analysis import factor_table, pairwise_tests
+        import pandas as pd
 
-        table, tests = factor_table(frame, by), pairwise_tests(frame, by)
+        from search.analysis import factor_table, observations, pairwise_tests
+
+        obs, _ = observations(frame)
+        table, tests = factor_table(obs, by), pairwise_tests(obs, by)
         if format == "table":
             out.print(
-                f"[bold]{study} by {by}[/] (trials that ran every epoch; "
-                "95% bootstrap CI of the mean)"
+                f"[bold]{study} by {by}[/] (every level; n = seed observations of trials that "
+                "ran every epoch or diverged; 95% bootstrap CI of the mean)"
             )
             sys.stdout.write(
                 table.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n\n"
             )
-            out.print("pairwise Mann-Whitney U, Holm-corrected:")
-            sys.stdout.write(tests.to_string(index=False, float_format=lambda v: f"{v:.4g}") + "\n")
-        elif format == "csv":
-            sys.stdout.write(table.to_csv(index=False))
+            out.print("pairwise, other factors held equal (stratified permutation test, Holm):")
+            shown = tests.drop(columns=["strata_used"])
+            sys.stdout.write(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}") + "\n")
+        elif format == "csv":  # one file: the levels, then the pairwise tests (column 'kind')
+            both = pd.concat([table.assign(kind="level"), tests.assign(kind="pairwise")])
+            sys.stdout.write(both.to_csv(index=False))
         elif format == "json":
-            sys.stdout.write(table.to_json(orient="records", indent=2) + "\n")
+            records = {  # through pandas' JSON: NaN becomes null
+                name: json.loads(part.to_json(orient="records"))
+                for name, part in (("levels", table), ("pairwise", tests))
+            }
+            sys.stdout.write(json.dumps(records, indent=2) + "\n")
         else:
             from search.leaderboard import markdown
 

@@ -18,12 +18,14 @@ from rich.table import Table
 
 from search.errors import UserError
 from search.schema import (
+    CELL_FACTORS,
     INTERRUPTED,
     OUTCOME_TAG,
     PARENT_TAG,
     REASON_TAG,
     ROLE_STUDY,
     ROLE_TAG,
+    ROLE_TRIAL,
     STUDY_TAG,
 )
 
@@ -86,6 +88,29 @@ def _alpha(value: str | None) -> float | str | None:
     return parsed if isinstance(parsed, float | int) else json.dumps(parsed)
 
 
+def _param(value: str | None) -> float | str | None:
+    """A param as a number when it is one (depth, lr, ...), else the string."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def per_seed(metrics: dict[str, float]) -> dict[int, dict[str, float]]:
+    """``seed/<seed>/<name>`` (and ``init/seed/<seed>/<name>``, as ``init/<name>``) by seed."""
+    out: dict[int, dict[str, float]] = {}
+    for key, value in metrics.items():
+        initial = key.startswith("init/seed/")
+        parts = key.removeprefix("init/").split("/", 2)
+        if parts[0] != "seed" or len(parts) != 3 or not parts[1].lstrip("-").isdigit():
+            continue
+        name = ("init/" if initial else "") + parts[2]
+        out.setdefault(int(parts[1]), {})[name] = value
+    return out
+
+
 def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
     """Ranked table of study ``study``'s trials: best validation accuracy first."""
     parent = find_parent_run(client, study)
@@ -96,6 +121,7 @@ def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
             continue  # an attempt cut short by a lost driver; its resumed run is listed instead
         rows.append(
             {
+                **{f: _param(params.get(f)) for f in CELL_FACTORS if f != "alpha"},
                 "run_name": run.info.run_name,
                 "activation": params.get("activation"),
                 "alpha": _alpha(params.get("alpha")),
@@ -111,10 +137,24 @@ def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
                 "grad_ratio": metrics.get("diag/grad_ratio_first_last", math.nan),
                 "seeds": int(metrics.get("seeds", 1)),
                 "best_val_accuracy_std": metrics.get("best_val_accuracy_std", math.nan),
+                "epoch_seconds": metrics.get("epoch_seconds", math.nan),
+                "chance_accuracy": metrics.get("chance_accuracy", math.nan),
+                "role": tags.get(ROLE_TAG, ROLE_TRIAL),
+                "per_seed": per_seed(metrics),
                 "run_id": run.info.run_id,
             }
         )
-    extra = ["grad_ratio", "seeds", "best_val_accuracy_std", "run_id"]
+    extra = [
+        "grad_ratio",
+        "seeds",
+        "best_val_accuracy_std",
+        "epoch_seconds",
+        "chance_accuracy",
+        "role",
+        "per_seed",
+        *(f for f in CELL_FACTORS if f not in COLUMNS),
+        "run_id",
+    ]
     frame = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "rank"] + extra)
     if frame.empty:
         frame.insert(0, "rank", pd.Series(dtype=int))

@@ -21,7 +21,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from search.analysis import FACTORS, factor_table, judge_claims, pairwise_tests, usable
+from search.analysis import FACTORS, factor_table, judge_claims, observations, pairwise_tests
 from search.leaderboard import find_parent_run, leaderboard, markdown, render
 from search.plots import FAST_PNG
 from search.schema import OPTUNA_STORAGE_TAG
@@ -50,9 +50,10 @@ def _save(fig: plt.Figure, path: Path) -> str:
     return path.name
 
 
-def metric_by_activation(trials: pd.DataFrame, table: pd.DataFrame, metric: str, path: Path) -> str:
-    """Box and strip plot of the metric per activation, with the mean's 95% CI."""
-    data = usable(trials, metric)
+def metric_by_activation(obs: pd.DataFrame, table: pd.DataFrame, metric: str, path: Path) -> str:
+    """Box and strip plot of the metric per activation (one point per seed), with the mean's
+    95% CI."""
+    data = obs[obs["role"] == "trial"]
     order = list(table["level"])
     fig, ax = plt.subplots(figsize=(10, 4.5))
     groups = [data.loc[data["activation"] == a, metric].to_numpy(dtype=float) for a in order]
@@ -75,10 +76,10 @@ def metric_by_activation(trials: pd.DataFrame, table: pd.DataFrame, metric: str,
     return _save(fig, path)
 
 
-def init_by_bn(trials: pd.DataFrame, metric: str, path: Path) -> str:
-    """Heatmap of the mean metric per initializer x BN placement."""
-    data = usable(trials, metric)
-    pivot = data.pivot_table(index="init", columns="bn", values=metric, aggfunc="mean")
+def init_by_bn(obs: pd.DataFrame, metric: str, path: Path) -> str:
+    """Heatmap of the mean metric per initializer (as applied) x BN placement."""
+    data = obs[obs["role"] == "trial"]
+    pivot = data.pivot_table(index="init_applied", columns="bn", values=metric, aggfunc="mean")
     fig, ax = plt.subplots(figsize=(8, 0.5 * max(len(pivot), 2) + 2))
     if not pivot.empty:
         image = ax.imshow(pivot.to_numpy(dtype=float), aspect="auto", cmap="viridis")
@@ -116,18 +117,32 @@ def build_report(
     parent = find_parent_run(client, study_name)
     trials = leaderboard(client, study_name)
     notes: list[str] = []
-    used = len(usable(trials, metric)) if not trials.empty else 0
-    notes.append(f"{len(trials)} trials, {used} ran every epoch and are used in the statistics")
-    searcher, scheduler = parent.data.tags.get("searcher"), parent.data.tags.get("scheduler")
-    if searcher not in ("random", "grid", "qmc") or scheduler != "fifo":
+    obs, merged = observations(trials) if not trials.empty else (pd.DataFrame(), 0)
+    used = len(obs)
+    cells = obs["cell"].nunique() if used else 0
+    notes.append(
+        f"{len(trials)} trials; {used} seed observations of {cells} configurations (cells) are "
+        "evidence: trials that ran every epoch or diverged (a diverged seed counts at chance "
+        "accuracy); trials stopped early are not"
+    )
+    if merged:
         notes.append(
-            f"searcher {searcher}, scheduler {scheduler}: factor levels were not sampled evenly "
-            "(and early stopping keeps only rung survivors), so comparisons are exploratory; "
-            "use searcher random with scheduler fifo (as the seed-notes preset does) to test claims"
+            f"{merged} observations repeated a configuration and seed already run and were "
+            "merged: identical runs are one observation, never independent evidence"
         )
-    factors = {f: factor_table(trials, f, metric) for f in FACTORS} if used else {}
-    pairwise = {f: pairwise_tests(trials, f, metric) for f in FACTORS} if used else {}
-    claims = judge_claims(trials) if used else pd.DataFrame()
+    searcher, scheduler = parent.data.tags.get("searcher"), parent.data.tags.get("scheduler")
+    if parent.data.tags.get("design") != "true" and (
+        searcher not in ("random", "grid", "qmc") or scheduler != "fifo"
+    ):
+        notes.append(
+            f"searcher {searcher}, scheduler {scheduler}: an adaptive search chooses where to "
+            "look, so factor levels were not sampled evenly (and early stopping keeps only rung "
+            "survivors); its comparisons are exploratory. Claims rest on designs (the seed-notes "
+            "preset) and on confirmation runs with fresh seeds"
+        )
+    factors = {f: factor_table(obs, f, metric) for f in FACTORS} if used else {}
+    pairwise = {f: pairwise_tests(obs, f, metric) for f in FACTORS} if used else {}
+    claims = judge_claims(obs) if used else pd.DataFrame()
     for f, table in factors.items():
         table.to_csv(directory / f"leaderboard_by_{f}.csv", index=False)
         (directory / f"leaderboard_by_{f}.md").write_text(markdown(table))
@@ -137,11 +152,9 @@ def build_report(
     pictures: dict[str, str | None] = {}
     if used:
         pictures["metric by activation"] = metric_by_activation(
-            trials, factors["activation"], metric, directory / "metric_by_activation.png"
+            obs, factors["activation"], metric, directory / "metric_by_activation.png"
         )
-        pictures["initializer x batch norm"] = init_by_bn(
-            trials, metric, directory / "init_by_bn.png"
-        )
+        pictures["initializer x batch norm"] = init_by_bn(obs, metric, directory / "init_by_bn.png")
     scores: dict[str, float] = {}
     storage = optuna_storage or parent.data.tags.get(OPTUNA_STORAGE_TAG)
     try:
@@ -191,12 +204,16 @@ def build_report(
     lines += [
         "## Claims from the notes, tested on this study",
         "",
-        "Verdicts come from the data: held / refuted need p < 0.05 (Mann-Whitney, Holm-corrected "
-        "over all claims) and a 95% bootstrap CI of the difference that excludes zero; "
-        f"fewer than 3 trials on a side is 'not enough data'. Effect = mean({metric}) of A - B; "
-        "for gradient flow, -|log10 first/last gradient ratio|.",
+        "Each claim compares configurations that differ only in the claim's factor: the other "
+        "factors are held equal (strata), and only strata with both sides count. A trial's "
+        "seeds are its replicates. Effect = the weighted mean over strata of mean(A) - mean(B); "
+        "p from a stratified permutation test and the 95% CI from inverting that same test; "
+        "Holm within each family (accuracy, gradients, cost). Held / refuted: Holm p < 0.05 "
+        "(effect > 0 / < 0). Not enough data: the design cannot decide, with the reason. "
+        "Gradient flow = -|log10 first/last gradient ratio| (0 = even), at initialisation and "
+        "after the last epoch.",
         "",
-        markdown(claims),
+        markdown(claims.drop(columns=["reason"], errors="ignore")),
         "",
     ]
     for f, table in factors.items():
@@ -205,7 +222,7 @@ def build_report(
             "",
             markdown(table),
             "",
-            "Pairwise (Mann-Whitney U, Holm):",
+            "Pairwise, other factors held equal (stratified permutation test, Holm):",
             "",
             markdown(pairwise[f]),
             "",

@@ -18,6 +18,8 @@ ROLE_TAG = "gradsweep.role"
 OUTCOME_TAG = "gradsweep.outcome"
 REASON_TAG = "gradsweep.reason"
 DIVERGED_EPOCH_TAG = "gradsweep.diverged_epoch"
+SEEDS_DIVERGED_TAG = "gradsweep.seeds_diverged"  # "1/4": some seeds diverged, the rest went on
+DIVERGED_SEEDS_TAG = "gradsweep.diverged_seeds"  # which seeds, in which epoch
 RETRIES_TAG = "gradsweep.retries"
 RETRIED_AFTER_TAG = "gradsweep.retried_after_epoch"
 RESUMED_TAG = "gradsweep.resumed"  # parent: when; child: "true"
@@ -53,9 +55,27 @@ EPOCH_METRICS = (
     "best_val_accuracy_std",
     "best_val_accuracy_ci_low",
     "best_val_accuracy_ci_high",
+    "chance_accuracy",  # what a diverged seed counts as (1 / classes)
 )
-#: Prefixes of the per-epoch metric families that also go to MLflow.
-EPOCH_METRIC_PREFIXES = ("diag/", "prelu/", "seed/")
+#: Prefixes of the per-epoch metric families that also go to MLflow. ``init/`` figures were
+#: measured before the first update: kept under that name, and also logged at step 0.
+EPOCH_METRIC_PREFIXES = ("diag/", "prelu/", "seed/", "init/")
+#: The configuration factors a child run records as params (a cell is one set of their values).
+CELL_FACTORS = (
+    "activation",
+    "alpha",
+    "init_applied",
+    "bn",
+    "depth",
+    "width",
+    "lr",
+    "dataset",
+    "optimizer",
+    "batch_size",
+    "epochs",
+    "dropout",
+    "weight_decay",
+)
 #: Written once, when a trial ends.
 FINAL_METRICS = ("test_accuracy", "best_val_accuracy", "epochs_run")
 

@@ -120,7 +120,9 @@ class SeedBook:
         for seed in self.seeds:
             out.update(self._seed_metrics(seed, reports.get(seed)))
         first = next(iter(live.values()), None) or any_report
-        out.update({k: v for k, v in first.diagnostics.items() if k.startswith(("diag/", "prelu/"))})
+        out.update(
+            {k: v for k, v in first.diagnostics.items() if k.startswith(("diag/", "prelu/"))}
+        )
         out.update({INIT + k: v for k, v in first.initial.items() if k.startswith("diag/")})
         return out
 
@@ -150,7 +152,9 @@ class SeedBook:
         }
         if seed in self.diverged_at:
             out[seed_key(seed, "diverged_epoch")] = float(self.diverged_at[seed])
-        out.update({seed_key(seed, f"diag/{f}_epochs"): float(n) for f, n in self.flagged[seed].items()})
+        out.update(
+            {seed_key(seed, f"diag/{f}_epochs"): float(n) for f, n in self.flagged[seed].items()}
+        )
         if report is not None and not report.diverged:
             out[seed_key(seed, "val_accuracy")] = report.val_accuracy
             out.update({seed_key(seed, k): v for k, v in summary(report.diagnostics).items()})

@@ -21,6 +21,7 @@ from search.environment import Locations, redact
 from search.journal import MAX_PARAMS, Journal
 from search.schema import (
     DIVERGED_EPOCH_TAG,
+    DIVERGED_SEEDS_TAG,
     EPOCH_METRIC_PREFIXES,
     EPOCH_METRICS,
     OPTUNA_STORAGE_TAG,
@@ -37,11 +38,14 @@ from search.schema import (
     ROLE_STUDY,
     ROLE_TAG,
     ROLE_TRIAL,
+    SEEDS_DIVERGED_TAG,
     STUDY_TAG,
     TRIAL_NUMBER_TAG,
     outcome,
 )
+from search.seeds import INIT
 from spaces import StudyConfig, resolve_trial
+from trainers import FLAGS
 
 
 def flatten(prefix: str, value: Any) -> dict[str, str]:
@@ -90,6 +94,43 @@ def start_parent_run(
     return run_id
 
 
+#: Per-layer figures the pictures draw (kept in the driver's memory per trial and epoch).
+PICTURED = ("diag/grad_norm/", "diag/act_std/")
+
+
+def _per_seed(result: dict[str, Any], name: str) -> dict[str, float]:
+    """``seed/<seed>/<name>`` values of a result, by seed."""
+    prefix, suffix = "seed/", f"/{name}"
+    return {
+        k.removeprefix(prefix).removesuffix(suffix): float(v)
+        for k, v in result.items()
+        if k.startswith(prefix) and k.endswith(suffix) and k.count("/") == name.count("/") + 2
+    }
+
+
+def flag_tags(result: dict[str, Any], initial: dict[str, float]) -> dict[str, str]:
+    """``diag.<flag>`` = how many seeds raise it at the last epoch (``3/4``), and
+    ``diag.at_init.<flag>`` the same at initialisation."""
+    tags = {}
+    for flag in FLAGS:
+        for prefix, source in (("diag.", result), ("diag.at_init.", initial)):
+            raised = _per_seed(source, f"diag/{flag}")
+            if raised:
+                tags[f"{prefix}{flag}"] = f"{sum(v > 0 for v in raised.values())}/{len(raised)}"
+    return tags
+
+
+def divergence_tags(result: dict[str, Any]) -> dict[str, str]:
+    """Seeds that diverged in a trial whose other seeds went on: which, and in which epoch."""
+    epochs = _per_seed(result, "diverged_epoch")
+    if not epochs or len(epochs) == int(result.get("seeds", 0)):
+        return {}
+    return {
+        SEEDS_DIVERGED_TAG: f"{len(epochs)}/{int(result.get('seeds', 0))}",
+        DIVERGED_SEEDS_TAG: ", ".join(f"seed {s} in epoch {int(e)}" for s, e in epochs.items()),
+    }
+
+
 class MlflowTracker(tune.Callback):
     """Ray Tune callback that mirrors every trial into a nested MLflow child run.
 
@@ -118,17 +159,20 @@ class MlflowTracker(tune.Callback):
         self.finished: set[str] = set()
         self.retries: dict[str, int] = {}
         self.last: dict[str, dict[str, Any]] = {}
+        #: trial id -> the figures measured at initialisation (epoch 0)
+        self.initial: dict[str, dict[str, float]] = {}
         #: trial id -> epoch -> the per-layer figures the pictures need
         self.history: dict[str, dict[int, dict[str, float]]] = {}
         self._fixed = {
             "dataset": config.data.name,
-            "depth": str(config.model.depth),
-            "width": str(config.model.width),
             "epochs": str(config.training.epochs),
             "batch_size": str(config.training.batch_size),
             "optimizer": config.training.optimizer,
+            "weight_decay": str(config.training.weight_decay),
             "dropout": str(config.model.dropout),
         }
+        #: Depth or width searched: part of the run names.
+        self._shaped = any(len(config.model.choices(n)) > 1 for n in ("depth", "width"))
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into the experiment state; the journal thread stays behind.
@@ -152,14 +196,20 @@ class MlflowTracker(tune.Callback):
             "activation": spec.activation,
             "init": spec.init,
             "bn": spec.bn,
+            "depth": str(spec.depth),
+            "width": str(spec.width),
             **self.extra_tags.get(str(spec.number), {}),
         }
-        self.journal.create_run(trial.trial_id, self.experiment_id, spec.label(), tags)
+        self.journal.create_run(trial.trial_id, self.experiment_id, spec.label(self._shaped), tags)
         params = {
             "activation": spec.activation,
             "init": spec.init,
+            "init_applied": spec.concrete_init,  # matched resolved: what the layers got
+            "init_is_matched": str(spec.init_is_matched).lower(),
             "bn": spec.bn,
             "lr": repr(spec.lr),
+            "depth": str(spec.depth),
+            "width": str(spec.width),
         }
         if spec.alpha is not None:
             alpha = spec.alpha
@@ -176,23 +226,31 @@ class MlflowTracker(tune.Callback):
             return
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
-        values = {
+        numbers = {
             k: float(v)
             for k, v in result.items()
-            if (k in EPOCH_METRICS or k.startswith(EPOCH_METRIC_PREFIXES))
-            and isinstance(v, int | float)
-            and not isinstance(v, bool)
+            if isinstance(v, int | float) and not isinstance(v, bool)
         }
-        self.history.setdefault(trial.trial_id, {})[epoch] = {
-            k: v for k, v in values.items() if k.startswith(("diag/grad_norm/", "diag/act_std/"))
+        # Figures measured before the first update go in at step 0 (epoch 0).
+        initial = {k.removeprefix(INIT): v for k, v in numbers.items() if k.startswith(INIT)}
+        values = {
+            k: v
+            for k, v in numbers.items()
+            if k in EPOCH_METRICS or k.startswith(EPOCH_METRIC_PREFIXES)
         }
+        history = self.history.setdefault(trial.trial_id, {})
+        for step, figures in ((0, initial), (epoch, values)):
+            if figures:
+                history[step] = {k: v for k, v in figures.items() if k.startswith(PICTURED)}
+        if initial:
+            self.initial[trial.trial_id] = initial
         tags = {}
         if trial.trial_id not in self.last and PLACEMENT_TAGS[0] in result:
             tags = {k: str(result.get(k)) for k in PLACEMENT_TAGS}
         self.last[trial.trial_id] = dict(result)
-        self.journal.log_batch(
-            trial.trial_id, metrics=[(k, v, now, epoch) for k, v in values.items()], tags=tags
-        )
+        metrics = [(k, v, now, 0) for k, v in initial.items()]
+        metrics += [(k, v, now, epoch) for k, v in values.items()]
+        self.journal.log_batch(trial.trial_id, metrics=metrics, tags=tags)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A crashed trial is retried (from its last checkpoint): say so on its run."""
@@ -257,9 +315,8 @@ class MlflowTracker(tune.Callback):
                 tags[DIVERGED_EPOCH_TAG] = str(epoch)
             if result.get("stop_reason"):
                 reason = reason or str(result["stop_reason"])
-            for flag in ("vanishing", "exploding", "dying", "saturated"):
-                if f"diag/{flag}" in result:
-                    tags[f"diag.{flag}"] = str(bool(result[f"diag/{flag}"])).lower()
+            tags.update(flag_tags(result, self.initial.get(key, {})))
+            tags.update(divergence_tags(result))
         if reason:
             tags[REASON_TAG] = reason
         self.journal.log_batch(key, metrics=metrics, tags=tags)

@@ -14,29 +14,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 import torch
 from ray import tune
 
 from search.checkpoints import CHECKPOINT_FILE, RESUME_KEY, owned_by_user
+from search.seeds import SeedBook
 from spaces import StudyConfig, model_builder, resolve_trial, train_settings
-from trainers import (
-    EpochReport,
-    GradientProbe,
-    LoopState,
-    Splits,
-    seed_everything,
-    train,
-    train_fused,
-)
+from trainers import EpochReport, LoopState, Splits, seed_everything, train, train_fused
 
 
-def _save_checkpoint(state: LoopState, directory: str, metrics: dict[str, Any]) -> None:
-    """Atomic write: a reader never sees a half-written checkpoint. The epoch's metrics go
-    with it, so a trial cut off right after its last checkpoint can report them again."""
+def _save_checkpoint(
+    state: LoopState, directory: str, metrics: dict[str, Any], book: dict[str, Any]
+) -> None:
+    """Atomic write: a reader never sees a half-written checkpoint. The epoch's metrics and the
+    seeds' book go with it, so a resumed trial reports what an uninterrupted one would."""
     checkpoint = state.checkpoint()
     checkpoint["metrics"] = metrics
+    checkpoint["seed_book"] = book
     tmp = Path(directory) / (CHECKPOINT_FILE + ".tmp")
     torch.save(checkpoint, tmp)
     os.replace(tmp, Path(directory) / CHECKPOINT_FILE)
@@ -85,41 +80,6 @@ class HealthWatch:
         return None
 
 
-def seed_summary(reports: dict[int, EpochReport]) -> dict[str, float]:
-    """One fused epoch as metrics: the mean over live seeds drives Optuna and the scheduler;
-    per-seed values, std and a 95% t-interval of ``best_val_accuracy`` go to MLflow."""
-    live = {s: r for s, r in reports.items() if not r.diverged}
-    out: dict[str, float] = {
-        "seeds": float(len(reports)),
-        "seeds_diverged": float(len(reports) - len(live)),
-    }
-    for i, (seed, report) in enumerate(sorted(reports.items())):
-        out[f"seed/{i}/best_val_accuracy"] = report.best_val_accuracy
-        out[f"seed/{i}/val_accuracy"] = report.val_accuracy
-        out[f"seed/{i}/seed"] = float(seed)
-    if not live:
-        first = next(iter(reports.values()))
-        return {**first.metrics(), **out, "diverged": 1.0}
-    for name in ("train_loss", "val_loss", "val_accuracy", "test_accuracy", "best_val_accuracy"):
-        out[name] = float(np.mean([getattr(r, name) for r in live.values()]))
-    out["epoch"] = float(next(iter(live.values())).epoch)
-    out["epoch_seconds"] = float(next(iter(live.values())).epoch_seconds)
-    out["diverged"] = 0.0
-    from scipy import stats  # here: a worker that trains one seed never needs it
-
-    best = np.array([r.best_val_accuracy for r in live.values()])
-    out["best_val_accuracy_std"] = float(best.std(ddof=1)) if len(best) > 1 else 0.0
-    if len(best) > 1 and best.std() > 0:
-        low, high = stats.t.interval(0.95, len(best) - 1, loc=best.mean(), scale=stats.sem(best))
-    else:
-        low = high = float(best.mean())
-    out["best_val_accuracy_ci_low"], out["best_val_accuracy_ci_high"] = float(low), float(high)
-    for report in live.values():  # PReLU slopes of the first live seed, as in the plain path
-        out.update({k: v for k, v in report.diagnostics.items() if k.startswith("prelu/")})
-        break
-    return out
-
-
 class Reporter:
     """``tune.report`` each epoch, with a checkpoint every ``checkpoint_every`` epochs (unless
     the last one is younger than ``checkpoint_min_seconds``), and always at the trial's last
@@ -137,13 +97,19 @@ class Reporter:
         return epoch % self.every == 0 and time.monotonic() - self.saved_at >= self.min_seconds
 
     def __call__(
-        self, metrics: dict[str, Any], state: Any, epoch: int, diverged: bool, stopping: bool
+        self,
+        metrics: dict[str, Any],
+        state: Any,
+        epoch: int,
+        diverged: bool,
+        stopping: bool,
+        book: dict[str, Any],
     ) -> None:
         if not self.due(epoch, diverged, stopping):
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as directory:
-            _save_checkpoint(state, directory, metrics)
+            _save_checkpoint(state, directory, metrics, book)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
         self.saved_at = time.monotonic()
 
@@ -155,8 +121,9 @@ def run_trial(params: dict[str, Any], study: dict[str, Any], data: Splits) -> No
     object store, so a worker neither imports the loaders (scikit-learn) nor needs the data file.
 
     With ``training.seeds: k > 1`` the k seeds train fused in this one trial
-    (:func:`trainers.train_fused`); Tune and Optuna see their mean, and the gradient diagnostics
-    describe the first seed.
+    (:func:`trainers.train_fused`); either way every seed is reported by value
+    (:class:`~search.seeds.SeedBook`), and Tune and Optuna see the seeds' mean under its
+    divergence policy.
     """
     config = StudyConfig.model_validate(study)
     spec = resolve_trial(config, params)
@@ -176,47 +143,23 @@ def run_trial(params: dict[str, Any], study: dict[str, Any], data: Splits) -> No
         # Interrupted after its final checkpoint: nothing left to train, only to report.
         tune.report({**resume.get("metrics", {}), **node})
         return
+    seeds = [training.seed + i for i in range(training.seeds)]
+    book = SeedBook(seeds, chance=1.0 / data.n_classes)
+    book.restore((resume or {}).get("seed_book"))
 
-    if training.seeds > 1:
-        seeds = [training.seed + i for i in range(training.seeds)]
-        # The fused loop has no probe of its own: the first live seed is unfused into a plain
-        # copy each epoch and measured, so the trial's diagnostics describe that seed.
-        seed_everything(seeds[0])
-        plain = build().to(device)
-        probe = GradientProbe(plain, data, settings.probe_size) if settings.diagnostics else None
-        if probe is not None:
-            probe.start_epoch()
-
-        def on_fused_epoch(reports: dict[int, EpochReport], state: Any) -> str | None:
-            first = next((s for s in state.seeds if s in reports), None)
-            reason = None
-            if probe is not None and first is not None:
-                plain.load_state_dict(state.model.state_dict_of(state.seeds.index(first)))
-                reports[first].diagnostics.update(probe.measure())
-                probe.start_epoch()
-                reason = health.check(reports[first])
-            metrics = {**seed_summary(reports), **node}
-            if first is not None:
-                metrics.update(
-                    {k: v for k, v in reports[first].diagnostics.items() if k.startswith("diag/")}
-                )
-            if reason:
-                metrics["stop_reason"] = reason
-            report(metrics, state, int(metrics["epoch"]), bool(metrics["diverged"]), bool(reason))
-            return reason
-
-        train_fused(build, seeds, data, settings, on_fused_epoch, resume=resume)
-        return
-
-    seed_everything(training.seed)
-    model = build().to(device)
-
-    def on_epoch(epoch_report: EpochReport, state: LoopState) -> str | None:
-        metrics = {**epoch_report.metrics(), **node}
-        reason = health.check(epoch_report)
+    def on_epoch(reports: dict[int, EpochReport], state: Any) -> str | None:
+        metrics = {**book.record(reports), **node}
+        first = next((r for r in reports.values() if not r.diverged), None)
+        reason = health.check(first) if first is not None else None
         if reason:
             metrics["stop_reason"] = reason
-        report(metrics, state, epoch_report.epoch, epoch_report.diverged, bool(reason))
+        epoch, diverged = int(metrics["epoch"]), bool(metrics["diverged"])
+        report(metrics, state, epoch, diverged, bool(reason), book.state())
         return reason
 
-    train(model, data, settings, on_epoch, resume=resume)
+    if len(seeds) > 1:
+        train_fused(build, seeds, data, settings, on_epoch, resume=resume)
+        return
+    seed_everything(training.seed)
+    model = build().to(device)
+    train(model, data, settings, lambda r, state: on_epoch({seeds[0]: r}, state), resume=resume)

@@ -157,10 +157,31 @@ class DataConfig(_Strict):
         return self
 
 
+Depth = Annotated[int, Field(ge=1, le=256)]
+Width = Annotated[int, Field(ge=1, le=65536)]
+
+
 class ModelConfig(_Strict):
-    depth: Annotated[int, Field(ge=1, le=256)] = 4
-    width: Annotated[int, Field(ge=1, le=65536)] = 64
+    """The MLP's shape; ``depth`` and ``width`` may each be a list, searched as a factor."""
+
+    depth: Depth | list[Depth] = 4
+    width: Width | list[Width] = 64
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    @field_validator("depth", "width")
+    @classmethod
+    def _levels(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("name at least one value")
+            v = list(dict.fromkeys(v))
+            return v[0] if len(v) == 1 else v
+        return v
+
+    def choices(self, name: str) -> list[int]:
+        """The values of ``depth`` or ``width`` a study uses (one when fixed)."""
+        value = getattr(self, name)
+        return value if isinstance(value, list) else [value]
 
 
 class SearchSpaceConfig(_Strict):
@@ -238,7 +259,7 @@ class SearchSpaceConfig(_Strict):
                     f"enqueue.{i}.activation: {activation!r} is not among the searched activations "
                     f"({', '.join(self.activations)})"
                 )
-            allowed = {"activation", "init", "bn", "lr", f"{activation}_alpha"}
+            allowed = {"activation", "init", "bn", "lr", "depth", "width", f"{activation}_alpha"}
             for key in point:
                 if key not in allowed:
                     raise ValueError(
@@ -372,6 +393,24 @@ class StudyConfig(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     optuna_storage: str | None = None  # default: sqlite:///<output_dir>/optuna.db
     output_dir: str = "gradsweep-runs"
+
+    @model_validator(mode="after")
+    def _shapes_enqueued_fit(self) -> StudyConfig:
+        for i, point in enumerate(self.search.enqueue):
+            for key in ("depth", "width"):
+                if key not in point:
+                    continue
+                choices = self.model.choices(key)
+                if len(choices) == 1:
+                    raise ValueError(
+                        f"search.enqueue.{i}.{key}: model.{key} is fixed at {choices[0]}"
+                    )
+                if point[key] not in choices:
+                    raise ValueError(
+                        f"search.enqueue.{i}.{key}: {point[key]!r} is not one of model.{key} "
+                        f"({', '.join(map(str, choices))})"
+                    )
+        return self
 
     @field_validator("name")
     @classmethod

@@ -40,6 +40,7 @@ class DefineByRun:
 
     def __init__(self, config: StudyConfig) -> None:
         self.space = config.search
+        self.shapes = {name: config.model.choices(name) for name in ("depth", "width")}
         self.grid = config.searcher.name == "grid"
 
     def _range(self, trial: SuggestTrial, name: str, values: Range) -> None:
@@ -63,6 +64,9 @@ class DefineByRun:
             self._range(trial, "lr", space.lr)
         else:
             constants["lr"] = space.lr
+        for name, choices in self.shapes.items():  # depth, width: factors when listed
+            if len(choices) > 1:
+                trial.suggest_categorical(name, choices)
         return constants
 
 
@@ -81,6 +85,10 @@ def enqueued_points(config: StudyConfig) -> list[dict[str, Any]]:
             full.setdefault("lr", space.lr.low)
         else:
             full.pop("lr", None)
+        for name in ("depth", "width"):
+            choices = config.model.choices(name)
+            if len(choices) > 1:
+                full.setdefault(name, choices[0])
         points.append(full)
     return points
 
@@ -94,4 +102,5 @@ def grid_size(config: StudyConfig) -> int:
         for choice in space.activations.values()
     )
     lr_points = len(space.lr.points()) if isinstance(space.lr, Range) else 1
-    return per_activation * len(space.initializers) * len(space.batch_norm) * lr_points
+    shapes = len(config.model.choices("depth")) * len(config.model.choices("width"))
+    return per_activation * len(space.initializers) * len(space.batch_norm) * lr_points * shapes

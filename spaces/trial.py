@@ -28,6 +28,8 @@ class TrialSpec:
     init: str
     bn: str
     lr: float
+    depth: int
+    width: int
     per_unit: bool = True
 
     @property
@@ -35,14 +37,21 @@ class TrialSpec:
         """The initializer actually applied (``matched`` resolved for this activation)."""
         return concrete_init(self.init, self.activation)
 
-    def label(self) -> str:
-        """Human-readable run name, e.g. ``t007 elu α=1.0 he_normal bn=before``."""
+    @property
+    def init_is_matched(self) -> bool:
+        """Whether the layers got the notes' rule for this activation (Glorot / He / LeCun)."""
+        return self.concrete_init == concrete_init("matched", self.activation)
+
+    def label(self, shape: bool = False) -> str:
+        """Human-readable run name, e.g. ``t007 elu α=1.0 he_normal bn=before`` (with
+        ``shape``, when the study searches depth or width, also ``20x64``)."""
         alpha = ""
         if isinstance(self.alpha, tuple):
             alpha = f" α=[{self.alpha[0]:.3g},{self.alpha[1]:.3g}]"
         elif self.alpha is not None:
             alpha = f" α={self.alpha:.3g}"
-        return f"t{self.number:03d} {self.activation}{alpha} {self.init} bn={self.bn}"
+        size = f" {self.depth}x{self.width}" if shape else ""
+        return f"t{self.number:03d} {self.activation}{alpha} {self.init} bn={self.bn}{size}"
 
 
 def resolve_trial(config: StudyConfig, params: dict[str, Any]) -> TrialSpec:
@@ -63,6 +72,8 @@ def resolve_trial(config: StudyConfig, params: dict[str, Any]) -> TrialSpec:
         init=params["init"],
         bn=params["bn"],
         lr=float(params["lr"]),
+        depth=int(params.get("depth", config.model.choices("depth")[0])),
+        width=int(params.get("width", config.model.choices("width")[0])),
         per_unit=choice.per_unit if choice is not None else True,
     )
 
@@ -77,8 +88,8 @@ def model_builder(
         return build_mlp(
             n_features,
             n_classes,
-            config.model.depth,
-            config.model.width,
+            spec.depth,
+            spec.width,
             spec.activation,
             spec.alpha,
             spec.init,

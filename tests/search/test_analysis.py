@@ -1,84 +1,220 @@
-"""Factor tables, pairwise tests and claim verdicts on planted data."""
+"""Observations, factor tables, controlled pairwise tests and claim verdicts on planted data.
+
+No training: the analysis takes the leaderboard's DataFrame (one row per trial, its seeds in
+``per_seed``), as it reads it from MLflow.
+"""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from search.analysis import Claim, factor_table, holm, judge_claims, pairwise_tests
+from search.analysis import (
+    Claim,
+    factor_table,
+    judge_claims,
+    notes_claims,
+    observations,
+    pairwise_tests,
+)
+from search.statistics import holm
+
+_DEFAULTS = {
+    "alpha": None,
+    "init_applied": "he_normal",
+    "init_is_matched": "true",
+    "bn": "none",
+    "depth": 20.0,
+    "width": 64.0,
+    "lr": 0.001,
+    "dataset": "digits",
+    "optimizer": "adam",
+    "batch_size": 64.0,
+    "epochs": 10.0,
+    "dropout": 0.0,
+    "weight_decay": 0.0,
+}
+_ids = itertools.count()
 
 
-def _trials(groups: dict[str, np.ndarray], **columns: object) -> pd.DataFrame:
-    rows = [
-        {
-            "activation": a,
-            "init": "he_normal",
-            "bn": "none",
-            "alpha": None,
-            "outcome": "completed",
-            "best_val_accuracy": float(v),
-            "grad_ratio": 1.0,
-            **columns,
-        }
-        for a, values in groups.items()
-        for v in values
-    ]
-    return pd.DataFrame(rows)
+def trial(
+    activation: str, values: list[float], outcome: str = "completed", first_seed: int = 0, **factors
+) -> dict:
+    """A leaderboard row: one trial with one seed per value (seeds first_seed, first_seed+1...)."""
+    per_seed = {
+        first_seed + i: {"best_val_accuracy": v, "test_accuracy": v, "diverged": 0.0}
+        for i, v in enumerate(values)
+    }
+    return {
+        **_DEFAULTS,
+        **factors,
+        "activation": activation,
+        "outcome": outcome,
+        "best_val_accuracy": float(np.mean(values)),
+        "chance_accuracy": 0.1,
+        "role": "trial",
+        "per_seed": per_seed,
+        "run_id": f"run{next(_ids)}",
+    }
 
 
-def _claim(a: str, b: str) -> Claim:
-    return Claim(f"{a} > {b}", lambda d: d["activation"] == a, lambda d: d["activation"] == b)
+def frame(*rows: dict) -> pd.DataFrame:
+    return pd.DataFrame(list(rows))
 
 
-def test_planted_winner_is_held_with_ci_excluding_zero() -> None:
-    rng = np.random.default_rng(1)
-    trials = _trials(
-        {"elu": 0.95 + rng.normal(0, 0.01, 10), "logistic": 0.3 + rng.normal(0, 0.05, 10)}
+def claim(a: str, b: str, free: tuple[str, ...] = ("activation",)) -> Claim:
+    return Claim(
+        f"{a} > {b}",
+        "accuracy",
+        "best_val_accuracy",
+        lambda d: d["activation"] == a,
+        lambda d: d["activation"] == b,
+        free,
     )
-    row = judge_claims(trials, [_claim("elu", "logistic")]).iloc[0]
+
+
+def verdict_of(trials: pd.DataFrame, c: Claim) -> pd.Series:
+    obs, _ = observations(trials)
+    return judge_claims(obs, [c]).iloc[0]
+
+
+def test_seeds_are_replicates_and_a_planted_winner_is_held() -> None:
+    rng = np.random.default_rng(1)
+    trials = frame(
+        trial("elu", list(0.95 + rng.normal(0, 0.01, 5))),
+        trial("logistic", list(0.30 + rng.normal(0, 0.05, 5))),
+    )
+    row = verdict_of(trials, claim("elu", "logistic"))
     assert row["verdict"] == "held"
+    assert (row["cells_a"], row["seeds_a"], row["cells_b"], row["seeds_b"]) == (1, 5, 1, 5)
     assert row["ci_low"] > 0 and row["effect"] == pytest.approx(0.65, abs=0.05)
 
 
 def test_reversed_claim_is_refuted() -> None:
     rng = np.random.default_rng(2)
-    trials = _trials(
-        {"elu": 0.95 + rng.normal(0, 0.01, 10), "logistic": 0.3 + rng.normal(0, 0.05, 10)}
+    trials = frame(
+        trial("elu", list(0.95 + rng.normal(0, 0.01, 5))),
+        trial("logistic", list(0.3 + rng.normal(0, 0.05, 5))),
     )
-    assert judge_claims(trials, [_claim("logistic", "elu")]).iloc[0]["verdict"] == "refuted"
+    assert verdict_of(trials, claim("logistic", "elu"))["verdict"] == "refuted"
 
 
 def test_no_real_difference_is_not_significant() -> None:
     rng = np.random.default_rng(3)
-    trials = _trials({"elu": rng.normal(0.9, 0.02, 12), "relu": rng.normal(0.9, 0.02, 12)})
-    row = judge_claims(trials, [_claim("elu", "relu")]).iloc[0]
+    trials = frame(
+        trial("elu", list(rng.normal(0.9, 0.02, 8))), trial("relu", list(rng.normal(0.9, 0.02, 8)))
+    )
+    row = verdict_of(trials, claim("elu", "relu"))
     assert row["verdict"] == "not significant"
     assert row["ci_low"] < 0 < row["ci_high"]
 
 
-def test_too_few_trials_is_not_enough_data() -> None:
-    trials = _trials({"elu": np.array([0.9, 0.91]), "relu": np.array([0.5, 0.52, 0.51])})
-    assert judge_claims(trials, [_claim("elu", "relu")]).iloc[0]["verdict"] == "not enough data"
+def test_one_seed_per_side_is_not_enough_data_with_a_reason() -> None:
+    row = verdict_of(frame(trial("elu", [0.9]), trial("relu", [0.5])), claim("elu", "relu"))
+    assert row["verdict"] == "not enough data"
+    assert "seed" in row["why"] and "\n" not in row["why"]
 
 
-def test_early_stopped_and_diverged_trials_are_left_out() -> None:
-    trials = _trials({"elu": np.full(4, 0.9)})
-    trials.loc[0, "outcome"] = "early_stopped"
-    trials.loc[1, "outcome"] = "diverged"
-    table = factor_table(trials, "activation")
-    assert table.iloc[0]["n"] == 2
+def test_duplicate_trials_are_merged_never_independent_evidence() -> None:
+    """The trap: a random searcher with a fixed lr re-draws two configurations ten times; one
+    real run per side can't support a verdict, and the merge is counted."""
+    trials = frame(
+        *[trial("relu", [0.8]) for _ in range(5)], *[trial("tanh", [0.65]) for _ in range(5)]
+    )
+    obs, merged = observations(trials)
+    assert merged == 8 and len(obs) == 2
+    row = judge_claims(obs, [claim("relu", "tanh")]).iloc[0]
+    assert row["verdict"] == "not enough data"
 
 
-def test_factor_table_mean_ci_and_order() -> None:
+def test_simpsons_paradox_is_held_for_the_winner_of_every_stratum() -> None:
+    """A beats B at depth 5 and at depth 20; B ran mostly at the easy depth, so pooled means
+    favour B. Holding depth equal finds A."""
+    rng = np.random.default_rng(5)
+    rows = [
+        trial("elu", list(0.92 + rng.normal(0, 0.005, 3)), depth=5.0),
+        trial("relu", list(0.90 + rng.normal(0, 0.005, 3)), depth=5.0),
+        trial("relu", list(0.90 + rng.normal(0, 0.005, 3)), depth=5.0, first_seed=3),
+        trial("relu", list(0.90 + rng.normal(0, 0.005, 3)), depth=5.0, first_seed=6),
+        trial("elu", list(0.62 + rng.normal(0, 0.005, 3)), depth=20.0),
+        trial("elu", list(0.62 + rng.normal(0, 0.005, 3)), depth=20.0, first_seed=3),
+        trial("elu", list(0.62 + rng.normal(0, 0.005, 3)), depth=20.0, first_seed=6),
+        trial("relu", list(0.60 + rng.normal(0, 0.005, 3)), depth=20.0),
+    ]
+    obs, _ = observations(frame(*rows))
+    pooled = obs.groupby("activation")["best_val_accuracy"].mean()
+    assert pooled["elu"] < pooled["relu"], "the trap is real: pooled, B looks better"
+    row = judge_claims(obs, [claim("elu", "relu")]).iloc[0]
+    assert row["verdict"] == "held" and row["strata"] == 2
+
+
+def test_a_diverged_seed_counts_at_chance() -> None:
+    rows = [trial("elu", [0.9, 0.9, 0.9]), trial("relu", [0.9, 0.9, 0.9])]
+    rows[1]["per_seed"][2] = {"diverged": 1.0, "best_val_accuracy": 0.9}
+    obs, _ = observations(frame(*rows))
+    diverged = obs[(obs["activation"] == "relu") & (obs["seed"] == 2)].iloc[0]
+    assert diverged["best_val_accuracy"] == pytest.approx(0.1)
+
+
+def test_stopped_early_trials_are_not_evidence() -> None:
+    rows = [trial("elu", [0.9]), trial("elu", [0.8], outcome="early_stopped", lr=0.01)]
+    obs, _ = observations(frame(*rows))
+    assert len(obs) == 1
+
+
+def test_factor_tables_keep_every_level_with_its_n() -> None:
     rng = np.random.default_rng(4)
-    trials = _trials({"elu": rng.normal(0.9, 0.01, 20), "tanh": rng.normal(0.8, 0.01, 20)})
-    table = factor_table(trials, "activation")
-    assert list(table["level"]) == ["elu", "tanh"]
-    for row in table.itertuples():
-        assert row.ci_low < row.mean < row.ci_high
-    tests = pairwise_tests(trials, "activation")
-    assert tests.iloc[0]["p_holm"] < 1e-6
+    trials = frame(
+        trial("elu", list(rng.normal(0.9, 0.01, 6))),
+        trial("tanh", list(rng.normal(0.8, 0.01, 6))),
+        trial("selu", [0.85]),
+    )
+    obs, _ = observations(trials)
+    table = factor_table(obs, "activation")
+    assert list(table["level"]) == ["elu", "selu", "tanh"]
+    assert dict(zip(table["level"], table["n"], strict=True)) == {"elu": 6, "selu": 1, "tanh": 6}
+    assert table.set_index("level").loc["selu", ["ci_low", "ci_high"]].isna().all()
+    tests = pairwise_tests(obs, "activation")
+    elu_tanh = tests[(tests["a"] == "elu") & (tests["b"] == "tanh")].iloc[0]
+    assert elu_tanh["p_holm"] < 0.05 and elu_tanh["effect"] > 0
+    selu = tests[(tests["a"] == "elu") & (tests["b"] == "selu")].iloc[0]
+    assert selu["reason"] and np.isnan(selu["p_holm"])
+
+
+def test_pairwise_tests_hold_other_factors_equal() -> None:
+    """Levels that never share the other factors can't be compared, and say so."""
+    trials = frame(trial("elu", [0.9, 0.91, 0.92], bn="before"), trial("relu", [0.5, 0.51, 0.5]))
+    obs, _ = observations(trials)
+    row = pairwise_tests(obs, "activation").iloc[0]
+    assert "no stratum" in row["reason"] and "bn" in row["reason"]
+
+
+def test_families_are_corrected_apart() -> None:
+    """A gradient claim does not dilute the accuracy claims' Holm correction."""
+    rng = np.random.default_rng(6)
+    trials = frame(
+        trial("elu", list(0.95 + rng.normal(0, 0.01, 5))),
+        trial("relu", list(0.90 + rng.normal(0, 0.01, 5))),
+    )
+    obs, _ = observations(trials)
+    obs["grad_flow_final"] = rng.normal(0, 1, len(obs))
+    accuracy = claim("elu", "relu")
+    gradient = Claim(
+        "flow", "gradients", "grad_flow_final", accuracy.a, accuracy.b, ("activation",)
+    )
+    alone = judge_claims(obs, [accuracy]).iloc[0]["p_holm"]
+    together = judge_claims(obs, [accuracy, gradient])
+    assert together.iloc[0]["p_holm"] == pytest.approx(alone)
+
+
+def test_notes_claims_only_name_activations_the_study_ran() -> None:
+    names = [c.name for c in notes_claims({"relu", "tanh"})]
+    assert "relu > tanh (matched init)" in names
+    assert not any("selu" in n.lower() or "elu" in n.split() for n in names)
+    assert all(c.family in ("accuracy", "gradients", "cost") for c in notes_claims({"elu", "relu"}))
 
 
 def test_holm_matches_the_textbook_example() -> None:
