@@ -86,6 +86,7 @@ def observations(trials: pd.DataFrame) -> tuple[pd.DataFrame, int]:
                         figures.get("init/diag/grad_ratio_first_last", math.nan)
                     ),
                     "grad_flow_final": _flow(figures.get("diag/grad_ratio_first_last", math.nan)),
+                    "grad_ratio_init": figures.get("init/diag/grad_ratio_first_last", math.nan),
                     "grad_rate_init": figures.get("init/diag/grad_rate", math.nan),
                     "grad_rate_final": figures.get("diag/grad_rate", math.nan),
                     "dead_frac": figures.get("diag/dead_frac_max", math.nan),
@@ -108,6 +109,7 @@ _METRICS = (
     "epoch_seconds",
     "grad_flow_init",
     "grad_flow_final",
+    "grad_ratio_init",
     "grad_rate_init",
     "grad_rate_final",
     "dead_frac",

@@ -26,6 +26,7 @@ from search.leaderboard import find_parent_run, leaderboard, markdown, render
 from search.plots import FAST_PNG
 from search.schema import OPTUNA_STORAGE_TAG
 
+DEPTH_FIGURE = "depth_by_activation.png"
 IMPORTANCE = {
     "fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
     "ped-anova": lambda: optuna.importance.PedAnovaImportanceEvaluator(),
@@ -90,6 +91,32 @@ def init_by_bn(obs: pd.DataFrame, metric: str, path: Path) -> str:
                 ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="white")
         fig.colorbar(image, ax=ax, label=f"mean {metric}")
     ax.set(title=f"mean {metric}: initializer x batch norm", xlabel="bn", ylabel="init")
+    return _save(fig, path)
+
+
+def depth_by_activation(obs: pd.DataFrame, metric: str, path: Path) -> str:
+    """How deep each activation can go: the metric (mean over seeds and cells) and the median
+    first/last gradient ratio at initialisation against depth, one line per activation and BN
+    placement."""
+    data = obs[obs["role"] == "trial"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for (activation, bn), group in data.groupby(["activation", "bn"], sort=True):
+        label = activation if bn == "none" else f"{activation} + BN {bn}"
+        by_depth = group.groupby("depth")
+        depths = sorted(by_depth.groups)
+        left.plot(depths, by_depth[metric].mean().loc[depths], marker="o", label=label)
+        ratio = by_depth["grad_ratio_init"].median().loc[depths]
+        right.plot(depths, ratio.clip(lower=1e-12), marker="o", label=label)
+    left.set(xlabel="depth (hidden layers)", ylabel=f"mean {metric}", title=f"{metric} by depth")
+    right.set_yscale("log")
+    right.axhline(1.0, color="grey", linewidth=0.8)
+    right.set(
+        xlabel="depth (hidden layers)",
+        ylabel="first / last layer gradient norm",
+        title="gradient ratio at initialisation (1 = even)",
+    )
+    left.legend(fontsize="small")
+    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -83,6 +83,7 @@ def start_parent_run(
         "searcher": config.searcher.name,
         "scheduler": config.scheduler.name,
         "dataset": config.data.name,
+        "design": str(bool(config.design)).lower(),
     }
     run = client.create_run(experiment_id, run_name=study_name, tags=tags)
     run_id = run.info.run_id

@@ -253,37 +253,37 @@ class SearchSpaceConfig(_Strict):
     @model_validator(mode="after")
     def _enqueued_points_fit(self) -> SearchSpaceConfig:
         for i, point in enumerate(self.enqueue):
-            activation = point.get("activation")
-            if activation not in self.activations:
-                raise ValueError(
-                    f"enqueue.{i}.activation: {activation!r} is not among the searched activations "
-                    f"({', '.join(self.activations)})"
-                )
-            allowed = {"activation", "init", "bn", "lr", "depth", "width", f"{activation}_alpha"}
-            for key in point:
-                if key not in allowed:
-                    raise ValueError(
-                        f"enqueue.{i}.{key}: unknown; allowed: {', '.join(sorted(allowed))}"
-                    )
-            if point.get("init", self.initializers[0]) not in self.initializers:
-                raise ValueError(
-                    f"enqueue.{i}.init: {point['init']!r} is not among the searched initializers"
-                )
-            if point.get("bn", self.batch_norm[0]) not in self.batch_norm:
-                raise ValueError(
-                    f"enqueue.{i}.bn: {point['bn']!r} is not among the searched placements"
-                )
-            alpha_key = f"{activation}_alpha"
-            if alpha_key in point and not isinstance(self.activations[activation].alpha, Range):
-                raise ValueError(f"enqueue.{i}.{alpha_key}: {activation}'s alpha is not searched")
-            if "lr" in point and not isinstance(self.lr, Range):
-                raise ValueError(f"enqueue.{i}.lr: the learning rate is fixed at {self.lr}")
-            for key in ("lr", alpha_key):
-                value = point.get(key, 1.0)
-                number = isinstance(value, int | float) and not isinstance(value, bool)
-                if not number or value < 0 or (key == "lr" and value == 0):
-                    raise ValueError(f"enqueue.{i}.{key}: {value!r} must be a positive number")
+            self.check_point(f"enqueue.{i}", point)
         return self
+
+    def check_point(self, where: str, point: dict[str, Any]) -> None:
+        """A configuration to run (``search.enqueue``, ``design``) names only searched values."""
+        activation = point.get("activation")
+        if activation not in self.activations:
+            raise ValueError(
+                f"{where}.activation: {activation!r} is not among the searched activations "
+                f"({', '.join(self.activations)})"
+            )
+        allowed = {"activation", "init", "bn", "lr", "depth", "width", f"{activation}_alpha"}
+        for key in point:
+            if key not in allowed:
+                raise ValueError(f"{where}.{key}: unknown; allowed: {', '.join(sorted(allowed))}")
+        if point.get("init", self.initializers[0]) not in self.initializers:
+            raise ValueError(
+                f"{where}.init: {point['init']!r} is not among the searched initializers"
+            )
+        if point.get("bn", self.batch_norm[0]) not in self.batch_norm:
+            raise ValueError(f"{where}.bn: {point['bn']!r} is not among the searched placements")
+        alpha_key = f"{activation}_alpha"
+        if alpha_key in point and not isinstance(self.activations[activation].alpha, Range):
+            raise ValueError(f"{where}.{alpha_key}: {activation}'s alpha is not searched")
+        if "lr" in point and not isinstance(self.lr, Range):
+            raise ValueError(f"{where}.lr: the learning rate is fixed at {self.lr}")
+        for key in ("lr", alpha_key):
+            value = point.get(key, 1.0)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or value < 0 or (key == "lr" and value == 0):
+                raise ValueError(f"{where}.{key}: {value!r} must be a positive number")
 
 
 def _check_alpha(
@@ -393,21 +393,33 @@ class StudyConfig(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     optuna_storage: str | None = None  # default: sqlite:///<output_dir>/optuna.db
     output_dir: str = "gradsweep-runs"
+    #: A designed experiment: the cells to run, in order, each once (its replicates are the
+    #: ``training.seeds`` fused seeds); ``num_samples`` defaults to their number.
+    design: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _design_sets_num_samples(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("design") and "num_samples" not in raw:
+            return {**raw, "num_samples": len(raw["design"])}
+        return raw
 
     @model_validator(mode="after")
     def _shapes_enqueued_fit(self) -> StudyConfig:
-        for i, point in enumerate(self.search.enqueue):
+        points = [(f"design.{i}", p) for i, p in enumerate(self.design)]
+        for where, point in points:
+            self.search.check_point(where, point)
+        points += [(f"search.enqueue.{i}", p) for i, p in enumerate(self.search.enqueue)]
+        for where, point in points:
             for key in ("depth", "width"):
                 if key not in point:
                     continue
                 choices = self.model.choices(key)
                 if len(choices) == 1:
-                    raise ValueError(
-                        f"search.enqueue.{i}.{key}: model.{key} is fixed at {choices[0]}"
-                    )
+                    raise ValueError(f"{where}.{key}: model.{key} is fixed at {choices[0]}")
                 if point[key] not in choices:
                     raise ValueError(
-                        f"search.enqueue.{i}.{key}: {point[key]!r} is not one of model.{key} "
+                        f"{where}.{key}: {point[key]!r} is not one of model.{key} "
                         f"({', '.join(map(str, choices))})"
                     )
         return self

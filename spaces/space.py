@@ -76,10 +76,11 @@ def define_space(config: StudyConfig) -> Callable[[SuggestTrial], dict[str, Any]
 
 
 def enqueued_points(config: StudyConfig) -> list[dict[str, Any]]:
-    """``search.enqueue`` completed with the first choice of any factor a point leaves out."""
+    """``design`` then ``search.enqueue``, completed with the first choice of any factor a point
+    leaves out."""
     space = config.search
     points = []
-    for point in space.enqueue:
+    for point in [*config.design, *space.enqueue]:
         full = {"init": space.initializers[0], "bn": space.batch_norm[0], **point}
         if isinstance(space.lr, Range):
             full.setdefault("lr", space.lr.low)

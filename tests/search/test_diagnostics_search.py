@@ -80,14 +80,15 @@ def test_diagnostic_metrics_and_flags_reach_mlflow(diverging_study) -> None:
     healthy = next(r for r in runs if r.info.status == "FINISHED")
     for layer in ("layer_01", "layer_06"):
         history = client.get_metric_history(healthy.info.run_id, f"diag/grad_norm/{layer}")
-        assert [m.step for m in history] == list(range(1, EPOCHS + 1))
+        assert [m.step for m in history] == list(range(EPOCHS + 1)), "epoch 0 = at init"
         assert all(m.value > 0 for m in history)
     assert {
         "diag/act_std/layer_01",
         "diag/update_ratio/layer_01",
         "diag/grad_ratio_first_last",
     } <= set(healthy.data.metrics)
-    assert healthy.data.tags["diag.vanishing"] in ("true", "false")
+    assert healthy.data.tags["diag.vanishing"] in ("0/1", "1/1")
+    assert healthy.data.tags["diag.at_init.vanishing"] in ("0/1", "1/1")
 
 
 def test_pictures_are_logged_and_load(diverging_study, tmp_path) -> None:
@@ -131,3 +132,51 @@ def test_gradient_health_stopping_prunes(local_ray: None, tmp_path) -> None:
         assert run.data.metrics["epochs_run"] == 2
     study = optuna.load_study(study_name=result.study_name, storage=result.optuna_storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
+
+
+def test_depth_as_a_factor_flags_at_initialisation_and_draws_how_deep(
+    local_ray: None, tmp_path
+) -> None:
+    """depth: [4, 12, 20] over relu (with and without BN), elu and logistic: the figures of the
+    initialised nets reach MLflow at step 0, ReLU + BN at depth 20 explodes there, logistic at
+    depth 20 vanishes, and the report draws how deep each activation can go."""
+    design = [
+        {"activation": "relu", "bn": bn, "depth": depth}
+        for bn in ("none", "before")
+        for depth in (4, 12, 20)
+    ]
+    design += [{"activation": a, "depth": 20} for a in ("elu", "logistic")]
+    config = load_config(
+        {
+            "name": "depths",
+            "model": {"depth": [4, 12, 20], "width": 64},
+            "search": {
+                "activations": ["relu", "elu", "logistic"],
+                "initializers": ["matched"],
+                "batch_norm": ["none", "before"],
+                "lr": 0.001,
+            },
+            "design": design,
+            "training": {"epochs": 2},
+            "output_dir": str(tmp_path),
+        }
+    )
+    result = run_study(config)
+    client, runs = _children(result)
+    assert len(runs) == len(design) == config.num_samples
+    by_cell = {
+        (r.data.params["activation"], r.data.params["bn"], r.data.params["depth"]): r for r in runs
+    }
+    assert set(by_cell) == {(d["activation"], d.get("bn", "none"), str(d["depth"])) for d in design}
+    for run in runs:
+        steps = client.get_metric_history(run.info.run_id, "diag/grad_ratio_first_last")
+        assert steps[0].step == 0, "the initialised net is measured"
+        assert run.data.tags["depth"] == run.data.params["depth"]
+    assert by_cell["relu", "before", "20"].data.tags["diag.at_init.exploding"] == "1/1"
+    assert by_cell["relu", "none", "20"].data.tags["diag.at_init.exploding"] == "0/1"
+    assert by_cell["logistic", "none", "20"].data.tags["diag.at_init.vanishing"] == "1/1"
+    assert by_cell["elu", "none", "20"].data.tags["diag.at_init.vanishing"] == "0/1"
+    path = client.download_artifacts(
+        result.parent_run_id, "report/depth_by_activation.png", str(tmp_path / "dl")
+    )
+    assert matplotlib.image.imread(path).shape[0] > 100
