@@ -3,12 +3,14 @@ value, and a seed that diverges counts at chance accuracy instead of dropping ou
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import mlflow
 import numpy as np
 import optuna
 import pytest
+import ray
 import torch
 
 from search import run_study
@@ -113,6 +115,8 @@ def test_a_diverged_seed_counts_at_chance_and_is_tagged(local_ray: None, tmp_pat
             "output_dir": str(tmp_path),
         }
     )
+    # Ray workers can't import this test module: ship the trainable by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     result = run_study(config, trainable=diverging_seed_trial)
     client = mlflow.MlflowClient(tracking_uri=result.tracking_uri)
     (run,) = client.search_runs(
