@@ -140,6 +140,7 @@ def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
                 "epoch_seconds": metrics.get("epoch_seconds", math.nan),
                 "chance_accuracy": metrics.get("chance_accuracy", math.nan),
                 "role": tags.get(ROLE_TAG, ROLE_TRIAL),
+                "init_is_matched": params.get("init_is_matched"),
                 "per_seed": per_seed(metrics),
                 "run_id": run.info.run_id,
             }
@@ -151,6 +152,7 @@ def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
         "epoch_seconds",
         "chance_accuracy",
         "role",
+        "init_is_matched",
         "per_seed",
         *(f for f in CELL_FACTORS if f not in COLUMNS),
         "run_id",

@@ -182,6 +182,10 @@ def build_report(
             obs, factors["activation"], metric, directory / "metric_by_activation.png"
         )
         pictures["initializer x batch norm"] = init_by_bn(obs, metric, directory / "init_by_bn.png")
+        if obs["depth"].nunique() > 1:
+            pictures["how deep each activation can go"] = depth_by_activation(
+                obs, metric, directory / DEPTH_FIGURE
+            )
     scores: dict[str, float] = {}
     storage = optuna_storage or parent.data.tags.get(OPTUNA_STORAGE_TAG)
     try:

@@ -209,6 +209,7 @@ def contrast(
         raise ValueError(f"cell(s) {', '.join(map(str, both))} are on both sides of the claim")
     y = obs[metric].to_numpy(dtype=float)
     finite = np.isfinite(y)
+    ran = {"A": in_a.any(), "B": in_b.any()}
     in_a, in_b = in_a & finite, in_b & finite
 
     def empty(reason: str, one_sided: int = 0) -> Contrast:
@@ -217,6 +218,8 @@ def contrast(
         return Contrast(metric, [], *counts, nan, nan, nan, nan, 1.0, True, 1 - alpha, reason)
 
     for name, mask in (("A", in_a), ("B", in_b)):
+        if not ran[name]:
+            return empty(f"no trial of the study is on side {name}")
         if not mask.any():
             return empty(f"no observation on side {name} has a finite {metric}")
 
