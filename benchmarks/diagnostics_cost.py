@@ -1,11 +1,17 @@
-"""What the per-epoch gradient diagnostics cost, on the ``quick`` preset's model and data.
+"""What the gradient diagnostics cost, on the ``quick`` preset's model and data.
 
-For a spread of the preset's configurations, trains with diagnostics on and times the probe
-inside the same run (``GradientProbe.measure`` and ``start_epoch`` wrapped), so the figure is the
-probe's share of that very run, free of the run-to-run noise of a shared machine. Also prints the
-end-to-end epoch time with diagnostics off and on (minimum of interleaved runs) as a cross-check.
+Two measurements:
+
+- ``--study`` (the one that counts): the same small study run end to end with ``search.run_study``
+  with diagnostics on and off, alternated (on, off, on, off, ...) so a shared machine's drift
+  falls on both; diagnostics on means the epoch-0 probe, every fused seed measured each epoch, the
+  per-seed figures and pictures. Prints each pair and the median relative cost in wall time.
+- the default: for a spread of the preset's configurations, one training run each with the probe
+  timed inside it (``GradientProbe.measure`` and ``start_epoch`` wrapped): the probe's share of
+  that very run, plus the epoch time with diagnostics off and on (minimum of interleaved runs).
 
     .venv/bin/python benchmarks/diagnostics_cost.py [--epochs 5] [--repeats 7]
+    .venv/bin/python benchmarks/diagnostics_cost.py --study [--pairs 3]
 """
 
 from __future__ import annotations
@@ -67,11 +73,62 @@ def run(
     return total / epochs, timer.seconds / epochs
 
 
+def study_cost(pairs: int) -> None:
+    """Whole-study wall time, diagnostics on vs off, alternated; Ray started once before."""
+    import tempfile
+
+    import ray
+
+    from search import run_study
+
+    overrides = [
+        "num_samples=8",
+        "training.epochs=5",
+        "training.seeds=3",
+        "scheduler.name=fifo",
+        "searcher.name=random",
+    ]
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ratios = []
+    try:
+        for i in range(pairs):
+            walls = {}
+            for enabled in (True, False) if i % 2 == 0 else (False, True):
+                with tempfile.TemporaryDirectory(prefix="gradsweep-diagcost-") as tmp:
+                    config = load_config(
+                        "quick",
+                        [
+                            *overrides,
+                            f"diagnostics.enabled={str(enabled).lower()}",
+                            f"output_dir={tmp}",
+                        ],
+                    )
+                    t0 = time.perf_counter()
+                    run_study(config)
+                    walls[enabled] = time.perf_counter() - t0
+            ratios.append(walls[True] / walls[False] - 1)
+            print(
+                f"  pair {i + 1}: diagnostics on {walls[True]:6.1f} s, off {walls[False]:6.1f} s "
+                f"-> {ratios[-1]:+.1%}"
+            )
+    finally:
+        ray.shutdown()
+    print(
+        f"study wall time with diagnostics: median {statistics.median(ratios):+.1%} over "
+        f"{pairs} alternated pairs (target <= 5%)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--study", action="store_true", help="whole studies, on vs off")
+    parser.add_argument("--pairs", type=int, default=3)
     args = parser.parse_args()
+    if args.study:
+        study_cost(args.pairs)
+        return
     torch.set_num_threads(1)  # as a trial with resources.cpu = 1
     config = load_config("quick")
     combos = [
