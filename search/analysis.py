@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from search.schema import CELL_FACTORS
+from search.schema import CELL_FACTORS, ROLE_CONFIRMATION, ROLE_TRIAL
 from search.statistics import Contrast, contrast, holm, merge_replicates, verdict
 
 ALPHA = 0.05
@@ -208,6 +208,7 @@ class Claim:
     label_a: str = ""
     label_b: str = ""
     needs: tuple[str, ...] = ()  # the activations it is about: left out when one never ran
+    role: str = ROLE_TRIAL  # which runs it reads: the search's, or the confirmation runs
 
 
 def _is(column: str, *values: object) -> Side:
@@ -410,19 +411,42 @@ def notes_claims(present: set[str], depths: int = 1) -> list[Claim]:
 
 
 _WHEN = {"init": "at initialisation", "final": "after the last epoch"}
+#: What a confirmation compares across: everything the search tuned; the rest is held equal.
+_TUNED = (*_ACT, "bn", "lr", "depth", "width")
+
+
+def confirmation_claims(present: set[str]) -> list[Claim]:
+    """The chain ELU > leaky ReLU > ReLU > tanh > logistic, each side at the configuration it
+    won the search with, on fresh seeds, scored on the test split (:mod:`search.confirm`)."""
+    return [
+        Claim(
+            f"{a} > {b} (each tuned, confirmation runs, test)",
+            "accuracy",
+            "test_accuracy",
+            _is("activation", a),
+            _is("activation", b),
+            _TUNED,
+            needs=(a, b),
+            role=ROLE_CONFIRMATION,
+        )
+        for a, b in pairwise([x for x in ACTIVATION_CHAIN if x in present])
+    ]
 
 
 def judge_claims(obs: pd.DataFrame, claims: list[Claim] | None = None) -> pd.DataFrame:
     """Verdicts for ``claims`` (default: :func:`notes_claims` of what the study ran): one row
     per claim with its strata, cells x seeds per side, effect and CI, raw and Holm p (within the
     claim's family), the verdict and why."""
-    data = obs[obs["role"] == "trial"] if not obs.empty else obs
     if claims is None:
-        present = set(data["activation"].dropna()) if not data.empty else set()
-        depths = data["depth"].nunique() if not data.empty else 0
-        claims = notes_claims(present, depths)
+        claims = []
+        for role, make in ((ROLE_TRIAL, notes_claims), (ROLE_CONFIRMATION, confirmation_claims)):
+            runs = obs[obs["role"] == role] if not obs.empty else obs
+            present = set(runs["activation"].dropna()) if not runs.empty else set()
+            extra = {"depths": runs["depth"].nunique()} if make is notes_claims and present else {}
+            claims += make(present, **extra) if present else []
     contrasts = []
     for claim in claims:
+        data = obs[obs["role"] == claim.role] if not obs.empty else obs
         strata = [c for c in CELL_FACTORS if c not in claim.free]
         a, b = claim.a(data).to_numpy(bool), claim.b(data).to_numpy(bool)
         contrasts.append(contrast(data, claim.metric, a, b, strata))

@@ -144,6 +144,37 @@ def resume(
 
 
 @app.command()
+def confirm(
+    study: Annotated[str, typer.Option(help="The study whose winners to confirm.")],
+    seeds: Annotated[int, typer.Option(help="Fresh seeds per configuration (replicates).")] = 5,
+    factor: Annotated[
+        str, typer.Option(help="Confirm the best configuration of each level of this factor.")
+    ] = "activation",
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI of the study.")
+    ] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster (default: local).")] = None,
+) -> None:
+    """Retrain each level's best configuration with fresh seeds, scored on the test split."""
+    _quiet()
+    from search.confirm import confirm_study
+    from search.errors import UserError
+
+    try:
+        result = confirm_study(
+            study,
+            seeds=seeds,
+            factor=factor,
+            tracking_uri=tracking_uri,
+            address=address,
+            progress=True,
+        )
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    _summary(result)
+
+
+@app.command()
 def sync(
     output_dir: Annotated[Path, typer.Option(help="The studies' output directory.")] = Path(
         "gradsweep-runs"

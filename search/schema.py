@@ -39,6 +39,8 @@ FACTOR_TAGS = ("activation", "init", "bn")
 # -- roles ----------------------------------------------------------------------------------------
 ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"
+ROLE_CONFIRMATION = "confirmation"  # a best configuration retrained with fresh seeds
+CONFIRMED_TAG = "gradsweep.confirmed"  # parent: when confirmation runs were added
 
 # -- metrics --------------------------------------------------------------------------------------
 OBJECTIVE = "best_val_accuracy"  # what Optuna and the scheduler maximise

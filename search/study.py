@@ -32,7 +32,7 @@ from search.leaderboard import find_parent_run, leaderboard, render
 from search.plots import log_pictures
 from search.progress import ProgressCallback
 from search.resume import close_orphans, plan_resume
-from search.schema import OUTPUT_DIR_TAG, RESUMED_TAG
+from search.schema import OUTPUT_DIR_TAG, RESUMED_TAG, ROLE_TRIAL
 from search.stores import (
     Stores,
     existing_store,
@@ -99,7 +99,7 @@ def run_study(
         num_samples = config.num_samples
         if config.searcher.name == "grid":  # each distinct configuration once
             num_samples = min(num_samples, grid_size(config))
-        board, notes = _run(
+        board, notes = run_trials(
             config,
             name,
             where,
@@ -118,7 +118,7 @@ def run_study(
         )
     if num_samples < config.num_samples:
         notes.insert(0, f"grid: {num_samples} distinct configurations, so {num_samples} trials")
-    return _result(name, where, experiment_id, parent_run_id, board, notes, t0)
+    return study_result(name, where, experiment_id, parent_run_id, board, notes, t0)
 
 
 def resume_study(
@@ -140,7 +140,7 @@ def resume_study(
     if address:
         preflight.check_address(address)
     parent = find_parent_run(client, study_name)
-    config = _saved_config(client, parent.info.run_id, study_name)
+    config = saved_config(client, parent.info.run_id, study_name)
     output = Path(parent.data.tags.get(OUTPUT_DIR_TAG, config.output_dir))
     where = Locations(
         output, client.tracking_uri, environment.optuna_storage(config.optuna_storage, output)
@@ -168,7 +168,7 @@ def resume_study(
         if parent.info.status != "RUNNING":  # children nest under an active run
             client.update_run(parent.info.run_id, status="RUNNING")
         stores = Stores(client, optuna.storages.RDBStorage(where.optuna_storage))
-        board, notes = _run(
+        board, notes = run_trials(
             config,
             study_name,
             where,
@@ -192,7 +192,7 @@ def resume_study(
         f"resumed: {plan.finished} trials already finished, {len(plan.resume)} resumed, "
         f"{max(0, remaining - len(plan.resume))} new",
     )
-    return _result(
+    return study_result(
         study_name, where, parent.info.experiment_id, parent.info.run_id, board, notes, t0
     )
 
@@ -248,7 +248,8 @@ def _remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def _saved_config(client: MlflowClient, parent_run_id: str, study_name: str) -> StudyConfig:
+def saved_config(client: MlflowClient, parent_run_id: str, study_name: str) -> StudyConfig:
+    """The config a study ran with, read back from its parent run's ``config.json``."""
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = client.download_artifacts(parent_run_id, "config.json", tmp)
@@ -257,7 +258,7 @@ def _saved_config(client: MlflowClient, parent_run_id: str, study_name: str) -> 
         raise UserError(f"--study {study_name}: its saved config can't be read ({exc})") from None
 
 
-def _run(
+def run_trials(
     config: StudyConfig,
     name: str,
     where: Locations,
@@ -276,9 +277,12 @@ def _run(
     callbacks: Sequence[tune.Callback],
     resume: dict[int, dict[str, str]] | None = None,
     resumed_tags: dict[int, dict[str, str]] | None = None,
+    optuna_study: str | None = None,
+    role: str = ROLE_TRIAL,
 ) -> tuple[pd.DataFrame, list[str]]:
     """One Tuner over the study, then always the end: leaderboard, report, parent status, Ray
-    stopped if the study owns it."""
+    stopped if the study owns it. ``optuna_study`` (default: the study's name) is where the
+    trials are asked and told; ``role`` tags their runs."""
     journal = Journal(
         stores.client,
         spool_path(where.output, name),
@@ -292,6 +296,7 @@ def _run(
         name,
         config,
         extra_tags={str(k): v for k, v in (resumed_tags or {}).items()},
+        role=role,
     )
     status = "FAILED"
     try:
@@ -301,7 +306,7 @@ def _run(
                 extra.append(ProgressCallback(num_samples, run_name))
             tuner, searcher = build_tuner(
                 config,
-                study_name=name,
+                study_name=optuna_study or name,
                 run_name=run_name,
                 output=where.output,
                 storage=stores.optuna,
@@ -401,7 +406,7 @@ def finish(
     return board, notes
 
 
-def _result(
+def study_result(
     name: str,
     where: Locations,
     experiment_id: str,
@@ -410,6 +415,7 @@ def _result(
     notes: list[str],
     t0: float,
 ) -> StudyResult:
+    """What a run, resume or confirmation of study ``name`` gives back, timed from ``t0``."""
     return StudyResult(
         study_name=name,
         parent_run_id=parent_run_id,

@@ -150,8 +150,10 @@ class MlflowTracker(tune.Callback):
         study_name: str,
         config: StudyConfig,
         extra_tags: dict[str, dict[str, str]] | None = None,
+        role: str = ROLE_TRIAL,
     ) -> None:
         self.journal = journal
+        self.role = role
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
         self.study_name, self.config = study_name, config
         #: Optuna trial number -> extra tags for its run (e.g. what a resumed run continues)
@@ -190,7 +192,7 @@ class MlflowTracker(tune.Callback):
         tags = {
             PARENT_TAG: self.parent_run_id,
             STUDY_TAG: self.study_name,
-            ROLE_TAG: ROLE_TRIAL,
+            ROLE_TAG: self.role,
             RAY_TRIAL_ID_TAG: trial.trial_id,
             RAY_TRIAL_PATH_TAG: str(getattr(trial, "path", "") or ""),
             TRIAL_NUMBER_TAG: str(spec.number),
