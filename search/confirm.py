@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import optuna
 import pandas as pd
@@ -33,9 +33,10 @@ from search.study import StudyResult, run_trials, saved_config, study_result
 from search.trainable import run_trial
 from search.tuner import Trainable
 from spaces import StudyConfig
+from spaces.config import ConfirmConfig
 
-#: Factors a confirmation can pick the best configuration per level of.
-CONFIRMABLE = ("activation", "bn", "init_applied", "depth", "width")
+#: Factors a confirmation can pick the best configuration per level of (the config's choices).
+CONFIRMABLE: tuple[str, ...] = get_args(ConfirmConfig.model_fields["factor"].annotation)
 
 
 def best_per_level(board: pd.DataFrame, factor: str) -> pd.DataFrame:
@@ -112,6 +113,7 @@ def confirm_study(
             "search": {**config.search.model_dump(mode="json"), "enqueue": []},
             "scheduler": {"name": "fifo"},  # every confirmation runs every epoch
             "budget_minutes": None,
+            "confirm": None,
         }
     )
     output = Path(parent.data.tags.get(OUTPUT_DIR_TAG, config.output_dir))

@@ -118,6 +118,20 @@ def run_study(
         )
     if num_samples < config.num_samples:
         notes.insert(0, f"grid: {num_samples} distinct configurations, so {num_samples} trials")
+    if config.confirm is not None and not board.empty:
+        from search.confirm import confirm_study  # it runs studies: imported only when used
+
+        confirmed = confirm_study(
+            name,
+            seeds=config.confirm.seeds,
+            factor=config.confirm.factor,
+            tracking_uri=where.tracking_uri,
+            address=address,
+            progress=progress,
+            close_patience_s=close_patience_s,
+            trainable=trainable,
+        )
+        board, notes = confirmed.leaderboard, [*notes, *confirmed.notes]
     return study_result(name, where, experiment_id, parent_run_id, board, notes, t0)
 
 

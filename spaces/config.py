@@ -372,6 +372,13 @@ class TrackingConfig(_Strict):
     experiment: Annotated[str, Field(min_length=1)] = "gradsweep"
 
 
+class ConfirmConfig(_Strict):
+    """Confirmation runs at the end of the study (``gradsweep confirm`` does the same later)."""
+
+    seeds: Annotated[int, Field(ge=2, le=64)] = 5
+    factor: Literal["activation", "bn", "init_applied", "depth", "width"] = "activation"
+
+
 class StudyConfig(_Strict):
     """A whole study: what to search, how to train each trial, how to schedule and record."""
 
@@ -396,6 +403,8 @@ class StudyConfig(_Strict):
     #: A designed experiment: the cells to run, in order, each once (its replicates are the
     #: ``training.seeds`` fused seeds); ``num_samples`` defaults to their number.
     design: list[dict[str, Any]] = Field(default_factory=list)
+    #: Retrain each level's best configuration with fresh seeds once the search is done.
+    confirm: ConfirmConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
