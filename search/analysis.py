@@ -28,6 +28,9 @@ from search.schema import CELL_FACTORS, ROLE_CONFIRMATION, ROLE_TRIAL
 from search.statistics import Contrast, contrast, holm, merge_replicates, verdict
 
 ALPHA = 0.05
+#: The contrasts' test: Welch's t within strata (see :mod:`search.statistics` for why not the
+#: permutation test at 3-5 seeds a side).
+METHOD = "welch"
 #: Outcomes whose trials are evidence (a diverged seed counts at chance accuracy).
 EVIDENCE = ("completed", "diverged")
 #: Factor tables: name -> the columns that make a level.
@@ -69,7 +72,7 @@ def observations(trials: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         base = {**factors, "trial": trial["run_id"], "role": trial.get("role", "trial")}
         if not seeds:  # a run without per-seed figures: the trial is one observation
             seeds = {-1: {"best_val_accuracy": trial["best_val_accuracy"]}}
-        for seed, figures in seeds.items():
+        for i, (seed, figures) in enumerate(sorted(seeds.items())):
             diverged = bool(figures.get("diverged", trial["outcome"] == "diverged"))
             score = chance if diverged else figures.get("best_val_accuracy", math.nan)
             test = chance if diverged else figures.get("test_accuracy", math.nan)
@@ -81,7 +84,8 @@ def observations(trials: pd.DataFrame) -> tuple[pd.DataFrame, int]:
                     "test_accuracy": test,
                     "diverged": float(diverged),
                     "epochs_to_95": math.nan if diverged else figures.get("epochs_to_95", math.nan),
-                    "epoch_seconds": trial.get("epoch_seconds", math.nan),
+                    # a fused trial's seeds share one clock: one measurement per trial
+                    "epoch_seconds": trial.get("epoch_seconds", math.nan) if i == 0 else math.nan,
                     "grad_flow_init": _flow(
                         figures.get("init/diag/grad_ratio_first_last", math.nan)
                     ),
@@ -180,7 +184,9 @@ def pairwise_tests(
     strata = [c for c in CELL_FACTORS if c not in FACTORS[factor]]
     pairs = list(combinations(sorted(set(levels)), 2))
     contrasts = [
-        contrast(data, metric, (levels == a).to_numpy(), (levels == b).to_numpy(), strata)
+        contrast(
+            data, metric, (levels == a).to_numpy(), (levels == b).to_numpy(), strata, method=METHOD
+        )
         for a, b in pairs
     ]
     rows = [{"a": a, "b": b, **_numbers(c)} for (a, b), c in zip(pairs, contrasts, strict=True)]
@@ -449,7 +455,7 @@ def judge_claims(obs: pd.DataFrame, claims: list[Claim] | None = None) -> pd.Dat
         data = obs[obs["role"] == claim.role] if not obs.empty else obs
         strata = [c for c in CELL_FACTORS if c not in claim.free]
         a, b = claim.a(data).to_numpy(bool), claim.b(data).to_numpy(bool)
-        contrasts.append(contrast(data, claim.metric, a, b, strata))
+        contrasts.append(contrast(data, claim.metric, a, b, strata, method=METHOD))
     p_holm = [math.nan] * len(claims)
     for family in FAMILIES:
         members = [i for i, c in enumerate(claims) if c.family == family]
