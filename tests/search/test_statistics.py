@@ -470,3 +470,70 @@ def test_a_typical_claim_is_fast_and_deterministic() -> None:
     assert len(obs) == 96 and not first.exact and len(first.strata_used) == 12
     assert elapsed < 0.5
     assert contrast(obs, "acc", elu, relu, ["depth", "bn"]) == first
+
+
+# -- the stratified Welch t test (what the claims use) ---------------------------------------
+
+
+def _welch_study(effect: float, strata: int, seeds: int, rng: np.random.Generator) -> pd.DataFrame:
+    rows = []
+    for s in range(strata):
+        base = 0.5 + 0.1 * s
+        for side, shift in (("a", effect), ("b", 0.0)):
+            for seed in range(seeds):
+                rows.append(
+                    {
+                        "side": side,
+                        "depth": s,
+                        "seed": seed,
+                        "acc": base + shift + rng.normal(0, 0.01),
+                    }
+                )
+    obs, _ = merge_replicates(pd.DataFrame(rows), ["side", "depth"])
+    return obs
+
+
+def test_welch_null_rejects_at_about_alpha() -> None:
+    rng = np.random.default_rng(11)
+    n = 600
+    rejected = 0
+    for _ in range(n):
+        obs = _welch_study(0.0, strata=3, seeds=4, rng=rng)
+        c = contrast(obs, "acc", obs["side"] == "a", obs["side"] == "b", ["depth"], method="welch")
+        rejected += c.p < 0.05
+    # 99.9% binomial upper bound for a true rate of 5% over 600 claims: 48
+    assert rejected <= 48, f"{rejected}/{n} null claims rejected"
+
+
+def test_welch_holds_a_planted_effect_and_agrees_with_its_ci() -> None:
+    rng = np.random.default_rng(12)
+    obs = _welch_study(0.02, strata=2, seeds=4, rng=rng)
+    c = contrast(obs, "acc", obs["side"] == "a", obs["side"] == "b", ["depth"], method="welch")
+    assert c.p < 0.01 and c.ci_low > 0 and c.ci_low < 0.02 < c.ci_high
+    for shift in np.linspace(-0.04, 0.04, 17):
+        shifted = obs.assign(acc=obs["acc"] + np.where(obs["side"] == "a", shift, 0.0))
+        d = contrast(
+            shifted,
+            "acc",
+            shifted["side"] == "a",
+            shifted["side"] == "b",
+            ["depth"],
+            method="welch",
+        )
+        assert (d.ci_low > 0 or d.ci_high < 0) == (d.p < 0.05)
+
+
+def test_welch_one_stratum_is_welchs_t_test() -> None:
+    from scipy import stats
+
+    rng = np.random.default_rng(13)
+    obs = _welch_study(0.01, strata=1, seeds=5, rng=rng)
+    c = contrast(obs, "acc", obs["side"] == "a", obs["side"] == "b", ["depth"], method="welch")
+    a, b = obs.loc[obs["side"] == "a", "acc"], obs.loc[obs["side"] == "b", "acc"]
+    assert c.p == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def test_welch_needs_two_seeds_a_side_and_says_so() -> None:
+    obs = _welch_study(0.1, strata=2, seeds=1, rng=np.random.default_rng(14))
+    c = contrast(obs, "acc", obs["side"] == "a", obs["side"] == "b", ["depth"], method="welch")
+    assert not c.decidable and "2 or more seeds" in c.reason
