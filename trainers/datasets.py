@@ -514,7 +514,9 @@ def _check_arrays(
     if bad.any():
         rows = int(bad.any(axis=1).sum())
         where = np.flatnonzero(bad.any(axis=0))
-        names = [columns[i] for i in where] if columns is not None else [f"#{i}" for i in where]
+        names = (
+            [columns[int(i)] for i in where] if columns is not None else [f"#{i}" for i in where]
+        )
         raise DataError(
             f"{source} has {rows} row{'s' if rows != 1 else ''} with empty, NaN or infinite "
             f"feature values (column{'s' if len(names) != 1 else ''} {_names(names)}); drop or "
