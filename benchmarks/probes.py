@@ -67,6 +67,7 @@ class Probes:
         from ray import tune
         from ray.tune.search.search_generator import SearchGenerator
 
+        import search.ending
         import search.preflight
         import search.ray_session
         import search.study as study_module
@@ -91,12 +92,12 @@ class Probes:
         for name in ("on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error"):
             self.wrap(tracker, name, "mlflow: tracker callbacks (driver)")
         self.wrap(tune.Tuner, "fit", "ray: Tuner.fit")
-        self.wrap(study_module, "log_pictures", "pictures (matplotlib)")
-        self.wrap(study_module, "finish", "end: flush, leaderboard, pictures, report")
+        self.wrap(search.ending, "log_pictures", "pictures (matplotlib)")
+        self.wrap(study_module, "finish_study", "end: flush, leaderboard, pictures, report")
         reporter = getattr(study_module, "ReportProcess", None)
         if reporter is not None:
             self.wrap(reporter, "wait", "report: waited for after the pictures")
-        self.wrap(study_module, "leaderboard", "leaderboard query")
+        self.wrap(search.ending, "leaderboard", "leaderboard query")
         self.wrap(search.ray_session, "connect", "ray: start (connect)")
         self.wrap(search.ray_session, "shutdown", "ray: shutdown")
         self.wrap(search.preflight, "check", "preflight (URIs)")

@@ -21,7 +21,8 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from search.analysis import FACTORS, factor_table, judge_claims, observations, pairwise_tests
+from search.analysis import FACTORS, factor_table, observations, pairwise_tests
+from search.claims import judge_claims
 from search.leaderboard import find_parent_run, leaderboard, markdown, render
 from search.plots import FAST_PNG
 from search.schema import OPTUNA_STORAGE_TAG

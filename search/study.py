@@ -25,13 +25,13 @@ from ray import tune
 
 from search import environment, preflight, ray_session
 from search.background import ReportProcess
+from search.ending import finish_study
 from search.environment import Locations, redact
 from search.errors import UserError
 from search.journal import Journal, spool_path
-from search.leaderboard import find_parent_run, leaderboard, render
-from search.plots import log_pictures
+from search.leaderboard import find_parent_run
 from search.progress import ProgressCallback
-from search.resume import close_orphans, plan_resume
+from search.resume import plan_resume
 from search.schema import OUTPUT_DIR_TAG, RESUMED_TAG, ROLE_TRIAL
 from search.stores import (
     Stores,
@@ -340,7 +340,7 @@ def run_trials(
         # Ray's processes stop (mostly waiting) while the leaderboard and pictures are made.
         with ray_session.no_gc(), ThreadPoolExecutor(1, thread_name_prefix="gradsweep-end") as pool:
             ending = pool.submit(
-                finish,
+                finish_study,
                 config,
                 name,
                 where,
@@ -354,69 +354,6 @@ def run_trials(
             if owns_ray:
                 ray_session.shutdown()
             board, notes = ending.result()
-    return board, notes
-
-
-def finish(
-    config: StudyConfig,
-    name: str,
-    where: Locations,
-    client: MlflowClient,
-    journal: Journal,
-    tracker: MlflowTracker,
-    status: str,
-    patience_s: float,
-    reporter: ReportProcess,
-) -> tuple[pd.DataFrame, list[str]]:
-    """The end of a study: orphan sweep, leaderboard, report (in ``reporter``'s process) beside
-    the pictures, parent status; what MLflow can't take is spooled. Returns the leaderboard and
-    the notes a user should read."""
-    board = pd.DataFrame()
-    notes: list[str] = []
-    if journal.flush(timeout_s=patience_s):
-        try:
-            parent = client.get_run(tracker.parent_run_id)
-            if status == "KILLED":  # Ctrl+C: 'gradsweep resume' continues these trials
-                closed = close_orphans(client, parent, "interrupted by the user", interrupted=True)
-            else:
-                closed = close_orphans(client, parent, "its trial ended without a final status")
-            if closed:
-                notes.append(f"{len(closed)} orphaned runs marked FAILED")
-            board = leaderboard(client, name)
-            journal.log_text("parent", render(board, "csv"), "leaderboard.csv")
-            journal.log_text("parent", render(board, "markdown"), "leaderboard.md")
-            if not board.empty:  # built from MLflow and Optuna, now complete
-                reporter.start(
-                    where.tracking_uri, name, where.output / "reports" / name, where.optuna_storage
-                )
-            if config.diagnostics.enabled:
-                histories = {
-                    journal.run_ids[k]: h
-                    for k, h in tracker.history.items()
-                    if k in journal.run_ids
-                }
-                log_pictures(
-                    client,
-                    board,
-                    histories,
-                    tracker.parent_run_id,
-                    config.diagnostics.plots_top,
-                    config.diagnostics.plots_diverged,
-                )
-        except Exception as exc:  # MLflow went away between flush and here
-            notes.append(f"leaderboard not written: {exc.__class__.__name__}: {exc}")
-        finally:  # the parent run ends only after the report's writes
-            problem = reporter.wait()
-        if problem:
-            notes.append(f"report not written: {problem}")
-    journal.set_terminated("parent", status)
-    spooled = journal.close(close_patience_s=patience_s)
-    if spooled:
-        notes.append(
-            f"MLflow unreachable: {spooled} writes saved to {journal.spool}; "
-            f"run 'gradsweep sync' when it is back"
-        )
-    notes.extend(f"MLflow rejected: {r}" for r in journal.rejected)
     return board, notes
 
 

@@ -12,14 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search.analysis import (
-    Claim,
-    factor_table,
-    judge_claims,
-    notes_claims,
-    observations,
-    pairwise_tests,
-)
+from search.analysis import factor_table, observations, pairwise_tests
+from search.claims import Claim, judge_claims, notes_claims
 from search.statistics import holm
 
 _DEFAULTS = {

@@ -13,7 +13,8 @@ import pytest
 from scipy import stats
 
 from search import run_study
-from search.analysis import judge_claims, notes_claims, observations
+from search.analysis import observations
+from search.claims import judge_claims, notes_claims
 from search.leaderboard import leaderboard
 from spaces import load_config
 

@@ -7,7 +7,8 @@ import optuna
 import pytest
 
 from search import run_study
-from search.analysis import judge_claims, observations
+from search.analysis import observations
+from search.claims import judge_claims
 from search.confirm import best_per_level, confirm_study
 from search.errors import UserError
 from search.leaderboard import leaderboard

@@ -15,7 +15,6 @@ import mlflow
 import pytest
 
 from search import background, run_study
-from search.analysis import usable
 from search.background import ReportProcess
 from search.report import build_report
 from search.schema import PARENT_TAG
@@ -28,22 +27,19 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def planted(local_ray: None, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("planted")
-    points = [
-        {"activation": a, "bn": bn} for a in ("elu", "logistic") for bn in ("none", "before") * 3
-    ]
+    points = [{"activation": a, "bn": bn} for a in ("elu", "logistic") for bn in ("none", "before")]
     config = load_config(
         {
             "name": "planted",
             "search": {
                 "activations": ["elu", "logistic"],
-                "initializers": ["pytorch_default"],
+                "initializers": ["matched"],
                 "batch_norm": ["none", "before"],
                 "lr": 0.003,
-                "enqueue": points,
             },
+            "design": points,
             "model": {"depth": 14, "width": 32},
-            "training": {"epochs": 2},
-            "num_samples": len(points),
+            "training": {"epochs": 2, "seeds": 3},
             "output_dir": str(out),
         }
     )
@@ -71,8 +67,9 @@ def _recording(path: Path, child: Callable[[], None] | None = None) -> Callable[
 
 def test_planted_claim_is_held(planted) -> None:
     _, _, report = planted
-    claim = report.claims.set_index("claim").loc["elu > logistic"]
-    assert claim["n_a"] == 6 and claim["n_b"] == 6
+    claim = report.claims.set_index("claim").loc["elu > logistic (matched init)"]
+    assert (claim["cells_a"], claim["seeds_a"], claim["cells_b"], claim["seeds_b"]) == (2, 6, 2, 6)
+    assert claim["strata"] == 2  # bn none and before: each compared within its own placement
     assert claim["ci_low"] > 0
     assert claim["verdict"] == "held"
 
@@ -99,15 +96,15 @@ def test_report_tables_agree_with_mlflow(planted) -> None:
         [result.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'"
     )
     by_activation: dict[str, list[float]] = {}
-    for run in runs:
-        by_activation.setdefault(run.data.params["activation"], []).append(
-            run.data.metrics["best_val_accuracy"]
+    for run in runs:  # every seed of every trial is an observation
+        by_activation.setdefault(run.data.params["activation"], []).extend(
+            v for k, v in run.data.metrics.items() if k.endswith("/best_val_accuracy")
         )
     table = report.factors["activation"].set_index("level")
     for activation, values in by_activation.items():
-        assert table.loc[activation, "n"] == len(values)
+        assert table.loc[activation, "n"] == len(values) == 6
         assert table.loc[activation, "mean"] == pytest.approx(sum(values) / len(values))
-    assert len(usable(result.leaderboard)) == len(runs)
+    assert (result.leaderboard["outcome"] == "completed").sum() == len(runs)
     parent = client.get_run(result.parent_run_id)
     assert "importance/activation" in parent.data.metrics
     logged = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
@@ -116,31 +113,30 @@ def test_report_tables_agree_with_mlflow(planted) -> None:
 
 def test_no_real_difference_is_not_significant(local_ray: None, tmp_path) -> None:
     """A real null study: leaky ReLU with slope 0 *is* ReLU: "leaky_relu > relu" must not hold."""
-    # each learning rate once per activation: no confound between the two groups
+    # each learning rate once per activation, 3 seeds each: no confound between the two groups
     points = [
-        {"activation": a, "lr": 0.001 * 1.5**k} for k in range(6) for a in ("relu", "leaky_relu")
+        {"activation": a, "lr": 0.001 * 2.0**k} for k in range(3) for a in ("relu", "leaky_relu")
     ]
     config = load_config(
         {
             "name": "null",
             "search": {
                 "activations": {"relu": {}, "leaky_relu": {"alpha": 0.0}},
-                "initializers": ["he_normal"],
+                "initializers": ["matched"],
                 "lr": {"low": 0.001, "high": 0.01, "log": True},
-                "enqueue": points,
             },
+            "design": points,
             "model": {"depth": 4, "width": 32},
-            "training": {"epochs": 2},
+            "training": {"epochs": 2, "seeds": 3},
             "searcher": {"name": "random"},
-            "num_samples": len(points),
             "output_dir": str(tmp_path),
         }
     )
     result = run_study(config)
     client = mlflow.MlflowClient(tracking_uri=result.tracking_uri)
     report = build_report(client, result.study_name, tmp_path / "report", result.optuna_storage)
-    claim = report.claims.set_index("claim").loc["leaky_relu > relu"]
-    assert claim["n_a"] == 6 and claim["n_b"] == 6
+    claim = report.claims.set_index("claim").loc["leaky_relu > relu (matched init)"]
+    assert claim["strata"] == 3 and claim["seeds_a"] == 9 and claim["seeds_b"] == 9
     assert claim["verdict"] == "not significant"
     assert claim["ci_low"] <= 0 <= claim["ci_high"]
 
@@ -160,7 +156,7 @@ def _alive(pid: int) -> bool:
 def test_study_wrote_its_report_in_another_process(planted) -> None:
     result, _, _ = planted
     directory = result.output_dir / "reports" / result.study_name
-    assert "elu > logistic" in (directory / "report.md").read_text()
+    assert "elu > logistic (matched init)" in (directory / "report.md").read_text()
     built_by = int((result.output_dir / "report-built-by").read_text())
     assert built_by != os.getpid()  # the forked report process, not a fallback in the driver
 

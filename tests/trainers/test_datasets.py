@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from trainers import DATASETS, DataError, Splits, datasets, load_splits
+from trainers import DATASETS, DataError, Splits, datasets, load_splits, openml
 
 CONNECTIONS: list[object] = []  # every attempt the blocker below refused, for tests to inspect
 
@@ -415,8 +415,8 @@ def test_openml_empty_cache_is_one_line_naming_the_folder(
 ) -> None:
     home = tmp_path / "empty cache"
     monkeypatch.setenv("GRADSWEEP_DATA_HOME", str(home))
-    monkeypatch.setattr(datasets, "OPENML_RETRIES", 1)
-    monkeypatch.setattr(datasets, "OPENML_RETRY_DELAY_S", 0.01)
+    monkeypatch.setattr(openml, "OPENML_RETRIES", 1)
+    monkeypatch.setattr(openml, "OPENML_RETRY_DELAY_S", 0.01)
     start = time.perf_counter()
     with pytest.raises(DataError) as info:
         load_splits("openml", {"name": "Fashion-MNIST"})
@@ -432,13 +432,13 @@ def test_openml_empty_cache_is_one_line_naming_the_folder(
 
 def test_data_home_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRADSWEEP_DATA_HOME", str(tmp_path / "here"))
-    assert datasets.data_home() == tmp_path / "here"
+    assert openml.data_home() == tmp_path / "here"
     monkeypatch.delenv("GRADSWEEP_DATA_HOME")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert datasets.data_home() == tmp_path / "xdg" / "gradsweep"
+    assert openml.data_home() == tmp_path / "xdg" / "gradsweep"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    assert datasets.data_home() == tmp_path / "user" / ".cache" / "gradsweep"
+    assert openml.data_home() == tmp_path / "user" / ".cache" / "gradsweep"
 
 
 @pytest.mark.parametrize(
@@ -574,7 +574,7 @@ def test_split_fractions_are_checked() -> None:
 
 
 def test_numeric_string_labels_keep_numeric_order() -> None:
-    codes, classes = datasets._encode_labels(np.array(["10", "2", "1", "2"], dtype=object))
+    codes, classes = datasets.encode_labels(np.array(["10", "2", "1", "2"], dtype=object))
     assert classes == ("1", "2", "10")
     assert codes.tolist() == [2, 1, 0, 1]
 
@@ -582,8 +582,8 @@ def test_numeric_string_labels_keep_numeric_order() -> None:
 def test_openml_cache_miss_keeps_what_the_cache_holds(
     openml_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(datasets, "OPENML_RETRIES", 1)
-    monkeypatch.setattr(datasets, "OPENML_RETRY_DELAY_S", 0.01)
+    monkeypatch.setattr(openml, "OPENML_RETRIES", 1)
+    monkeypatch.setattr(openml, "OPENML_RETRY_DELAY_S", 0.01)
     before = sorted(p for p in openml_home.rglob("*") if p.is_file())
     with pytest.raises(DataError, match="is not in the cache"):
         load_splits("openml", {"name": "tiny", "version": 2})  # a version the cache lacks
