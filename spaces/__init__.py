@@ -6,11 +6,12 @@ The samplers load Optuna when one is made: a trial worker only needs the config.
 
 from __future__ import annotations
 
-from spaces.config import PRESETS_DIR, ActivationChoice, ConfigError, Range, StudyConfig
+from spaces.config import PRESETS_DIR, StudyConfig
 from spaces.loading import load_config, presets
 from spaces.samplers import SAMPLERS, make_sampler
 from spaces.space import TRIAL_NUMBER_KEY, alpha_param, define_space, enqueued_points, grid_size
 from spaces.trial import TrialSpec, model_builder, resolve_trial, train_settings
+from spaces.values import ActivationChoice, ConfigError, Range
 
 __all__ = [
     "PRESETS_DIR",

@@ -7,15 +7,11 @@ one clear line instead of a traceback. Unknown keys are refused everywhere (``ex
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -24,6 +20,15 @@ from pydantic import (
 )
 
 from spaces.samplers import SAMPLERS
+from spaces.values import (
+    SEARCH_DEFAULT,
+    ActivationChoice,
+    LearningRate,
+    Range,
+    Strict,
+    check_alpha,
+    one_of,
+)
 from trainers import (
     ACTIVATIONS,
     BATCH_NORM_PLACEMENTS,
@@ -35,99 +40,9 @@ from trainers import (
 )
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-#: ``alpha: search`` searches the activation's registry range (``Activation.search_range``).
-SEARCH_DEFAULT = "search"
 
 
-def allowed(names: object) -> str:
-    """``'a', 'b' or 'c'``: how an error lists the allowed values."""
-    quoted = [repr(str(n)) for n in names]  # type: ignore[attr-defined]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
-
-
-def _one_of(names: tuple[str, ...] | dict[str, object]) -> AfterValidator:
-    """A validator admitting only ``names`` (a registry's keys), with pydantic's wording."""
-
-    def check(value: str) -> str:
-        if value not in names:
-            raise ValueError(f"allowed: {allowed(names)}")
-        return value
-
-    return AfterValidator(check)
-
-
-class ConfigError(ValueError):
-    """A config (file, preset, override) is invalid; ``str()`` is the one line to show a user."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Range(_Strict):
-    """A searched float: ``low``..``high``, log-uniform when ``log``; ``grid`` points for grid."""
-
-    low: float
-    high: float
-    log: bool = False
-    grid: Annotated[int, Field(ge=1, le=50)] = 3
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Range:
-        if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            raise ValueError("low and high must be finite numbers")
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0, got {self.low}")
-        return self
-
-    def points(self) -> list[float]:
-        """``grid`` evenly spaced points (geometric when ``log``), for the grid searcher."""
-        if self.grid == 1 or self.low == self.high:
-            return [self.low]
-        if self.log:
-            ratio = (self.high / self.low) ** (1 / (self.grid - 1))
-            return [self.low * ratio**i for i in range(self.grid)]
-        step = (self.high - self.low) / (self.grid - 1)
-        return [self.low + step * i for i in range(self.grid)]
-
-
-def _alpha_form(value: Any) -> str:
-    if isinstance(value, dict | Range):
-        return "range"
-    if value == SEARCH_DEFAULT:
-        return "default"
-    return "pair" if isinstance(value, list | tuple) else "number"
-
-
-#: A fixed number, a fixed [lower, upper] pair (rrelu), a searched range, or ``search`` (the
-#: registry's range); the discriminator keeps a bad value's error to the one form the user wrote.
-Alpha = Annotated[
-    Annotated[float, Tag("number")]
-    | Annotated[tuple[float, float], Tag("pair")]
-    | Annotated[Range, Tag("range")]
-    | Annotated[Literal["search"], Tag("default")],
-    Discriminator(_alpha_form),
-]
-FORM_TAGS = {"number", "pair", "range", "default", "list"}
-#: A fixed positive learning rate, or a searched range.
-LearningRate = Annotated[
-    Annotated[Annotated[float, Field(gt=0)], Tag("number")] | Annotated[Range, Tag("range")],
-    Discriminator(_alpha_form),
-]
-
-
-class ActivationChoice(_Strict):
-    """One searched activation. ``alpha``: omitted = literature default, a number (or a
-    ``[lower, upper]`` pair for rrelu) = fixed, ``{low, high, log}`` = searched by Optuna,
-    ``search`` = searched over the activation's registry range."""
-
-    alpha: Alpha | None = None
-    per_unit: bool = True  # prelu: one learned slope per unit (True) or one shared (False)
-
-
-class DataConfig(_Strict):
+class DataConfig(Strict):
     name: str = "digits"
     options: dict[str, Any] = Field(default_factory=dict)
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
@@ -171,7 +86,7 @@ Widths = Annotated[
 ]
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     """The MLP's shape; ``depth`` and ``width`` may each be a list, searched as a factor."""
 
     depth: Depths = 4
@@ -194,14 +109,14 @@ class ModelConfig(_Strict):
         return value if isinstance(value, list) else [value]
 
 
-class SearchSpaceConfig(_Strict):
+class SearchSpaceConfig(Strict):
     """The searched factors. ``activations`` may be a list of names or a name -> choice map."""
 
     activations: dict[str, ActivationChoice] = Field(
         default_factory=lambda: {"relu": ActivationChoice(), "elu": ActivationChoice()}
     )
     initializers: list[str] = Field(default_factory=lambda: ["matched"], min_length=1)
-    batch_norm: list[Annotated[str, _one_of(BATCH_NORM_PLACEMENTS)]] = Field(
+    batch_norm: list[Annotated[str, one_of(BATCH_NORM_PLACEMENTS)]] = Field(
         default_factory=lambda: ["none"], min_length=1
     )
     lr: LearningRate = Range(low=1e-4, high=1e-1, log=True)
@@ -234,7 +149,7 @@ class SearchSpaceConfig(_Strict):
                     )
                 low, high, log = spec.search_range
                 choice = choice.model_copy(update={"alpha": Range(low=low, high=high, log=log)})
-            _check_alpha(name, spec.alpha_kind, choice.alpha)
+            check_alpha(name, spec.alpha_kind, choice.alpha)
             out[name] = choice
         return out
 
@@ -296,32 +211,7 @@ class SearchSpaceConfig(_Strict):
                 raise ValueError(f"{where}.{key}: {value!r} must be a positive number")
 
 
-def _check_alpha(
-    name: str, kind: str, alpha: float | tuple[float, float] | Range | str | None
-) -> None:
-    where = f"alpha of {name}"
-    if alpha is None:
-        return
-    if kind == "none":
-        raise ValueError(
-            f"{name} has no alpha; remove 'alpha' (activations with one: "
-            f"{', '.join(n for n, a in ACTIVATIONS.items() if a.alpha_kind != 'none')})"
-        )
-    if kind == "range":
-        if not isinstance(alpha, tuple):
-            raise ValueError(f"{where} is a fixed [lower, upper] pair, e.g. [0.125, 0.333]")
-        lo, hi = alpha
-        if not (0 <= lo <= hi):
-            raise ValueError(f"{where} must satisfy 0 <= lower <= upper, got [{lo}, {hi}]")
-        return
-    if isinstance(alpha, tuple):
-        raise ValueError(f"{where} is one number or a range {{low, high, log}}, not a pair")
-    low = alpha.low if isinstance(alpha, Range) else float(alpha)
-    if low < 0:
-        raise ValueError(f"{where} must be >= 0, got {low}")
-
-
-class TrainingConfig(_Strict):
+class TrainingConfig(Strict):
     epochs: Annotated[int, Field(ge=1, le=100000)] = 10
     batch_size: Annotated[int, Field(ge=1)] = 64
     optimizer: str = "adam"
@@ -344,7 +234,7 @@ class TrainingConfig(_Strict):
         return v
 
 
-class DiagnosticsConfig(_Strict):
+class DiagnosticsConfig(Strict):
     """Gradient-flow diagnostics per epoch, their pictures, and optional gradient-health stopping.
 
     Stopping ends a trial (Optuna: PRUNED, MLflow: KILLED with a reason) when its first-layer
@@ -361,35 +251,35 @@ class DiagnosticsConfig(_Strict):
     stop_exploding: bool = False
 
 
-class SearcherConfig(_Strict):
-    name: Annotated[str, _one_of(SAMPLERS)] = "tpe"
+class SearcherConfig(Strict):
+    name: Annotated[str, one_of(SAMPLERS)] = "tpe"
     seed: int = 0
 
 
-class SchedulerConfig(_Strict):
+class SchedulerConfig(Strict):
     name: Literal["fifo", "asha"] = "fifo"
     grace_period: Annotated[int, Field(ge=1)] = 1
     reduction_factor: Annotated[float, Field(gt=1)] = 3.0
 
 
-class ResourcesConfig(_Strict):
+class ResourcesConfig(Strict):
     cpu: Annotated[float, Field(gt=0)] = 1.0
     gpu: Annotated[float, Field(ge=0)] = 0.0
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(Strict):
     uri: str | None = None  # default: sqlite:///<output_dir>/mlflow.db
     experiment: Annotated[str, Field(min_length=1)] = "gradsweep"
 
 
-class ConfirmConfig(_Strict):
+class ConfirmConfig(Strict):
     """Confirmation runs at the end of the study (``gradsweep confirm`` does the same later)."""
 
     seeds: Annotated[int, Field(ge=2, le=64)] = 5
     factor: Literal["activation", "bn", "init_applied", "depth", "width"] = "activation"
 
 
-class StudyConfig(_Strict):
+class StudyConfig(Strict):
     """A whole study: what to search, how to train each trial, how to schedule and record."""
 
     name: Annotated[str, Field(min_length=1, max_length=100)] = "study"

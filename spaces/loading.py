@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from spaces.config import FORM_TAGS, PRESETS_DIR, ConfigError, StudyConfig
+from spaces.config import PRESETS_DIR, StudyConfig
+from spaces.values import FORM_TAGS, ConfigError
 
 
 def presets() -> dict[str, str]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from spaces.config import Range, StudyConfig
+from spaces.config import StudyConfig
+from spaces.values import Range
 
 TRIAL_NUMBER_KEY = "optuna_trial_number"
 
