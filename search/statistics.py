@@ -280,43 +280,19 @@ def contrast(
     w = h / h.sum()
     if method == "welch":
         t_obs, ci_low, ci_high, p = _welch(xs, na, nb, w, alpha)
-        return Contrast(
-            metric=metric,
-            strata_used=labels if strata else ["all"],
-            strata_one_sided=one_sided,
-            n_cells_a=len(set(cells[keep & is_a])),
-            n_seeds_a=int(na.sum()),
-            n_cells_b=len(set(cells[keep & ~is_a])),
-            n_seeds_b=int(nb.sum()),
-            effect=t_obs,
-            ci_low=ci_low,
-            ci_high=ci_high,
-            p=p,
-            min_p=0.0,
-            exact=False,
-            level=1 - alpha,
-            reason=None,
+        min_p, exact, reason = 0.0, False, None
+    else:
+        t_obs, ci_low, ci_high, p, min_p, exact = _permutation(
+            xs, na, nb, w, n_resamples, seed, alpha
         )
-    arrangements = math.prod(math.comb(int(a + b), int(a)) for a, b in zip(na, nb, strict=True))
-    exact = arrangements <= n_resamples
-    t, c = null_distribution(xs, na, nb, w, exact, n_resamples, seed)
-    t_obs = float(w @ np.array([x[:a].mean() - x[a:].mean() for x, a in zip(xs, na, strict=True)]))
-    tol = _TIE * max(float(np.abs(x).max()) for x in xs)
-    offset, denom = (0, arrangements) if exact else (1, n_resamples + 1)
-    p, ci_low, ci_high = invert(t, c, t_obs, tol, offset, denom, alpha)
-
-    balanced = bool(np.all(na == nb))
-    min_p = (2 if balanced else 1) / arrangements
-    if not exact:
-        min_p = max(min_p, 1 / (n_resamples + 1))
-    reason = None
-    if min_p >= alpha and (2 if balanced else 1) / arrangements < alpha:
-        reason = f"n_resamples={n_resamples} cannot give p below {min_p:.3g}: use more"
-    elif min_p >= alpha:
-        copies = 0
-        if "copies" in obs.columns:
-            copies = int(obs["copies"].to_numpy()[rows_used][keep].sum() - keep.sum())
-        reason = _too_small(na, nb, min_p, alpha, copies)
+        reason = None
+        if min_p >= alpha and not exact and _smallest_p(na, nb) < alpha:
+            reason = f"n_resamples={n_resamples} cannot give p below {min_p:.3g}: use more"
+        elif min_p >= alpha:
+            copies = 0
+            if "copies" in obs.columns:
+                copies = int(obs["copies"].to_numpy()[rows_used][keep].sum() - keep.sum())
+            reason = _too_small(na, nb, min_p, alpha, copies)
     return Contrast(
         metric=metric,
         strata_used=labels if strata else ["all"],
@@ -334,6 +310,34 @@ def contrast(
         level=1 - alpha,
         reason=reason,
     )
+
+
+def _smallest_p(na: np.ndarray, nb: np.ndarray) -> float:
+    """The smallest p an exact permutation test of this design can give: 2/N when every stratum
+    is balanced (the mirror arrangement ties with the observed one), else 1/N."""
+    arrangements = math.prod(math.comb(int(a + b), int(a)) for a, b in zip(na, nb, strict=True))
+    return (2 if bool(np.all(na == nb)) else 1) / arrangements
+
+
+def _permutation(
+    xs: list[np.ndarray],
+    na: np.ndarray,
+    nb: np.ndarray,
+    w: np.ndarray,
+    n_resamples: int,
+    seed: int,
+    alpha: float,
+) -> tuple[float, float, float, float, float, bool]:
+    """(T, CI low, CI high, p, smallest possible p, exact) of the stratified permutation test."""
+    arrangements = math.prod(math.comb(int(a + b), int(a)) for a, b in zip(na, nb, strict=True))
+    exact = arrangements <= n_resamples
+    t, c = null_distribution(xs, na, nb, w, exact, n_resamples, seed)
+    t_obs = float(w @ np.array([x[:a].mean() - x[a:].mean() for x, a in zip(xs, na, strict=True)]))
+    tol = _TIE * max(float(np.abs(x).max()) for x in xs)
+    offset, denom = (0, arrangements) if exact else (1, n_resamples + 1)
+    p, ci_low, ci_high = invert(t, c, t_obs, tol, offset, denom, alpha)
+    min_p = _smallest_p(na, nb) if exact else max(_smallest_p(na, nb), 1 / (n_resamples + 1))
+    return t_obs, ci_low, ci_high, p, min_p, exact
 
 
 def _welch(
