@@ -23,6 +23,8 @@ from search.statistics import verdict
 #: The notes' rule of thumb, best first; tested pairwise between neighbours present in a study.
 ACTIVATION_CHAIN = ["elu", "leaky_relu", "relu", "tanh", "logistic"]
 FAMILIES = ("accuracy", "gradients", "cost")
+#: Metrics measured once per trial, not per seed (see :func:`search.analysis.observations`).
+PER_TRIAL = ("epoch_seconds",)
 
 
 Side = Callable[[pd.DataFrame], pd.Series]
@@ -292,6 +294,11 @@ def judge_claims(obs: pd.DataFrame, claims: list[Claim] | None = None) -> pd.Dat
     rows = []
     for claim, c, p in zip(claims, contrasts, p_holm, strict=True):
         label, why = verdict(c, p, ALPHA)
+        if claim.metric in PER_TRIAL and not c.decidable:
+            why = (
+                f"{claim.metric} is one measurement per trial (its fused seeds share one clock), "
+                "and no stratum has 2 or more trials a side"
+            )
         rows.append(
             {
                 "claim": claim.name,

@@ -317,17 +317,45 @@ def report(
     for note in result.notes:
         out.print(f"note: {note}", highlight=False)
     if not result.claims.empty:
-        sys.stdout.write(
-            result.claims[
-                ["claim", "n_a", "n_b", "effect", "ci_low", "ci_high", "p_holm", "verdict"]
-            ].to_string(index=False, float_format=lambda v: f"{v:.4g}")
-            + "\n"
-        )
+        out.print(claims_table(result.claims))
     out.print(
         f"report written to {directory / 'report.md'} and logged on the parent run under report/",
         highlight=False,
         soft_wrap=True,
     )
+
+
+def claims_table(claims: object) -> object:
+    """The claims as a rich table: what was compared, the numbers, the verdict and why."""
+    from rich.table import Table
+
+    table = Table(title="Claims from the notes", title_justify="left")
+    for name, justify in (
+        ("claim", "left"),
+        ("family", "left"),
+        ("strata", "right"),
+        ("A cells x seeds", "right"),
+        ("B cells x seeds", "right"),
+        ("effect", "right"),
+        ("95% CI", "right"),
+        ("p Holm", "right"),
+        ("verdict", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in claims.to_dict("records"):  # type: ignore[attr-defined]
+        decided = row["reason"] == ""
+        table.add_row(
+            row["claim"],
+            row["family"],
+            str(row["strata"]),
+            f"{row['cells_a']} x {row['seeds_a'] // max(row['cells_a'], 1)}",
+            f"{row['cells_b']} x {row['seeds_b'] // max(row['cells_b'], 1)}",
+            f"{row['effect']:+.3g}" if decided else "-",
+            f"[{row['ci_low']:+.3g}, {row['ci_high']:+.3g}]" if decided else "-",
+            f"{row['p_holm']:.2g}" if row["p_holm"] == row["p_holm"] else "-",
+            row["verdict"] + ("" if decided else f": {row['why']}"),
+        )
+    return table
 
 
 @app.command("activations")

@@ -111,6 +111,30 @@ def test_report_tables_agree_with_mlflow(planted) -> None:
     assert "report/report.md" in logged and "report/claims.csv" in logged
 
 
+def test_report_command_prints_the_claims_table(
+    planted, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    from search.cli import main
+
+    result, _, _ = planted
+    monkeypatch.setenv("COLUMNS", "250")
+    code = main(
+        [
+            "report",
+            "--study",
+            result.study_name,
+            "--tracking-uri",
+            result.tracking_uri,
+            "--out-dir",
+            str(tmp_path / "again"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "elu > logistic (matched init)" in out and "held" in out
+    assert (tmp_path / "again" / "claims.csv").is_file()
+
+
 def test_no_real_difference_is_not_significant(local_ray: None, tmp_path) -> None:
     """A real null study: leaky ReLU with slope 0 *is* ReLU: "leaky_relu > relu" must not hold."""
     # each learning rate once per activation, 3 seeds each: no confound between the two groups
