@@ -452,6 +452,7 @@ def list_jobs(
 ) -> None:
     """List the studies submitted to the cluster: job id, study, status, start, trials done."""
     _quiet()
+    from rich.measure import Measurement
     from rich.table import Table
 
     from search import jobs
@@ -464,10 +465,15 @@ def list_jobs(
             rows = jobs.list_jobs(client, everything=all_)
     except UserError as exc:
         raise fail(str(exc)) from None
+    if not rows:
+        out.print(f"no gradsweep jobs on {url}", highlight=False)
+        return
     table = Table("job id", "study", "status", "started", "trials done", box=None)
     for row in rows:
         table.add_row(row.job_id, row.study, row.status, row.started, row.trials)
-    out.print(table if rows else f"no gradsweep jobs on {url}", highlight=False)
+    # Whole ids and names, wider than the terminal if need be: they are copied into commands.
+    need = Measurement.get(out, out.options.update_width(1000), table).maximum
+    (out if need <= out.width else Console(width=need)).print(table, highlight=False)
 
 
 @app.command()

@@ -104,6 +104,13 @@ def marked(marker: bytes) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "?"
+
+
 def stop_all(services: list[Service], marker: bytes, grace_s: float = 5.0) -> None:
     """SIGTERM every group, SIGKILL what is left after ``grace_s``, then reap the leaders.
 
@@ -118,9 +125,14 @@ def stop_all(services: list[Service], marker: bytes, grace_s: float = 5.0) -> No
         time.sleep(0.2)
     for service in services:
         service.signal(signal.SIGKILL)
+    # A killed process with many threads takes a moment to go: not a stray while it is going.
+    deadline = time.monotonic() + 10
+    while any(s.members() for s in services) and time.monotonic() < deadline:
+        time.sleep(0.2)
     for service in services:
         service.proc.wait(timeout=30)
     strays = marked(marker)
+    seen = {pid: _cmdline(pid) for pid in strays}
     for pid in strays:
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -132,7 +144,7 @@ def stop_all(services: list[Service], marker: bytes, grace_s: float = 5.0) -> No
             break
         time.sleep(0.2)
     assert not left, f"processes {left} survived SIGKILL"
-    assert not strays, f"processes {strays} had left their process group (killed by PID)"
+    assert not strays, f"processes {seen} had left their process group (killed by PID)"
 
 
 def wait_for(
@@ -187,13 +199,18 @@ class RayNodes:
 
 
 def start_ray_nodes(
-    root: Path, token: str, env: dict[str, str], dashboard_port: int | None = None
+    root: Path,
+    token: str,
+    env: dict[str, str],
+    services: list[Service],
+    dashboard_port: int | None = None,
 ) -> RayNodes:
     """deploy/start-head.sh and deploy/start-worker.sh, 1 CPU per node, token auth, in the
     foreground (each node's processes are its script's process group); temp dirs under ``root``.
 
     With ``dashboard_port`` the head runs the dashboard (and its job server) on 127.0.0.1.
-    The caller stops both with :func:`stop_all`; returns once the head is up (the worker may
+    Each node is appended to ``services`` as it starts, for the caller to stop with
+    :func:`stop_all` even when this fails half-way; returns once the head is up (the worker may
     still be joining).
     """
     gcs, *head_ports = free_ports(1 + len(PER_NODE_PORTS))
@@ -212,7 +229,8 @@ def start_ray_nodes(
     head = Service.start(
         "ray-head", [str(DEPLOY / "start-head.sh"), *flags(head_ports)], head_env, root / "head.log"
     )
-    wait_for("ray head", (root / "head" / "ray_current_cluster").exists, [head], timeout_s=60)
+    services.append(head)
+    wait_for("ray head", (root / "head" / "ray_current_cluster").exists, services, timeout_s=60)
     worker_env = {**ray_env, "RAY_TEMP_DIR": str(root / "worker")}
     worker_env["RAY_HEAD_ADDRESS"] = f"127.0.0.1:{gcs}"
     worker = Service.start(
@@ -221,4 +239,5 @@ def start_ray_nodes(
         worker_env,
         root / "worker.log",
     )
+    services.append(worker)
     return RayNodes(f"127.0.0.1:{gcs}", head, worker, worker_ports)
