@@ -372,11 +372,27 @@ def _follow_up(study: str, job_id: str, address: str) -> None:
     )
 
 
+@contextlib.contextmanager
+def _still_running(job_id: str, address: str) -> Iterator[None]:
+    """Ctrl+C while following a job stops the following, not the job: say so."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        err.print(
+            f"stopped following; job {job_id} goes on (gradsweep stop {job_id} --address "
+            f"{address} stops it)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=130) from None
+
+
 def _await_job(client: object, job_id: str, address: str) -> None:
     """Follow the job's log to its end; a job that did not succeed is one line, exit 1."""
     from search import jobs
 
-    with jobs.talking_to(address):
+    with jobs.talking_to(address), _still_running(job_id, address):
         status = jobs.follow(client, job_id, lambda text: sys.stdout.write(text))
         sys.stdout.flush()
         if status != "SUCCEEDED":
@@ -514,7 +530,8 @@ def logs(
         with jobs.talking_to(url):
             job_id = jobs.find_job(client, job).submission_id
             if follow:
-                jobs.follow(client, job_id, lambda text: sys.stdout.write(text))
+                with _still_running(job_id, url):
+                    jobs.follow(client, job_id, lambda text: sys.stdout.write(text))
             else:
                 sys.stdout.write(client.get_job_logs(job_id))
     except UserError as exc:
