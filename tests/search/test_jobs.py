@@ -11,6 +11,8 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -348,3 +350,43 @@ def test_kuberay_rayjob_manifest() -> None:
         assert set(mounts) <= volumes
         assert mounts["ray-storage"] == "/app/gradsweep-runs"  # shared, as in docker-compose.yml
     assert cluster["workerGroupSpecs"][0]["replicas"] >= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGTERM as Ctrl+C, without Ray: the mask, the interrupt, the children
+
+
+SIGTERM_PROBE = """
+import os, signal, subprocess, sys, time
+from search.cli import _sigterm_as_ctrl_c
+def status(pid):
+    return [l for l in open(f"/proc/{pid}/status") if l.startswith("SigBlk")][0].split()[1]
+with _sigterm_as_ctrl_c():
+    child = subprocess.Popen(["sleep", "30"], preexec_fn=lambda: None)  # as Ray starts its own
+    print("parent", status(os.getpid()), "child", status(child.pid), flush=True)
+    child.kill()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+        print("not interrupted")
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt")
+print("after", status(os.getpid()), signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+"""
+
+
+def test_sigterm_interrupts_the_main_thread_as_ctrl_c() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERM_PROBE],
+        env={**base_env(), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    blocked, unblocked = f"{1 << (signal.SIGTERM - 1):016x}", f"{0:016x}"
+    assert lines[0] == f"parent {blocked} child {unblocked}"  # Ray's processes take SIGTERM
+    assert lines[1] == "KeyboardInterrupt"
+    assert lines[2] == f"after {unblocked} True"  # as it was before
+    assert "stopping the study as after Ctrl+C" in done.stderr
