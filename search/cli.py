@@ -470,8 +470,8 @@ def resubmit(
         url = jobs.job_server_address(address)
         client = jobs.connect(url)
         with jobs.talking_to(url):
-            previous = [r for r in jobs.list_jobs(client) if r.study == study]
-            total = previous[0].trials.rpartition("/")[2] if previous else ""
+            previous = [r for r in jobs.list_jobs(client) if r.study == study and "/" in r.trials]
+            total = previous[0].trials.rpartition("/")[2] if previous else ""  # for `jobs`
             job_id = jobs.submit_resume(client, study, tracking_uri=tracking_uri, num_samples=total)
         _follow_up(study, job_id, url)
         if wait:
