@@ -337,6 +337,10 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
             err.print("SIGTERM: stopping the study as after Ctrl+C", highlight=False)
             _thread.interrupt_main(signal.SIGINT)
 
+    # A process started in the background by a shell ignores SIGINT: give Ctrl+C's machinery back.
+    on_sigint = signal.getsignal(signal.SIGINT)
+    if not callable(on_sigint):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     _SIGTERM_BLOCKED.append(True)
     watcher = threading.Thread(target=watch, name="gradsweep-sigterm", daemon=True)
@@ -350,6 +354,8 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
             watcher.join(5)
         _SIGTERM_BLOCKED.clear()
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if not callable(on_sigint):
+            signal.signal(signal.SIGINT, signal.SIG_IGN if on_sigint is None else on_sigint)
 
 
 JobAddress = Annotated[

@@ -375,13 +375,17 @@ print("after", status(os.getpid()), signal.getsignal(signal.SIGTERM) == signal.S
 """
 
 
-def test_sigterm_interrupts_the_main_thread_as_ctrl_c() -> None:
+@pytest.mark.parametrize("sigint", ["default", "ignored"])  # ignored: started with `&`
+def test_sigterm_interrupts_the_main_thread_as_ctrl_c(sigint: str) -> None:
     done = subprocess.run(
         [sys.executable, "-c", SIGTERM_PROBE],
         env={**base_env(), "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=120,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        if sigint == "ignored"
+        else None,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
