@@ -27,7 +27,7 @@ import shlex
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -74,18 +74,11 @@ def check_study_name(name: str) -> None:
         raise UserError(f"--study: {name!r} must use letters, digits, '_', '.' and '-'")
 
 
-def _client_types() -> tuple[Any, ...]:
-    """The errors a request to the job server may raise, for one-line messages."""
-    import aiohttp
-    import requests
-    from ray.exceptions import AuthenticationError
-
-    return AuthenticationError, requests.RequestException, aiohttp.ClientError
-
-
 @contextmanager
 def _talking_to(address: str) -> Iterator[None]:
     """Turn the job server's refusals and network errors into one-line :class:`UserError`."""
+    import aiohttp
+    import requests
     from ray.exceptions import AuthenticationError
 
     try:
@@ -96,7 +89,7 @@ def _talking_to(address: str) -> Iterator[None]:
             f"--address: the job server at {address} refused the token ({first}); set "
             "RAY_AUTH_TOKEN to the cluster's token"
         ) from None
-    except (ConnectionError, *_client_types()[1:]) as exc:
+    except (ConnectionError, requests.RequestException, aiohttp.ClientError) as exc:
         raise UserError(
             f"--address: no Ray job server answers at {address} "
             f"({exc.__class__.__name__}); is the head up and its dashboard port reachable?"
@@ -153,15 +146,6 @@ def cluster_output_dir(config: StudyConfig, output_dir: str | None = None) -> st
 def default_study_name(config: StudyConfig) -> str:
     """NAME-timestamp, as ``gradsweep run`` names a study, but chosen here so it can be shown."""
     return f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-@dataclass
-class Submitted:
-    """What ``gradsweep submit`` prints."""
-
-    job_id: str
-    study: str
-    address: str
 
 
 def _runtime_env(tracking_uri: str | None, stop_grace_s: int) -> dict[str, Any]:
@@ -328,6 +312,6 @@ def stop(client: Any, job_id: str, timeout_s: float | None = None) -> str:
     return str(status)
 
 
-def talking_to(address: str | None) -> Any:
+def talking_to(address: str | None) -> AbstractContextManager[None]:
     """The error translation of :func:`connect`, for the calls after it (CLI use)."""
     return _talking_to(job_server_address(address))
