@@ -6,11 +6,16 @@ exit code 2; tracebacks appear only with ``--debug``.
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -85,9 +90,10 @@ def run(
     from search.study import run_study
 
     try:
-        result = run_study(
-            cfg, address=address, tracking_uri=tracking_uri, study_name=study, progress=True
-        )
+        with _sigterm_as_ctrl_c():
+            result = run_study(
+                cfg, address=address, tracking_uri=tracking_uri, study_name=study, progress=True
+            )
     except UserError as exc:
         raise fail(str(exc)) from None
     _summary(result)
@@ -132,12 +138,8 @@ def resume(
     from search.study import resume_study
 
     try:
-        result = resume_study(
-            study,
-            tracking_uri=tracking_uri,
-            address=address,
-            progress=True,
-        )
+        with _sigterm_as_ctrl_c():
+            result = resume_study(study, tracking_uri=tracking_uri, address=address, progress=True)
     except UserError as exc:
         raise fail(str(exc)) from None
     _summary(result)
@@ -384,6 +386,288 @@ def list_presets() -> None:
     """List the bundled presets with one-line descriptions."""
     for name, description in presets().items():
         out.print(f"[bold]{name}[/]: {description}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# A study as a Ray job, launched, watched and stopped from this machine (search/jobs.py)
+
+
+#: Whether this process blocks SIGTERM for a study now (read by the fork hook below), and
+#: whether that hook is registered (it can't be unregistered: once a process).
+_SIGTERM_BLOCKED: list[bool] = []
+_FORK_HOOK: list[bool] = []
+
+
+def _unblock_sigterm_after_fork() -> None:
+    """Processes this one starts while a study runs (a local Ray's GCS, raylet, monitors) take
+    SIGTERM as usual: Ray stops them with it."""
+    if _SIGTERM_BLOCKED:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """While a study runs, SIGTERM ends it as Ctrl+C does: parent run KILLED, trials closed
+    'interrupted', resumable. Ray's ``job stop`` sends SIGTERM (SIGKILL after a grace period).
+
+    Not a signal handler: ``ray.init`` puts Ray's own over it (exit at once: a FAILED study), and
+    Ray's C++ core installs a failure handler that aborts the process on SIGTERM. SIGTERM is
+    blocked instead, before Ray starts a thread, so that no handler ever sees it; one thread takes
+    it with ``sigwait`` and interrupts the main thread as Ctrl+C would. Children started through
+    ``subprocess`` with a ``preexec_fn`` (how Ray starts its processes) or ``os.fork`` unblock it
+    again (:func:`_unblock_sigterm_after_fork`).
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not (
+        threading.main_thread()
+    ):
+        yield
+        return
+    if not _FORK_HOOK:
+        os.register_at_fork(after_in_child=_unblock_sigterm_after_fork)
+        _FORK_HOOK.append(True)
+    done = threading.Event()
+
+    def watch() -> None:
+        signal.sigwait({signal.SIGTERM})
+        if not done.is_set():
+            err.print("SIGTERM: stopping the study as after Ctrl+C", highlight=False)
+            _thread.interrupt_main(signal.SIGINT)
+
+    # A process started in the background by a shell ignores SIGINT: give Ctrl+C's machinery back.
+    on_sigint = signal.getsignal(signal.SIGINT)
+    if not callable(on_sigint):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    _SIGTERM_BLOCKED.append(True)
+    watcher = threading.Thread(target=watch, name="gradsweep-sigterm", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        if watcher.is_alive() and watcher.ident is not None:  # wake it; it then just returns
+            signal.pthread_kill(watcher.ident, signal.SIGTERM)
+            watcher.join(5)
+        _SIGTERM_BLOCKED.clear()
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if not callable(on_sigint):
+            signal.signal(signal.SIGINT, signal.SIG_IGN if on_sigint is None else on_sigint)
+
+
+JobAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--address", help="The head's job server, http://HEAD:8265 (default: RAY_ADDRESS)."
+    ),
+]
+
+
+def _follow_up(study: str, job_id: str, address: str) -> None:
+    out.print(
+        f"job [bold]{job_id}[/] - study [bold]{study}[/]\n"
+        f"  follow:    gradsweep logs {job_id} --follow --address {address}\n"
+        f"  jobs:      gradsweep jobs --address {address}\n"
+        f"  stop:      gradsweep stop {job_id} --address {address}\n"
+        f"  resume:    gradsweep resubmit --study {study} --address {address}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@contextlib.contextmanager
+def _still_running(job_id: str, address: str) -> Iterator[None]:
+    """Ctrl+C while following a job stops the following, not the job: say so."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        err.print(
+            f"stopped following; job {job_id} goes on (gradsweep stop {job_id} --address "
+            f"{address} stops it)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=130) from None
+
+
+def _await_job(client: object, job_id: str, address: str) -> None:
+    """Follow the job's log to its end; a job that did not succeed is one line, exit 1."""
+    from search import jobs
+
+    with jobs.talking_to(address), _still_running(job_id, address):
+        status = jobs.follow(client, job_id, lambda text: sys.stdout.write(text))
+        sys.stdout.flush()
+        if status != "SUCCEEDED":
+            message = client.get_job_info(job_id).message or ""  # type: ignore[attr-defined]
+            err.print(
+                f"[bold red]error:[/] job {job_id} ended {status}: {' '.join(message.split())}",
+                soft_wrap=True,
+                highlight=False,
+            )
+            raise typer.Exit(code=1)
+
+
+@app.command()
+def submit(
+    config: Annotated[str, typer.Argument(help="A YAML study config, or a preset name.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key: --set training.epochs=3 (repeatable)."),
+    ] = None,
+    address: JobAddress = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI as the head sees it.")
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: NAME-timestamp).")] = None,
+    output_dir: Annotated[
+        str | None,
+        typer.Option(help="Output dir on the cluster, seen by every node (default: /app/OUTPUT)."),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Follow the log to the end; exit 1 unless it succeeded.")
+    ] = False,
+) -> None:
+    """Run a search on a Ray cluster as a job: checked here, run there, this machine free."""
+    try:
+        cfg = load_config(config, list(set_ or []))
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    _quiet()
+    from search import jobs
+    from search.errors import UserError
+
+    name = study or jobs.default_study_name(cfg)
+    try:
+        jobs.check_study_name(name)
+        url = jobs.job_server_address(address)
+        client = jobs.connect(url)
+        with jobs.talking_to(url):
+            job_id = jobs.submit_study(
+                client, cfg, study=name, tracking_uri=tracking_uri, output_dir=output_dir
+            )
+        _follow_up(name, job_id, url)
+        if wait:
+            _await_job(client, job_id, url)
+    except UserError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def resubmit(
+    study: Annotated[str, typer.Option(help="The study to finish, as 'gradsweep submit' printed.")],
+    address: JobAddress = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI as the head sees it.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Follow the log to the end; exit 1 unless it succeeded.")
+    ] = False,
+) -> None:
+    """Finish a stopped study on the cluster: 'gradsweep resume' as a job."""
+    _quiet()
+    from search import jobs
+    from search.errors import UserError
+
+    try:
+        url = jobs.job_server_address(address)
+        client = jobs.connect(url)
+        with jobs.talking_to(url):
+            previous = [r for r in jobs.list_jobs(client) if r.study == study and "/" in r.trials]
+            total = previous[0].trials.rpartition("/")[2] if previous else ""  # for `jobs`
+            job_id = jobs.submit_resume(client, study, tracking_uri=tracking_uri, num_samples=total)
+        _follow_up(study, job_id, url)
+        if wait:
+            _await_job(client, job_id, url)
+    except UserError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command("jobs")
+def list_jobs(
+    address: JobAddress = None,
+    all_: Annotated[bool, typer.Option("--all", help="Other Ray jobs too.")] = False,
+) -> None:
+    """List the studies submitted to the cluster: job id, study, status, start, trials done."""
+    _quiet()
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    from search import jobs
+    from search.errors import UserError
+
+    try:
+        url = jobs.job_server_address(address)
+        client = jobs.connect(url)
+        with jobs.talking_to(url):
+            rows = jobs.list_jobs(client, everything=all_)
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    if not rows:
+        out.print(f"no gradsweep jobs on {url}", highlight=False)
+        return
+    table = Table("job id", "study", "status", "started", "trials done", box=None)
+    for row in rows:
+        table.add_row(row.job_id, row.study, row.status, row.started, row.trials)
+    # Whole ids and names, wider than the terminal if need be: they are copied into commands.
+    need = Measurement.get(out, out.options.update_width(1000), table).maximum
+    (out if need <= out.width else Console(width=need)).print(table, highlight=False)
+
+
+@app.command()
+def logs(
+    job: Annotated[str, typer.Argument(help="A job id, or a study name (its newest job).")],
+    address: JobAddress = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until it ends.")
+    ] = False,
+) -> None:
+    """Print a job's log (the study's progress, leaderboard and where its records are)."""
+    _quiet()
+    from search import jobs
+    from search.errors import UserError
+
+    try:
+        url = jobs.job_server_address(address)
+        client = jobs.connect(url)
+        with jobs.talking_to(url):
+            job_id = jobs.find_job(client, job).submission_id
+            if follow:
+                with _still_running(job_id, url):
+                    jobs.follow(client, job_id, lambda text: sys.stdout.write(text))
+            else:
+                sys.stdout.write(client.get_job_logs(job_id))
+    except UserError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def stop(
+    job: Annotated[str, typer.Argument(help="A job id, or a study name (its newest job).")],
+    address: JobAddress = None,
+) -> None:
+    """Stop a job as Ctrl+C stops a study: trials closed, resumable with 'gradsweep resubmit'."""
+    _quiet()
+    from search import jobs
+    from search.errors import UserError
+
+    try:
+        url = jobs.job_server_address(address)
+        client = jobs.connect(url)
+        with jobs.talking_to(url):
+            info = jobs.find_job(client, job)
+            job_id, study = info.submission_id, (info.metadata or {}).get(jobs.STUDY_KEY, "-")
+            if info.status.is_terminal():
+                raise UserError(f"job {job_id} has ended already ({info.status})")
+            out.print(f"stopping job {job_id} (study {study}) ...", highlight=False)
+            status = jobs.stop(client, job_id)
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    out.print(
+        f"job {job_id} {status}; finish the study with:  "
+        f"gradsweep resubmit --study {study} --address {url}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,14 @@ class ProgressCallback(tune.Callback):
     def _done(self) -> None:
         self.running = max(0, self.running - 1)
         self.progress.update(self.task, advance=1, running=self.running)
+        if not self.progress.console.is_terminal:  # a log (a Ray job's): no bar, a line a trial
+            task = self.progress.tasks[0]
+            self.progress.console.print(
+                f"{task.description}: {task.completed:.0f}/{task.total:.0f} trials done, "
+                f"running {self.running}, best val acc {task.fields['best']}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._done()

@@ -14,15 +14,13 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, closing, suppress
+from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,18 +28,27 @@ import mlflow
 import optuna
 import pytest
 import yaml
+from ray_nodes import (
+    AUTH_VARS,
+    BIN,
+    DEPLOY,
+    ROOT,
+    Service,
+    base_env,
+    free_ports,
+    reload_ray_auth,
+    start_ray_nodes,
+    stop_all,
+    wait_for,
+)
 
 from search import run_study
 from search.schema import PARENT_TAG, STUDY_TAG
 from spaces import load_config
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
-BIN = Path(sys.executable).parent  # ray, mlflow of the Python running the tests
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 N_TRIALS, EPOCHS = 4, 6
-AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,140 +161,6 @@ def test_mlflow_script_needs_a_backend_store() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Processes we start, and stop by process group
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1 (held together while choosing, so distinct)."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(closing(socket.socket())) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``, from /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
-@dataclass
-class Service:
-    """A command started in a new session (its own process group), logging to ``log``."""
-
-    name: str
-    proc: subprocess.Popen
-    log: Path
-
-    @classmethod
-    def start(cls, name: str, argv: list[str], env: dict[str, str], log: Path) -> Service:
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return cls(name, proc, log)
-
-    def tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return f"--- {self.name} ({self.log}) ---\n" + "\n".join(text.splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}\n{self.tail()}")
-
-    def signal(self, sig: int) -> None:
-        with suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-
-    def members(self) -> list[int]:
-        return _group_members(self.proc.pid)
-
-
-def _marked(marker: bytes) -> list[int]:
-    """Processes other than this one whose environment holds ``marker`` (this run's token)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with suppress(OSError):
-                if marker in (entry / "environ").read_bytes():
-                    found.append(int(entry.name))
-    return found
-
-
-def _stop_all(services: list[Service], marker: bytes, grace_s: float = 5.0) -> None:
-    """SIGTERM every group, SIGKILL what is left after ``grace_s``, then reap the leaders.
-
-    The leaders are reaped last: until then their pids, hence the group ids, can't be reused, so
-    the signals only reach processes this module started. Then a sweep by PID for anything that
-    carries this run's token yet left its group.
-    """
-    for service in services:
-        service.signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while any(s.members() for s in services) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for service in services:
-        service.signal(signal.SIGKILL)
-    for service in services:
-        service.proc.wait(timeout=30)
-    strays = _marked(marker)
-    for pid in strays:
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    left: list[int] = []
-    while time.monotonic() < deadline:
-        left = [p for s in services for p in s.members()] + _marked(marker)
-        if not left:
-            break
-        time.sleep(0.2)
-    assert not left, f"processes {left} survived SIGKILL"
-    assert not strays, f"processes {strays} had left their process group (killed by PID)"
-
-
-def _wait_for(
-    what: str, ready: Callable[[], bool], services: list[Service], timeout_s: float
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for service in services:
-            service.check_alive()
-        if ready():
-            return
-        time.sleep(0.5)
-    logs = "\n".join(s.tail() for s in services)
-    raise TimeoutError(f"{what} not ready after {timeout_s:.0f} s\n{logs}")
-
-
-def _reload_ray_auth() -> None:
-    """Make this process's Ray read RAY_AUTH_* again.
-
-    Ray caches the mode and token at the first ``ray.init`` of a process (and a local
-    ``ray.init`` turns token mode on by itself), so without this a driver that ran a local Ray
-    earlier in this pytest process would present another token.
-    """
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
-
-
-# ---------------------------------------------------------------------------------------------
 # PostgreSQL databases, the MLflow server, the Ray cluster
 
 
@@ -330,15 +203,6 @@ class Cluster:
     worker_node_id: str = ""
 
 
-def _base_env() -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if k not in AUTH_VARS and not k.startswith("MLFLOW_")
-    }
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    return env
-
-
 def _mlflow_healthy(uri: str) -> bool:
     try:
         with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
@@ -358,10 +222,9 @@ def cluster(databases: dict[str, str]) -> Iterator[Cluster]:
     services: list[Service] = []
     saved = {k: os.environ.get(k) for k in AUTH_VARS}
     try:
-        mlflow_port, gcs, dashboard, *head_ports = _free_ports(9)
-        worker_ports = _free_ports(6)
+        (mlflow_port,) = free_ports(1)
         tracking_uri = f"http://127.0.0.1:{mlflow_port}"
-        env = _base_env()
+        env = base_env()
         services.append(
             Service.start(
                 "mlflow",
@@ -376,47 +239,15 @@ def cluster(databases: dict[str, str]) -> Iterator[Cluster]:
                 root / "mlflow.log",
             )
         )
-        ray_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_BLOCK": "true"}
-        ray_env |= {"RAY_NUM_CPUS": "1", "RAY_INCLUDE_DASHBOARD": "false"}
-        # Two raylets on one machine: every per-node port must differ.
-        per_node = (
-            "--node-manager-port",
-            "--object-manager-port",
-            "--dashboard-agent-listen-port",
-            "--dashboard-agent-grpc-port",
-            "--runtime-env-agent-port",
-            "--metrics-export-port",
-        )
-        head_args = [a for pair in zip(per_node, map(str, head_ports), strict=True) for a in pair]
-        head_env = {**ray_env, "RAY_TEMP_DIR": str(root / "head"), "RAY_HEAD_PORT": str(gcs)}
-        head_env["RAY_DASHBOARD_PORT"] = str(dashboard)
-        head = Service.start(
-            "ray-head", [str(DEPLOY / "start-head.sh"), *head_args], head_env, root / "head.log"
-        )
-        services.append(head)
-        _wait_for(
-            "ray head", (root / "head" / "ray_current_cluster").exists, services, timeout_s=60
-        )
-        worker_args = [
-            a for pair in zip(per_node, map(str, worker_ports), strict=True) for a in pair
-        ]
-        worker_env = {**ray_env, "RAY_TEMP_DIR": str(root / "worker")}
-        worker_env["RAY_HEAD_ADDRESS"] = f"127.0.0.1:{gcs}"
-        services.append(
-            Service.start(
-                "ray-worker",
-                [str(DEPLOY / "start-worker.sh"), *worker_args],
-                worker_env,
-                root / "worker.log",
-            )
-        )
+        nodes = start_ray_nodes(root, token, env, services)
+        worker_ports = nodes.worker_ports
 
         # This process is the driver: the same token as the nodes.
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
         os.environ.pop("RAY_ADDRESS", None)
         os.environ |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-        _reload_ray_auth()
-        address = f"127.0.0.1:{gcs}"
+        reload_ray_auth()
+        address = nodes.gcs_address
         ray.init(address=address, log_to_driver=False, configure_logging=False)
         try:
             alive: list[str] = []
@@ -425,7 +256,7 @@ def cluster(databases: dict[str, str]) -> Iterator[Cluster]:
                 alive[:] = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
                 return len(alive) == 2
 
-            _wait_for("2 Ray nodes", two_nodes, services, timeout_s=60)
+            wait_for("2 Ray nodes", two_nodes, services, timeout_s=60)
             worker_node_id = next(
                 n["NodeID"] for n in ray.nodes() if n["NodeManagerPort"] == worker_ports[0]
             )
@@ -433,16 +264,16 @@ def cluster(databases: dict[str, str]) -> Iterator[Cluster]:
             assert cpus == 2, f"cluster has {cpus} CPUs"
         finally:
             ray.shutdown()
-        _wait_for("MLflow server", lambda: _mlflow_healthy(tracking_uri), services, timeout_s=90)
+        wait_for("MLflow server", lambda: _mlflow_healthy(tracking_uri), services, timeout_s=90)
         yield Cluster(address, token, tracking_uri, set(alive), services, root, worker_node_id)
     finally:
-        _stop_all(services, f"RAY_AUTH_TOKEN={token}".encode())
+        stop_all(services, f"RAY_AUTH_TOKEN={token}".encode())
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        _reload_ray_auth()
+        reload_ray_auth()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -493,7 +324,7 @@ def study(cluster: Cluster, databases: dict[str, str], tmp_path_factory: pytest.
 
 
 def test_driver_without_the_token_is_refused(cluster: Cluster) -> None:
-    env = {**_base_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {**base_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env["RAY_gcs_server_port_wait_time_s"] = "2"  # tries to connect: 2 (default 20, 1 s apart)
     code = f"import ray; ray.init(address={cluster.address!r})"
     done = subprocess.run(
@@ -554,7 +385,7 @@ def test_cli_takes_the_cluster_from_the_environment(
             }
         )
     )
-    env = _base_env() | {
+    env = base_env() | {
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": cluster.token,
         "RAY_ADDRESS": cluster.address,
@@ -621,7 +452,7 @@ def test_worker_loss_mid_search(cluster: Cluster, tmp_path: Path) -> None:
     )
     study = f"workerloss-{secrets.token_hex(3)}"
     log = tmp_path / "driver.log"
-    env = {**_base_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token}
+    env = {**base_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token}
     with log.open("wb") as out:
         driver = subprocess.Popen(
             [
@@ -663,7 +494,7 @@ def test_worker_loss_mid_search(cluster: Cluster, tmp_path: Path) -> None:
 
     worker = next(s for s in cluster.services if s.name == "ray-worker")
     try:
-        _wait_for(
+        wait_for(
             "a trial 2 epochs into its run on the worker",
             worker_trial_mid_way,
             cluster.services[:2],
