@@ -358,7 +358,7 @@ def test_kuberay_rayjob_manifest() -> None:
 
 SIGTERM_PROBE = """
 import os, signal, subprocess, sys, time
-from search.cli import _sigterm_as_ctrl_c
+from search.cli import sigterm_as_ctrl_c as _sigterm_as_ctrl_c
 def status(pid):
     return [l for l in open(f"/proc/{pid}/status") if l.startswith("SigBlk")][0].split()[1]
 for sigint in (signal.default_int_handler, signal.SIG_IGN):  # SIG_IGN: started with `&`

@@ -1,0 +1,164 @@
+"""Commands that run trials: run, resume, confirm, sync."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from search.cli.interrupts import sigterm_as_ctrl_c
+from search.cli.terminal import app, fail, out, quiet
+from spaces import ConfigError, load_config
+
+PANEL = "Run studies"
+
+
+@app.command(rich_help_panel=PANEL)
+def run(
+    config: Annotated[str, typer.Argument(help="A YAML study config, or a preset name.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key: --set training.epochs=3 (repeatable)."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: local)."),
+    ] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    num_samples: Annotated[int | None, typer.Option(help="Number of trials.")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: NAME-timestamp).")] = None,
+) -> None:
+    """Run a search and print its leaderboard."""
+    overrides = list(set_ or [])
+    if num_samples is not None:
+        overrides.append(f"num_samples={num_samples}")
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    quiet()
+    from search.errors import UserError
+    from search.study import run_study
+
+    try:
+        with sigterm_as_ctrl_c():
+            result = run_study(
+                cfg, address=address, tracking_uri=tracking_uri, study_name=study, progress=True
+            )
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    _summary(result)
+
+
+def _summary(result: object) -> None:
+    """The end of a run: leaderboard, notes, and where to look next."""
+    from search.environment import redact
+    from search.leaderboard import render
+
+    board = result.leaderboard  # type: ignore[attr-defined]
+    name, uri = result.study_name, redact(result.tracking_uri)  # type: ignore[attr-defined]
+    if not board.empty:
+        sys.stdout.write(render(board, "table", top=20, title=f"Leaderboard: {name}"))
+    for note in result.notes:  # type: ignore[attr-defined]
+        out.print(f"[yellow]note:[/] {note}", highlight=False)
+    out.print(
+        f"study [bold]{name}[/] - {len(board)} trials in {result.seconds:.0f} s",
+        highlight=False,
+        soft_wrap=True,
+    )  # type: ignore[attr-defined]
+    out.print(f"MLflow parent run {result.parent_run_id} in {uri}", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
+    out.print("Open the MLflow UI:  " + ui_command(uri), highlight=False, soft_wrap=True)
+    out.print(
+        f"Leaderboard again:   gradsweep leaderboard --study {name} --tracking-uri {uri}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command(rich_help_panel=PANEL)
+def resume(
+    study: Annotated[str, typer.Option(help="The study to finish, as printed by 'gradsweep run'.")],
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI of the study.")
+    ] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster (default: local).")] = None,
+) -> None:
+    """Finish a study whose driver died: finished trials stay, interrupted ones resume."""
+    quiet()
+    from search.errors import UserError
+    from search.study import resume_study
+
+    try:
+        with sigterm_as_ctrl_c():
+            result = resume_study(study, tracking_uri=tracking_uri, address=address, progress=True)
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    _summary(result)
+
+
+@app.command(rich_help_panel=PANEL)
+def confirm(
+    study: Annotated[str, typer.Option(help="The study whose winners to confirm.")],
+    seeds: Annotated[int, typer.Option(help="Fresh seeds per configuration (replicates).")] = 5,
+    factor: Annotated[
+        str, typer.Option(help="Confirm the best configuration of each level of this factor.")
+    ] = "activation",
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI of the study.")
+    ] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster (default: local).")] = None,
+) -> None:
+    """Retrain each level's best configuration with fresh seeds, scored on the test split."""
+    quiet()
+    from search.confirm import confirm_study
+    from search.errors import UserError
+
+    try:
+        result = confirm_study(
+            study,
+            seeds=seeds,
+            factor=factor,
+            tracking_uri=tracking_uri,
+            address=address,
+            progress=True,
+        )
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    _summary(result)
+
+
+@app.command(rich_help_panel=PANEL)
+def sync(
+    output_dir: Annotated[Path, typer.Option(help="The studies' output directory.")] = Path(
+        "gradsweep-runs"
+    ),
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="Send to this tracking URI instead.")
+    ] = None,
+) -> None:
+    """Replay MLflow writes that were saved to disk while the tracking server was unreachable."""
+    quiet()
+    from search.journal import replay
+
+    spools = sorted((output_dir / "mlflow-spool").glob("*.jsonl"))
+    if not spools:
+        out.print(f"nothing to sync in {output_dir / 'mlflow-spool'}")
+        return
+    left_total = 0
+    for path in spools:
+        done, left = replay(path, tracking_uri)
+        left_total += left
+        out.print(
+            f"{path.stem}: {done} writes delivered" + (f", {left} still pending" if left else "")
+        )
+    if left_total:
+        raise fail(f"--tracking-uri: {left_total} writes still undeliverable; is MLflow up?")
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The command that opens the MLflow UI on ``tracking_uri``."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f".venv/bin/mlflow ui --backend-store-uri {tracking_uri} --port 5000   (then http://127.0.0.1:5000)"
