@@ -8,6 +8,8 @@ and whatever MLflow can't take is spooled for ``gradsweep sync``.
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 from mlflow import MlflowClient
 
@@ -17,8 +19,27 @@ from search.journal import Journal
 from search.leaderboard import leaderboard, render
 from search.plots import log_pictures
 from search.resume import close_orphans
+from search.schema import OUTCOMES, ROLE_TRIAL, STUDY_METRICS_PREFIX
 from search.tracking import MlflowTracker
 from spaces import StudyConfig
+
+
+def headline(board: pd.DataFrame, started_ms: int | None) -> list[tuple[str, float, int, int]]:
+    """The study's headline figures for its parent run (``study/...``): the best validation
+    accuracy and that trial's test accuracy, trials by outcome, wall time since the study began."""
+    now = int(time.time() * 1000)
+    search = board[board["role"] == ROLE_TRIAL] if not board.empty else board
+    figures: dict[str, float] = {"trials": float(len(search))}
+    for outcome in OUTCOMES:
+        figures[f"trials_{outcome}"] = float((search["outcome"] == outcome).sum())
+    scored = search.dropna(subset=["best_val_accuracy"])
+    if not scored.empty:
+        best = scored.loc[scored["best_val_accuracy"].idxmax()]
+        figures["best_val_accuracy"] = float(best["best_val_accuracy"])
+        figures["test_accuracy_of_best"] = float(best["test_accuracy"])
+    if started_ms:
+        figures["wall_seconds"] = (now - started_ms) / 1000
+    return [(STUDY_METRICS_PREFIX + k, v, now, 0) for k, v in figures.items() if v == v]
 
 
 def finish_study(
@@ -47,6 +68,7 @@ def finish_study(
             if closed:
                 notes.append(f"{len(closed)} orphaned runs marked FAILED")
             board = leaderboard(client, name)
+            journal.log_batch("parent", metrics=headline(board, parent.info.start_time))
             journal.log_text("parent", render(board, "csv"), "leaderboard.csv")
             journal.log_text("parent", render(board, "markdown"), "leaderboard.md")
             if not board.empty:  # built from MLflow and Optuna, now complete
@@ -73,7 +95,7 @@ def finish_study(
             problem = reporter.wait()
         if problem:
             notes.append(f"report not written: {problem}")
-    journal.set_terminated("parent", status)
+    journal.set_terminated("parent", status, int(time.time() * 1000))
     spooled = journal.close(close_patience_s=patience_s)
     if spooled:
         notes.append(

@@ -66,7 +66,12 @@ def apply(client: MlflowClient, run_ids: dict[str, str], op: Op) -> None:
     if kind == "create_run":
         if op["key"] in run_ids:
             return  # already created (a replay after a partly delivered spool)
-        run = client.create_run(op["experiment_id"], run_name=op["run_name"], tags=op["tags"])
+        run = client.create_run(
+            op["experiment_id"],
+            run_name=op["run_name"],
+            tags=op["tags"],
+            start_time=op.get("start_time"),
+        )
         run_ids[op["key"]] = run.info.run_id
         return
     run_id = run_ids[op["key"]]
@@ -78,7 +83,7 @@ def apply(client: MlflowClient, run_ids: dict[str, str], op: Op) -> None:
             tags=[RunTag(k, v) for k, v in op.get("tags", [])],
         )
     elif kind == "set_terminated":
-        client.set_terminated(run_id, status=op["status"])
+        client.set_terminated(run_id, status=op["status"], end_time=op.get("end_time"))
     elif kind == "log_text":
         client.log_text(run_id, op["text"], op["artifact_file"])
     else:
@@ -164,13 +169,23 @@ class Journal:
     def submit(self, op: Op) -> None:
         self._queue.put(op)
 
-    def create_run(self, key: str, experiment_id: str, run_name: str, tags: dict[str, str]) -> None:
+    def create_run(
+        self,
+        key: str,
+        experiment_id: str,
+        run_name: str,
+        tags: dict[str, str],
+        start_time: int | None = None,
+    ) -> None:
+        """Queue a run's creation; ``start_time`` (ms) is when it really began, not when the
+        write reaches MLflow, so the UI shows true durations."""
         self.submit(
             {
                 "op": "create_run",
                 "key": key,
                 "experiment_id": experiment_id,
                 "run_name": run_name,
+                "start_time": start_time,
                 "tags": tags,
             }
         )
@@ -190,8 +205,9 @@ class Journal:
         for part in _chunks(list(metrics), MAX_METRICS):
             self.submit({"op": "log_batch", "key": key, "metrics": part})
 
-    def set_terminated(self, key: str, status: str) -> None:
-        self.submit({"op": "set_terminated", "key": key, "status": status})
+    def set_terminated(self, key: str, status: str, end_time: int | None = None) -> None:
+        """Queue a run's end; ``end_time`` (ms): when it really ended."""
+        self.submit({"op": "set_terminated", "key": key, "status": status, "end_time": end_time})
 
     def log_text(self, key: str, text: str, artifact_file: str) -> None:
         self.submit({"op": "log_text", "key": key, "text": text, "artifact_file": artifact_file})

@@ -46,8 +46,6 @@ COLUMNS = [
     "outcome",
     "reason",
 ]
-#: Trials that produced a usable model rank above those that did not; diverged ones come last.
-_OUTCOME_ORDER = {"completed": 0, "early_stopped": 1, "stopped": 1, "error": 2, "diverged": 3}
 
 
 def find_parent_run(client: MlflowClient, study: str) -> Run:
@@ -112,7 +110,8 @@ def per_seed(metrics: dict[str, float]) -> dict[int, dict[str, float]]:
 
 
 def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
-    """Ranked table of study ``study``'s trials: best validation accuracy first."""
+    """Ranked table of study ``study``'s trials: best validation accuracy first, whatever the
+    outcome; trials without a score last."""
     parent = find_parent_run(client, study)
     rows = []
     for run in child_runs(client, parent):
@@ -161,11 +160,12 @@ def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
     if frame.empty:
         frame.insert(0, "rank", pd.Series(dtype=int))
         return frame
-    frame["_order"] = frame["outcome"].map(_OUTCOME_ORDER).fillna(2)
+    # Ranked by score whatever the outcome (an early-stopped trial can beat a finished one; the
+    # outcome column says which is which); trials without a score (diverged, failed) come last.
     frame["_score"] = frame["best_val_accuracy"].fillna(-1.0)
     frame = frame.sort_values(
-        ["_order", "_score", "test_accuracy", "run_name"], ascending=[True, False, False, True]
-    ).drop(columns=["_order", "_score"])
+        ["_score", "test_accuracy", "run_name"], ascending=[False, False, True]
+    ).drop(columns=["_score"])
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return frame.reset_index(drop=True)
 
@@ -173,7 +173,8 @@ def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
 def render(
     frame: pd.DataFrame, fmt: Format = "table", top: int | None = None, title: str = ""
 ) -> str:
-    """Render the leaderboard as text (``table`` uses rich)."""
+    """Render the leaderboard as text (``table`` uses rich; its title says "top N of M" when
+    ``top`` leaves trials out)."""
     shown = frame.head(top) if top else frame
     visible = shown[[c for c in COLUMNS if c in shown.columns]]
     if fmt == "csv":
@@ -185,6 +186,8 @@ def render(
     columns = [c for c in visible.columns if c != "status"]
     if not visible["reason"].astype(bool).any():
         columns.remove("reason")
+    if top and len(frame) > top:
+        title = f"{title} (top {top} of {len(frame)})" if title else f"top {top} of {len(frame)}"
     table = Table(title=title or None, title_justify="left")
     for column in columns:
         table.add_column(

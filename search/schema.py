@@ -27,6 +27,8 @@ RESUMED_FROM_TAG = "gradsweep.resumed_from"  # child: the interrupted attempt's 
 OUTPUT_DIR_TAG = "gradsweep.output_dir"
 OPTUNA_STORAGE_TAG = "gradsweep.optuna_storage"
 TRIAL_NUMBER_TAG = "optuna.trial_number"
+LABEL_TAG = "gradsweep.label"  # a trial's full description; its run name is kept short
+NOTE_TAG = "mlflow.note.content"  # MLflow's run description
 RAY_TRIAL_ID_TAG = "ray.trial_id"
 RAY_TRIAL_PATH_TAG = "ray.trial_path"
 #: Where a trial ran (tags on its child run, reported by the trainable with its first epoch).
@@ -81,13 +83,26 @@ CELL_FACTORS = (
 #: Written once, when a trial ends.
 FINAL_METRICS = ("test_accuracy", "best_val_accuracy", "epochs_run")
 
+#: Per-epoch copies of the training curves under a prefix MLflow's UI sorts before ``diag/``:
+#: a trial's metrics page opens on them.
+CURVES = {
+    "val_accuracy": "curves/val_accuracy",
+    "best_val_accuracy": "curves/best_val_accuracy",
+    "train_loss": "curves/train_loss",
+    "val_loss": "curves/val_loss",
+}
+#: The parent run's headline metrics (``study/...``), written when a study ends.
+STUDY_METRICS_PREFIX = "study/"
+
 # -- outcomes -------------------------------------------------------------------------------------
 #: outcome -> (MLflow run status, Optuna trial state). The tracker, the searcher and resume all
 #: read this table, so a trial can never be FINISHED in one store and FAIL in the other.
 OUTCOMES: dict[str, tuple[str, TrialState]] = {
     "completed": ("FINISHED", TrialState.COMPLETE),  # ran every epoch
-    "early_stopped": ("KILLED", TrialState.PRUNED),  # the scheduler (ASHA) stopped it
-    "stopped": ("KILLED", TrialState.PRUNED),  # gradient-health stopping or the time budget
+    # Stopping early is a search's normal work, not a failure: FINISHED (a green tick in the UI),
+    # with the outcome tag saying why it ran fewer epochs; Optuna still hears PRUNED.
+    "early_stopped": ("FINISHED", TrialState.PRUNED),  # the scheduler (ASHA) stopped it
+    "stopped": ("FINISHED", TrialState.PRUNED),  # gradient-health stopping or the time budget
     "diverged": ("FAILED", TrialState.FAIL),  # non-finite loss: no score to learn from
     "error": ("FAILED", TrialState.FAIL),  # the trial raised
     "no_result": ("KILLED", TrialState.FAIL),  # ended before its first epoch was reported

@@ -7,6 +7,8 @@ so a study that fails to start can remove them again and leave nothing half-made
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,13 +76,60 @@ def existing_store(flag: str | None) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+#: The saved view the UI link opens: the columns a person compares trials by. Sorted by start
+#: time, not by a metric: sorting by a metric would un-nest the trials from their study.
+UI_VIEW = "gradsweep-trials"
+_VIEW_COLUMNS = [
+    "metrics.`best_val_accuracy`",
+    "metrics.`test_accuracy`",
+    "metrics.`epochs_run`",
+    "params.`activation`",
+    "params.`alpha`",
+    "params.`init`",
+    "params.`bn`",
+    "params.`lr`",
+    "params.`depth`",
+    "params.`width`",
+    "tags.`gradsweep.outcome`",
+]
+
+
+def experiment_tags() -> dict[str, str]:
+    """A classic-ML experiment (not MLflow 3's GenAI kind) with gradsweep's saved view of its
+    runs (``mlflow.sharedViewState.<id>``, what the UI's "Views" menu stores)."""
+    now = int(time.time() * 1000)
+    state = {"orderByKey": "attributes.start_time", "orderByAsc": False}
+    view = {
+        "name": "gradsweep trials",
+        "createdAt": now,
+        "updatedAt": now,
+        "state": json.dumps({**state, "selectedColumns": _VIEW_COLUMNS}),
+    }
+    return {
+        "mlflow.experimentKind": "custom_model_development",
+        f"mlflow.sharedViewState.{UI_VIEW}": json.dumps(view),
+    }
+
+
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
-    """Experiment id for ``name``; a new one keeps artifacts under ``artifact_root`` if given."""
+    """Experiment id for ``name``; a new one keeps artifacts under ``artifact_root`` if given.
+    An experiment made before gradsweep set its tags gets them now."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-    return client.create_experiment(name, artifact_location=location)
+    if experiment is None:
+        location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+        return client.create_experiment(name, artifact_location=location, tags=experiment_tags())
+    for key, value in experiment_tags().items():
+        if key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def ui_url(server: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A link into the MLflow UI that opens on the training runs (MLflow 3 opens an experiment
+    on its GenAI overview unless told ``workflowType``), with gradsweep's view."""
+    where = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    view = "" if run_id else f"&viewStateShareKey={UI_VIEW}"
+    return f"{server.rstrip('/')}/{where}?workflowType=machine_learning{view}"
 
 
 def study_exists(uri: str, storage: str, name: str) -> bool:

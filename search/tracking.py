@@ -20,10 +20,13 @@ from ray import tune
 from search.environment import Locations, redact
 from search.journal import MAX_PARAMS, Journal
 from search.schema import (
+    CURVES,
     DIVERGED_EPOCH_TAG,
     DIVERGED_SEEDS_TAG,
     EPOCH_METRIC_PREFIXES,
     EPOCH_METRICS,
+    LABEL_TAG,
+    NOTE_TAG,
     OPTUNA_STORAGE_TAG,
     OUTCOME_TAG,
     OUTCOMES,
@@ -66,6 +69,16 @@ def public_config(config: StudyConfig) -> dict[str, Any]:
     return dump
 
 
+def parent_run_name(study_name: str, config: StudyConfig) -> str:
+    """What the UI's runs table shows for a study: its config's name and when it started, short
+    enough not to be cut (``quick 11-29 18:03``); a name chosen with ``--study`` as it is. The
+    study's full name is its tag and description: commands find studies by the tag."""
+    stamp = study_name.removeprefix(f"{config.name}-")
+    if stamp != study_name and len(stamp) >= 15 and stamp[8] == "-":  # YYYYmmdd-HHMMSS
+        return f"{config.name} {stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}"
+    return study_name
+
+
 def start_parent_run(
     client: MlflowClient,
     experiment_id: str,
@@ -85,7 +98,10 @@ def start_parent_run(
         "dataset": config.data.name,
         "design": str(bool(config.design)).lower(),
     }
-    run = client.create_run(experiment_id, run_name=study_name, tags=tags)
+    about = f": {config.description}" if config.description else ""
+    tags[NOTE_TAG] = f"study {study_name}{about}"
+    name = parent_run_name(study_name, config)
+    run = client.create_run(experiment_id, run_name=name, tags=tags, start_time=_now_ms())
     run_id = run.info.run_id
     public = public_config(config)
     params = [Param(k, v[:6000]) for k, v in flatten("", public).items()]
@@ -93,6 +109,10 @@ def start_parent_run(
         client.log_batch(run_id, params=params[i : i + MAX_PARAMS])
     client.log_text(run_id, json.dumps(public, indent=2), "config.json")
     return run_id
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 #: Per-layer figures the pictures draw (kept in the driver's memory per trial and epoch).
@@ -201,9 +221,13 @@ class MlflowTracker(tune.Callback):
             "bn": spec.bn,
             "depth": str(spec.depth),
             "width": str(spec.width),
+            LABEL_TAG: spec.label(self._shaped),
+            NOTE_TAG: f"{spec.label(self._shaped)} (study {self.study_name})",
             **self.extra_tags.get(str(spec.number), {}),
         }
-        self.journal.create_run(trial.trial_id, self.experiment_id, spec.label(self._shaped), tags)
+        # Short enough for the UI's runs table; the full description is the label tag.
+        name = f"t{spec.number:03d} {spec.activation}"
+        self.journal.create_run(trial.trial_id, self.experiment_id, name, tags, _now_ms())
         params = {
             "activation": spec.activation,
             "init": spec.init,
@@ -253,6 +277,7 @@ class MlflowTracker(tune.Callback):
         self.last[trial.trial_id] = dict(result)
         metrics = [(k, v, now, 0) for k, v in initial.items()]
         metrics += [(k, v, now, epoch) for k, v in values.items()]
+        metrics += [(CURVES[k], v, now, epoch) for k, v in values.items() if k in CURVES]
         self.journal.log_batch(trial.trial_id, metrics=metrics, tags=tags)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -323,4 +348,4 @@ class MlflowTracker(tune.Callback):
         if reason:
             tags[REASON_TAG] = reason
         self.journal.log_batch(key, metrics=metrics, tags=tags)
-        self.journal.set_terminated(key, status)
+        self.journal.set_terminated(key, status, _now_ms())

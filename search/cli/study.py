@@ -59,6 +59,7 @@ def _summary(result: object) -> None:
 
     board = result.leaderboard  # type: ignore[attr-defined]
     name, uri = result.study_name, redact(result.tracking_uri)  # type: ignore[attr-defined]
+    experiment = result.experiment_id  # type: ignore[attr-defined]
     if not board.empty:
         sys.stdout.write(render(board, "table", top=20, title=f"Leaderboard: {name}"))
     for note in result.notes:  # type: ignore[attr-defined]
@@ -69,7 +70,9 @@ def _summary(result: object) -> None:
         soft_wrap=True,
     )  # type: ignore[attr-defined]
     out.print(f"MLflow parent run {result.parent_run_id} in {uri}", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
-    out.print("Open the MLflow UI:  " + ui_command(uri), highlight=False, soft_wrap=True)
+    out.print(
+        "Open the MLflow UI:  " + ui_command(uri, experiment), highlight=False, soft_wrap=True
+    )
     out.print(
         f"Leaderboard again:   gradsweep leaderboard --study {name} --tracking-uri {uri}",
         highlight=False,
@@ -157,8 +160,14 @@ def sync(
         raise fail(f"--tracking-uri: {left_total} writes still undeliverable; is MLflow up?")
 
 
-def ui_command(tracking_uri: str) -> str:
-    """The command that opens the MLflow UI on ``tracking_uri``."""
+def ui_command(tracking_uri: str, experiment_id: str) -> str:
+    """How to open the MLflow UI on ``tracking_uri`` from any folder, on the study's runs."""
+    from search.stores import ui_url
+
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri}"
-    return f".venv/bin/mlflow ui --backend-store-uri {tracking_uri} --port 5000   (then http://127.0.0.1:5000)"
+        return f"open {ui_url(tracking_uri, experiment_id)}"
+    mlflow = Path(sys.executable).parent / "mlflow"  # this installation's, wherever you are
+    return (
+        f"{mlflow} ui --backend-store-uri {tracking_uri} --port 5000\n"
+        f"                     then open {ui_url('http://127.0.0.1:5000', experiment_id)}"
+    )

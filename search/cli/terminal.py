@@ -31,6 +31,8 @@ def quiet() -> None:
     """Keep library chatter off the terminal unless --debug."""
     if not STATE["debug"]:
         warnings.filterwarnings("ignore")
+        import mlflow  # noqa: F401  (MLflow sets its loggers' levels when imported: first)
+
         for name in ("mlflow", "alembic", "optuna", "ray", "ray.tune", "ray.data"):
             logging.getLogger(name).setLevel(logging.ERROR)
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")

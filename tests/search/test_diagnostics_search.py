@@ -126,7 +126,7 @@ def test_gradient_health_stopping_prunes(local_ray: None, tmp_path) -> None:
     _, runs = _children(result)
     assert len(runs) == 2
     for run in runs:
-        assert run.info.status == "KILLED"
+        assert run.info.status == "FINISHED"  # stopping early is not a failure (README)
         assert run.data.tags[OUTCOME_TAG] == "stopped"
         assert "vanishing gradients" in run.data.tags["gradsweep.reason"]
         assert run.data.metrics["epochs_run"] == 2
