@@ -283,6 +283,7 @@ def test_a_trial_page_shows_val_accuracy(
     search.fill("val_accuracy")  # the chart is far down otherwise (docs-mlflow-ui.md)
     chart_title = page.get_by_text("val_accuracy", exact=True).first
     expect(chart_title).to_be_visible()
+    expect(page.get_by_text("Step").first).to_be_visible()  # the chart drawn, not its spinner
     _shot(page, out, "06-trial-val-accuracy-chart")
 
 
