@@ -72,6 +72,7 @@ STYLE: dict[str, object] = {
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.grid": True,
+    "axes.axisbelow": True,  # grid behind bars and points
     "grid.color": "#b0b0b0",
     "grid.alpha": 0.35,
     "image.cmap": HEATMAP,
