@@ -14,6 +14,7 @@ which MLflow's build renames.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
 
 from search import StudyResult, run_study
@@ -71,7 +73,75 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def study(local_ray: None, out: Path) -> StudyResult:
+def store(out: Path) -> str:
+    """The study's MLflow store, made (tables and all) before the server and the study start,
+    so the two can start side by side without both creating its tables."""
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    mlflow.MlflowClient(tracking_uri=uri).search_experiments()
+    return uri
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_process(store: str, out: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``mlflow server`` on the store, on 127.0.0.1 only, started now (it takes ~10 s to import,
+    which the study overlaps) and stopped by its PID at the end of the module."""
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    with (out / "mlflow-server.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                str(mlflow_bin),
+                "server",
+                "--backend-store-uri",
+                store,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group: the uvicorn worker it starts goes with it
+        )
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """End the server's process group (the group we started, by its leader's PID): SIGTERM, and
+    SIGKILL for what is still there after a grace period. The server leaves its job consumers
+    (huey) running for a while after it exits itself."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # anyone left in the group?
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def study(
+    local_ray: None, store: str, server_process: tuple[subprocess.Popen, str], out: Path
+) -> StudyResult:
     config = load_config(
         {
             "name": "ui",
@@ -86,6 +156,7 @@ def study(local_ray: None, out: Path) -> StudyResult:
             "training": {"epochs": EPOCHS},
             "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
             "diagnostics": {"plots_top": 1},
+            "tracking": {"uri": store},
             "num_samples": len(POINTS),
             "output_dir": str(out / "study"),
         }
@@ -93,57 +164,21 @@ def study(local_ray: None, out: Path) -> StudyResult:
     return run_study(config)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(study: StudyResult, out: Path) -> Iterator[str]:
-    """``mlflow server`` on the study's SQLite store, on 127.0.0.1 only; stopped by its PID."""
-    port = _free_port()
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    log = (out / "mlflow-server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(mlflow_bin),
-            "server",
-            "--backend-store-uri",
-            study.tracking_uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own group: the uvicorn worker it starts goes with it
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not come up; see {out / 'mlflow-server.log'}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the group we started, by its leader's PID
+def server(server_process: tuple[subprocess.Popen, str], study: StudyResult, out: Path) -> str:
+    """The server's address once it answers /health (after the study: it shows a whole one)."""
+    proc, url = server_process
+    deadline = time.monotonic() + SERVER_START_S
+    while True:
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return url
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"mlflow server did not come up; see {out / 'mlflow-server.log'}")
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -204,8 +239,10 @@ def _truncation(page: Any) -> list[dict[str, Any]]:
             const s = getComputedStyle(a);
             ctx.font = `${s.fontWeight} ${s.fontSize} ${s.fontFamily}`;
             const need = Math.ceil(ctx.measureText(a.innerText).width);
+            const head = a.innerText.split(' ').slice(0, 2).join(' ');  // 't007 elu'
             return {name: a.innerText, width_px: a.clientWidth, needs_px: need,
-                    cut: need > a.clientWidth + 1};
+                    cut: need > a.clientWidth + 1,
+                    head_px: Math.ceil(ctx.measureText(head).width)};
         })"""
         )
     )
@@ -217,9 +254,9 @@ def test_runs_table_nests_the_trials_under_the_study(
     page.goto(f"{server}/#/experiments")
     page.get_by_role("link", name="gradsweep", exact=True).click()
     # MLflow 3.x opens an experiment on the GenAI "Overview" unless this browser chose "Model
-    # training" before (docs-mlflow-ui.md); a person then clicks that switch.
-    # Text, not roles, until the first-visit tip is gone: the tip is modal, and hides the rest
-    # of the page from the accessibility tree.
+    # training" before (docs-mlflow-ui.md); a person then clicks that switch. Text, not roles,
+    # until the first-visit tip is gone: the tip is modal and hides the page from the
+    # accessibility tree.
     overview = page.get_by_text("Usage", exact=True)  # the GenAI overview's first tab
     expect(overview.or_(_name_cells(page)).first).to_be_visible()  # wherever it lands
     seen["landing_url"] = page.url
@@ -252,16 +289,18 @@ def test_runs_table_nests_the_trials_under_the_study(
     )
     seen["rows"] = [r.replace("\n", " | ") for r in rows.all_inner_texts() if r.strip()]
     seen["names"] = _truncation(page)
+    # All of a name rarely fits (docs-mlflow-ui.md), but its trial number and activation must.
+    assert all(n["head_px"] <= n["width_px"] for n in seen["names"][1:]), seen["names"]
     seen["status"] = {
         r["run_name"]: r["status"] for r in study.leaderboard.to_dict("records")
     }  # KILLED / FINISHED, to read beside the icons in 03-runs-expanded.png
 
 
 def test_a_trial_page_shows_val_accuracy(
-    page: Any, study: StudyResult, out: Path, seen: dict[str, Any]
+    page: Any, server: str, study: StudyResult, out: Path, seen: dict[str, Any]
 ) -> None:
-    best = study.leaderboard.iloc[0]["run_name"]
-    _name_cells(page).get_by_role("link", name=best, exact=True).click()
+    best, run_id = study.leaderboard.iloc[0][["run_name", "run_id"]]
+    page.goto(f"{server}/#/experiments/{study.experiment_id}/runs/{run_id}")
     # Overview tab: the metrics table holds the final val accuracy
     row = page.get_by_role("row").filter(has=page.get_by_text("val_accuracy", exact=True))
     expect(row).to_be_visible()
