@@ -22,10 +22,10 @@ import pandas as pd
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Run
 
 from search.analysis import FACTORS, factor_table, judge_claims, pairwise_tests, usable
-from search.leaderboard import find_parent_run, leaderboard, markdown, render
+from search.leaderboard import child_runs, find_parent_run, leaderboard, markdown, render
 from search.plots import (
     FAST_PNG,
     PALETTE,
@@ -137,18 +137,36 @@ def init_by_bn(trials: pd.DataFrame, metric: str, path: Path) -> str:
     return _save(init_by_bn_figure(trials, metric), path)
 
 
-def _score(trial: optuna.trial.FrozenTrial) -> float | None:
-    """A trial's value, or for one stopped early the last value it reported (what it had reached
-    when it was stopped); None when it has neither."""
+#: Optuna trial number -> the metric MLflow holds for it (see :func:`recorded_scores`).
+Recorded = dict[int, float]
+
+
+def _score(trial: optuna.trial.FrozenTrial, recorded: Recorded | None = None) -> float | None:
+    """A trial's value; for one stopped early, the last value it reported to Optuna, else what
+    MLflow recorded for it (ASHA may stop a trial on the very result Optuna never saw); None
+    when there is nothing."""
     if trial.value is not None:
         return float(trial.value)
     if trial.intermediate_values:
         return float(trial.intermediate_values[max(trial.intermediate_values)])
-    return None
+    value = (recorded or {}).get(trial.number)
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def recorded_scores(client: MlflowClient, parent: Run, metric: str) -> Recorded:
+    """``metric`` of each of the study's trials as MLflow holds it, by Optuna trial number."""
+    scores: Recorded = {}
+    for run in child_runs(client, parent):
+        number = run.data.tags.get("optuna.trial_number")
+        if number is not None and metric in run.data.metrics:
+            scores[int(number)] = run.data.metrics[metric]
+    return scores
 
 
 @house_style
-def optimization_history_figure(study: optuna.Study, metric: str) -> Figure:
+def optimization_history_figure(
+    study: optuna.Study, metric: str, recorded: Recorded | None = None
+) -> Figure:
     """Each trial's score by trial number, completed and early-stopped trials marked apart, and
     the best completed score so far as a step line. Drawn here rather than by Optuna, whose
     picture calls the axis "Objective Value" and draws pruned trials like the others."""
@@ -159,9 +177,9 @@ def optimization_history_figure(study: optuna.Study, metric: str) -> Figure:
     done = [
         (t.number, t.value) for t in trials if t.state == State.COMPLETE and t.value is not None
     ]
-    pruned = [
-        (t.number, v) for t in trials if t.state == State.PRUNED and (v := _score(t)) is not None
-    ]
+    pruned = [(t.number, _score(t, recorded)) for t in trials if t.state == State.PRUNED]
+    unscored = [n for n, v in pruned if v is None]
+    pruned = [(n, v) for n, v in pruned if v is not None]
     failed = [t.number for t in trials if t.state == State.FAIL]
     if done:
         x, y = zip(*done, strict=True)
@@ -179,6 +197,18 @@ def optimization_history_figure(study: optuna.Study, metric: str) -> Figure:
             zorder=3,
             label="stopped early (last value reported)",
         )
+    if unscored:  # on the bottom edge: there, but with nothing to plot
+        ax.scatter(
+            unscored,
+            [0.0] * len(unscored),
+            s=42,
+            marker="x",
+            color=PALETTE[1],
+            zorder=3,
+            transform=ax.get_xaxis_transform(),
+            clip_on=False,
+            label="stopped early (no value)",
+        )
     if failed:
         ax.scatter(
             failed,
@@ -193,8 +223,8 @@ def optimization_history_figure(study: optuna.Study, metric: str) -> Figure:
         )
     integer_ticks(ax.xaxis)
     ax.set(xlabel="trial", ylabel=metric, title=f"optimization history: {metric}")
-    if done or pruned or failed:
-        fig.legend(loc="outside upper center", ncols=4)  # above the axes, never on the points
+    if done or pruned or unscored or failed:
+        fig.legend(loc="outside upper center", ncols=5)  # above the axes, never on the points
     return fig
 
 
@@ -225,7 +255,9 @@ def _axis_positions(values: list[object]) -> tuple[list[float], list[tuple[float
 
 
 @house_style
-def parallel_coordinates_figure(study: optuna.Study, params: list[str], metric: str) -> Figure:
+def parallel_coordinates_figure(
+    study: optuna.Study, params: list[str], metric: str, recorded: Recorded | None = None
+) -> Figure:
     """One line per trial across its parameters and its score, coloured by the score; trials
     stopped early dashed in grey under the others. Drawn here rather than by Optuna, whose
     picture draws low scores near-white on grey and hides axis labels under the lines."""
@@ -234,7 +266,7 @@ def parallel_coordinates_figure(study: optuna.Study, params: list[str], metric: 
         (t, score)
         for t in study.trials
         if t.state in (State.COMPLETE, State.PRUNED)
-        and (score := _score(t)) is not None
+        and (score := _score(t, recorded)) is not None
         and all(p in t.params for p in params)
     ]
     fig, ax = plt.subplots(figsize=(10, 5))
@@ -353,6 +385,7 @@ def build_report(
             f"Optuna study not readable ({exc.__class__.__name__}): no importance or history"
         )
     if study is not None:
+        recorded = recorded_scores(client, parent, metric)
         try:
             scores = optuna.importance.get_param_importances(
                 study, evaluator=IMPORTANCE[importance]()
@@ -364,7 +397,7 @@ def build_report(
                 importance_figure(scores, importance), directory / "importance.png"
             )
         pictures["optimization history"] = _picture(
-            lambda: optimization_history_figure(study, metric),
+            lambda: optimization_history_figure(study, metric, recorded),
             directory / "optimization_history.png",
             notes,
         )
@@ -374,7 +407,7 @@ def build_report(
             if any(p in t.params for t in study.trials)
         ]
         pictures["parallel coordinates"] = _picture(
-            lambda: parallel_coordinates_figure(study, params, metric),
+            lambda: parallel_coordinates_figure(study, params, metric, recorded),
             directory / "parallel_coordinates.png",
             notes,
         )

@@ -215,6 +215,23 @@ def test_optimization_history_names_the_metric_and_marks_early_stopped(mixed_stu
     plt.close(fig)
 
 
+def test_a_trial_stopped_before_optuna_saw_a_value_is_still_drawn() -> None:
+    """ASHA can stop a trial on the result Optuna never gets: MLflow's value stands in, and with
+    none either the trial is still marked, on the bottom edge."""
+    study = optuna.create_study(direction="maximize")
+    State = optuna.trial.TrialState
+    study.add_trial(optuna.trial.create_trial(value=0.9, state=State.COMPLETE))
+    study.add_trial(optuna.trial.create_trial(state=State.PRUNED))
+    fig = optimization_history_figure(study, "best_val_accuracy", recorded={1: 0.4})
+    ax = fig.axes[0]
+    assert ax.collections[1].get_offsets().tolist() == [[1, 0.4]]
+    plt.close(fig)
+    fig = optimization_history_figure(study, "best_val_accuracy")
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "stopped early (no value)" in labels
+    plt.close(fig)
+
+
 def test_parallel_coordinates_are_readable(mixed_study) -> None:
     fig = parallel_coordinates_figure(mixed_study, ["activation", "lr"], "best_val_accuracy")
     ax = fig.axes[0]
