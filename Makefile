@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.gradsweep-installed
 # The CPU wheel lies on disk; an open range would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test lint format clean
+.PHONY: install browser demo test lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,18 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# Debian's Chromium for tests/search/test_mlflow_ui.py, driven by Playwright (a dev extra) through
+# executable_path: never `playwright install`, which downloads its own browser. apt-get runs only
+# when the browser is missing, so `make test` stays quick and offline once it is there.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -q && \
+		$(SUDO) apt-get install -y -q chromium chromium-driver; }
+
 demo: install
 	$(BIN)/gradsweep run quick
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install

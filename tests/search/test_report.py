@@ -11,12 +11,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.image
+import matplotlib.pyplot as plt
 import mlflow
+import optuna
+import pandas as pd
 import pytest
+from matplotlib.colors import to_rgb
 
 from search import background, run_study
+from search.analysis import observations
 from search.background import ReportProcess
-from search.report import build_report
+from search.report import (
+    build_report,
+    init_by_bn_figure,
+    optimization_history_figure,
+    parallel_coordinates_figure,
+)
 from search.schema import PARENT_TAG
 from spaces import load_config
 
@@ -83,6 +93,7 @@ def test_report_files_exist_and_images_load(planted) -> None:
         "init_by_bn.png",
         "importance.png",
         "optimization_history.png",
+        "parallel_coordinates.png",
     ):
         image = matplotlib.image.imread(report.directory / name)
         assert image.shape[0] > 100 and image.shape[1] > 100, name
@@ -133,6 +144,142 @@ def test_report_command_prints_the_claims_table(
     assert code == 0
     assert "elu > logistic (matched init)" in out and "held" in out
     assert (tmp_path / "again" / "claims.csv").is_file()
+
+
+def test_planted_pictures_name_the_metric_and_count_the_trials(planted) -> None:
+    result, _, _ = planted
+    obs, _ = observations(result.leaderboard)
+    fig = init_by_bn_figure(obs, "best_val_accuracy")
+    means = obs.groupby(["init_applied", "bn"])["best_val_accuracy"].mean()  # 3 seeds a cell
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == sorted(
+        f"{mean:.3f}\nn=3" for mean in means
+    )
+    plt.close(fig)
+    study = optuna.load_study(study_name=result.study_name, storage=result.optuna_storage)
+    fig = optimization_history_figure(study, "best_val_accuracy")
+    assert fig.axes[0].get_ylabel() == "best_val_accuracy"
+    plt.close(fig)
+
+
+# -- the pictures, on data made to show each case -------------------------------------------------
+
+
+def _observations(rows: list[tuple[str, str, float]]) -> pd.DataFrame:
+    """Seed observations as :func:`search.analysis.observations` gives them (what they need)."""
+    frame = pd.DataFrame(rows, columns=["init_applied", "bn", "best_val_accuracy"])
+    return frame.assign(role="trial")
+
+
+def test_init_by_bn_cells_carry_n_and_say_na_when_empty() -> None:
+    board = _observations(
+        [
+            ("he_normal", "none", 0.95),
+            ("he_normal", "none", 0.93),
+            ("he_normal", "before", 0.20),
+            ("glorot_uniform", "none", 0.50),  # glorot_uniform with BN: none ran, so n/a
+        ]
+    )
+    fig = init_by_bn_figure(board, "best_val_accuracy")
+    ax = fig.axes[0]
+    cells = {t.get_text(): t.get_color() for t in ax.texts}
+    assert set(cells) == {"0.940\nn=2", "0.200\nn=1", "0.500\nn=1", "n/a\nn=0"}
+    assert all("n=" in text for text in cells)  # every cell says how many trials it averages
+    # the number is legible on its cell: white on the dark (low) end, black on the light end
+    assert cells["0.200\nn=1"] == "white" and cells["0.940\nn=2"] == "black"
+    assert ax.get_xlabel() == "bn" and fig.axes[1].get_ylabel() == "mean best_val_accuracy"
+    plt.close(fig)
+
+
+@pytest.fixture
+def mixed_study() -> optuna.Study:
+    """Completed, early-stopped (with the values they reported) and failed trials."""
+    study = optuna.create_study(direction="maximize")
+    distributions = {
+        "activation": optuna.distributions.CategoricalDistribution(["elu", "relu", "tanh"]),
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+    }
+    State = optuna.trial.TrialState
+    cases = [
+        ("elu", 0.01, State.COMPLETE, 0.90),
+        ("relu", 0.001, State.COMPLETE, 0.70),
+        ("tanh", 0.0001, State.PRUNED, None),
+        ("elu", 0.05, State.COMPLETE, 0.95),
+        ("relu", 0.1, State.FAIL, None),
+    ]
+    for activation, lr, state, value in cases:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"activation": activation, "lr": lr},
+                distributions=distributions,
+                value=value,
+                state=state,
+                intermediate_values={1: 0.3} if state == State.PRUNED else {1: value or 0.0},
+            )
+        )
+    return study
+
+
+def test_optimization_history_names_the_metric_and_marks_early_stopped(mixed_study) -> None:
+    fig = optimization_history_figure(mixed_study, "best_val_accuracy")
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "best_val_accuracy" and "Objective" not in ax.get_ylabel()
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == [
+        "completed",
+        "best so far",
+        "stopped early (last value reported)",
+        "failed (no value)",
+    ]
+    completed, stopped = ax.collections[0], ax.collections[1]
+    assert completed.get_offsets().tolist() == [[0, 0.9], [1, 0.7], [3, 0.95]]
+    assert stopped.get_offsets().tolist() == [[2, 0.3]]  # drawn, at the value it had reached
+    best = ax.get_lines()[0].get_ydata().tolist()
+    assert best == [0.9, 0.9, 0.95]  # best so far, over completed trials
+    assert all(t.isdigit() for t in _visible(ax.xaxis))
+    plt.close(fig)
+
+
+def test_a_trial_stopped_before_optuna_saw_a_value_is_still_drawn() -> None:
+    """ASHA can stop a trial on the result Optuna never gets: MLflow's value stands in, and with
+    none either the trial is still marked, on the bottom edge."""
+    study = optuna.create_study(direction="maximize")
+    State = optuna.trial.TrialState
+    study.add_trial(optuna.trial.create_trial(value=0.9, state=State.COMPLETE))
+    study.add_trial(optuna.trial.create_trial(state=State.PRUNED))
+    fig = optimization_history_figure(study, "best_val_accuracy", recorded={1: 0.4})
+    ax = fig.axes[0]
+    assert ax.collections[1].get_offsets().tolist() == [[1, 0.4]]
+    plt.close(fig)
+    fig = optimization_history_figure(study, "best_val_accuracy")
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "stopped early (no value)" in labels
+    plt.close(fig)
+
+
+def test_parallel_coordinates_are_readable(mixed_study) -> None:
+    fig = parallel_coordinates_figure(mixed_study, ["activation", "lr"], "best_val_accuracy")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["activation", "lr", "best_val_accuracy"]
+    lines = [line for line in ax.get_lines() if len(line.get_xdata()) == 3]
+    assert len(lines) == 4  # 3 completed + 1 early-stopped; the failed one has no score
+    dashed = [line for line in lines if line.get_linestyle() == "--"]
+    assert len(dashed) == 1  # the early-stopped trial, drawn apart
+    for line in lines:  # no near-white line on the white background
+        r, g, b = to_rgb(line.get_color())
+        assert 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.8
+    top = max(line.get_zorder() for line in lines)
+    labels = [t for t in ax.texts if t.get_text() in ("elu", "relu", "tanh")]
+    assert len(labels) == 3
+    assert all(t.get_zorder() > top and t.get_bbox_patch() is not None for t in labels)
+    assert fig.axes[1].get_ylabel() == "best_val_accuracy"  # the colour bar names the metric
+    plt.close(fig)
+
+
+def _visible(axis) -> list[str]:
+    axis.figure.canvas.draw()
+    low, high = sorted(axis.get_view_interval())
+    ticks = zip(axis.get_ticklabels(), axis.get_ticklocs(), strict=True)
+    return [t.get_text() for t, v in ticks if low <= v <= high]
 
 
 def test_no_real_difference_is_not_significant(local_ray: None, tmp_path) -> None:
