@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def notes_study(local_ray: None, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("notes")
-    config = load_config("seed-notes", ["training.epochs=4", f"output_dir={out}"])
+    config = load_config("seed-notes", ["training.epochs=3", f"output_dir={out}"])
     result = run_study(config)
     client = mlflow.MlflowClient(tracking_uri=result.tracking_uri)
     obs, merged = observations(leaderboard(client, result.study_name))
