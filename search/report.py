@@ -479,7 +479,7 @@ def build_report(
         "Each claim compares configurations that differ only in the claim's factor: the other "
         "factors are held equal (strata), and only strata with both sides count. A trial's "
         "seeds are its replicates. Effect = the weighted mean over strata of mean(A) - mean(B); "
-        "p from a stratified permutation test and the 95% CI from inverting that same test; "
+        "p from a stratified Welch t test and the 95% CI from the same statistic; "
         "Holm within each family (accuracy, gradients, cost). Held / refuted: Holm p < 0.05 "
         "(effect > 0 / < 0). Not enough data: the design cannot decide, with the reason. "
         "Gradient flow = -|log10 first/last gradient ratio| (0 = even), at initialisation and "
@@ -494,7 +494,7 @@ def build_report(
             "",
             markdown(table),
             "",
-            "Pairwise, other factors held equal (stratified permutation test, Holm):",
+            "Pairwise, other factors held equal (stratified Welch t test, Holm):",
             "",
             markdown(pairwise[f]),
             "",

@@ -64,9 +64,13 @@ def leaderboard(
             sys.stdout.write(
                 table.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n\n"
             )
-            out.print("pairwise, other factors held equal (stratified permutation test, Holm):")
+            out.print("pairwise, other factors held equal (stratified Welch t test, Holm):")
             shown = tests.drop(columns=["strata_used"])
-            sys.stdout.write(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}") + "\n")
+            if shown.empty:
+                out.print("  (one level: nothing to compare)")
+            else:
+                text = shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+                sys.stdout.write(text + "\n")
         elif format == "csv":  # one file: the levels, then the pairwise tests (column 'kind')
             both = pd.concat([table.assign(kind="level"), tests.assign(kind="pairwise")])
             sys.stdout.write(both.to_csv(index=False))
