@@ -40,6 +40,8 @@ def _quiet() -> None:
     """Keep library chatter off the terminal unless --debug."""
     if not STATE["debug"]:
         warnings.filterwarnings("ignore")
+        # MLflow sets its loggers' level when it is imported, after this runs.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
         for name in ("mlflow", "alembic", "optuna", "ray", "ray.tune", "ray.data"):
             logging.getLogger(name).setLevel(logging.ERROR)
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")

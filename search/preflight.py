@@ -105,6 +105,30 @@ def check_address(address: str) -> None:
         ) from None
 
 
+def check_resources(cpu: float, gpu: float, nodes: list[dict[str, float]]) -> None:
+    """Refuse a per-trial request that no node of the cluster can ever place: Tune would wait
+    for it forever ("0/2 running"). ``nodes`` are the live nodes' total resources."""
+
+    def most(key: str) -> float:
+        return max((node.get(key, 0.0) for node in nodes), default=0.0)
+
+    for key, want, name in (("CPU", cpu, "cpu"), ("GPU", gpu, "gpu")):
+        if want > most(key):
+            has = (
+                f"the largest Ray node has {most(key):g} {key}s"
+                if most(key)
+                else f"no Ray node has a {key}"
+            )
+            raise UserError(
+                f"resources.{name}: {want:g} per trial, but {has}; allowed: at most {most(key):g}"
+            )
+    if not any(node.get("CPU", 0.0) >= cpu and node.get("GPU", 0.0) >= gpu for node in nodes):
+        raise UserError(
+            f"resources: a trial asks for {cpu:g} CPUs and {gpu:g} GPUs on one node, but no Ray "
+            "node has both; lower resources.cpu or resources.gpu"
+        )
+
+
 def check(tracking_uri: str, storage: str, address: str | None) -> None:
     """The quick checks of a study's locations (the data set is loaded while Ray starts)."""
     check_tracking_uri(tracking_uri)

@@ -58,6 +58,11 @@ def connect(address: str | None) -> bool:
     return True
 
 
+def node_resources() -> list[dict[str, float]]:
+    """Total resources of each live node of the session's cluster."""
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+
+
 def shutdown() -> None:
     """Stop (or detach from) the study's Ray, and undo what an embedded session set."""
     ray.shutdown()

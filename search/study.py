@@ -176,6 +176,13 @@ def resume_study(
     remaining = config.num_samples - plan.finished
     with ReportProcess() as reporter:  # forked before Ray and the journal start (run_study)
         owns_ray = ray_session.connect(address) if remaining > 0 else False
+        if remaining > 0:
+            try:
+                _check_resources(config)
+            except BaseException:
+                if owns_ray:
+                    ray_session.shutdown()
+                raise
         client.log_batch(
             parent.info.run_id, tags=[RunTag(RESUMED_TAG, time.strftime("%Y-%m-%dT%H:%M:%S"))]
         )
@@ -253,7 +260,20 @@ def _start(
             if owns_ray:
                 ray_session.shutdown()
             raise
+        try:
+            _check_resources(config)
+        except BaseException:
+            stores.remove_created()
+            if owns_ray:
+                ray_session.shutdown()
+            raise
     return data, stores, owns_ray
+
+
+def _check_resources(config: StudyConfig) -> None:
+    """A trial's request against the cluster Ray is now connected to (see preflight)."""
+    wanted = config.resources
+    preflight.check_resources(wanted.cpu, wanted.gpu, ray_session.node_resources())
 
 
 def _remote(uri: str) -> bool:

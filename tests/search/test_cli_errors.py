@@ -5,6 +5,7 @@ The cases mirror the README's table of user errors.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -298,3 +299,31 @@ def test_ray_failing_to_start_leaves_no_stores(
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert lines == ["error: --address: cannot attach to Ray at 127.0.0.1:6379: refused"]
     _nothing_written(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("resources.cpu=512", "resources.cpu: 512 per trial, but the largest Ray node has"),
+        ("resources.gpu=1", "resources.gpu: 1 per trial, but no Ray node has a GPU"),
+    ],
+    ids=["cpu", "gpu"],
+)
+def test_resources_no_node_can_place(tmp_path: Path, override: str, expected: str) -> None:
+    """A trial no node can ever place would wait forever: refused once Ray is up, with the
+    stores opened meanwhile removed again."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.cli", "run", "quick", "--set", override],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and expected in lines[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == []
