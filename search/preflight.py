@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -49,9 +50,11 @@ def check_tracking_uri(uri: str) -> None:
         parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
         if path.is_dir() or parent is None or not parent.is_dir():
             raise UserError(f"--tracking-uri: {uri} does not name a writable SQLite file")
-    elif not uri.startswith(("postgresql://", "postgresql+psycopg2://", "mysql://")):
+    elif uri.startswith(("postgresql://", "postgresql+psycopg2://", "mysql://")):
+        _connect(uri, "--tracking-uri")
+    else:
         raise UserError(
-            f"--tracking-uri: unsupported {uri!r}; use sqlite:///PATH, http(s)://HOST:PORT "
+            f"--tracking-uri: unsupported {redact(uri)!r}; use sqlite:///PATH, http(s)://HOST:PORT "
             "or postgresql://..."
         )
 
@@ -63,8 +66,13 @@ def check_storage(url: str) -> None:
         raise UserError(
             f"optuna_storage: unsupported {redact(url)!r}; use sqlite:///PATH or postgresql://..."
         )
-    if url.startswith("sqlite:///"):
-        return
+    if not url.startswith("sqlite:///"):
+        _connect(url, "optuna_storage")
+
+
+def _connect(url: str, key: str) -> None:
+    """Connect to a database server once, with a short timeout: the stores themselves retry
+    for minutes before they give up, with a traceback."""
     import sqlalchemy
 
     try:
@@ -74,7 +82,25 @@ def check_storage(url: str) -> None:
         engine.dispose()
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise UserError(f"optuna_storage: cannot connect to {redact(url)}: {first}") from None
+        raise UserError(f"{key}: cannot connect to {redact(url)}: {first}") from None
+
+
+def check_writable(path: Path, key: str) -> None:
+    """Fail fast when folder ``path`` can't be created or written in (``key`` names where it
+    came from); the study would otherwise find out only after its stores opened.
+
+    Tried, not judged from permission bits, which root ignores: a probe file in the nearest
+    existing folder is created and removed, so nothing is left behind.
+    """
+    path = Path(path).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{key}: {path} can't be a folder: {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UserError(f"{key}: cannot write in {existing} ({exc.strerror or exc})") from None
 
 
 def check_address(address: str) -> None:

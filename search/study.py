@@ -87,6 +87,7 @@ def run_study(
     where = environment.locate(config, tracking_uri)
     if study_name is not None:
         preflight.check_study_name(study_name)
+    preflight.check_writable(where.output, "output_dir")
     preflight.check(where.tracking_uri, where.optuna_storage, address)
     name = _new_name(config, where, study_name)
     # Forked first, while this process runs no Ray, journal or helper thread of this study.
