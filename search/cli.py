@@ -142,6 +142,9 @@ def resume(
         )
     except UserError as exc:
         raise fail(str(exc)) from None
+    if not result.ran:
+        out.print(result.notes[0], highlight=False, soft_wrap=True)
+        return
     _summary(result)
 
 

@@ -63,6 +63,7 @@ class StudyResult:
     output_dir: Path
     seconds: float
     notes: list[str] = field(default_factory=list)  # what a user should know (spooled writes, ...)
+    ran: bool = True  # False: a resume found nothing left to run and changed nothing
 
 
 def run_study(
@@ -172,9 +173,21 @@ def resume_study(
             f"--study {study_name}: no Optuna study in {redact(where.optuna_storage)} "
             f"({exc.__class__.__name__})"
         ) from None
-    data = preflight.load_data(config)
     plan = plan_resume(client, parent, study, output / "ray")
-    remaining = config.num_samples - plan.finished
+    target = config.num_samples
+    if config.searcher.name == "grid":  # as run_study: each distinct configuration once
+        target = min(target, grid_size(config))
+    remaining = target - plan.finished
+    if remaining <= 0 and not plan.resume and parent.info.status != "RUNNING":
+        # A finished study: setting its parent RUNNING and FINISHED again would move its end.
+        note = f"nothing to resume: all {plan.finished} trials of {study_name} have finished"
+        board = leaderboard(client, study_name)
+        result = study_result(
+            study_name, where, parent.info.experiment_id, parent.info.run_id, board, [note], t0
+        )
+        result.ran = False
+        return result
+    data = preflight.load_data(config)
     with ReportProcess() as reporter:  # forked before Ray and the journal start (run_study)
         owns_ray = ray_session.connect(address) if remaining > 0 else False
         if remaining > 0:

@@ -264,3 +264,43 @@ def test_mlflow_outage_loses_no_metric_point(tmp_path: Path) -> None:
         if driver is not None and driver.poll() is None:
             _kill_group(driver)
         _kill_group(server, signal.SIGTERM)
+
+
+def test_resume_of_a_finished_study_changes_nothing(tmp_path: Path) -> None:
+    """Nothing is left to run: the parent keeps its status and end time (the MLflow UI shows
+    the study's real duration), and resume says so in one line, without a download bar."""
+    from search import run_study
+    from spaces import load_config
+
+    config = load_config(
+        {
+            "name": "done",
+            "search": {"activations": ["relu"], "initializers": ["he_normal"], "lr": 0.01},
+            "model": {"depth": 2, "width": 16},
+            "training": {"epochs": 1},
+            "diagnostics": {"enabled": False},
+            "num_samples": 2,
+            "output_dir": str(tmp_path / "out"),
+        }
+    )
+    result = run_study(config, study_name="done")
+    client = mlflow.MlflowClient(tracking_uri=result.tracking_uri)
+    before, children_before = _children(client, "done")
+    assert before.info.status == "FINISHED"
+    argv = ["resume", "--study", "done", "--tracking-uri", result.tracking_uri]
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.cli", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert said == ["nothing to resume: all 2 trials of done have finished"], said
+    after, children_after = _children(client, "done")
+    assert (after.info.status, after.info.end_time) == (before.info.status, before.info.end_time)
+    assert after.data.tags == before.data.tags
+    assert sorted((r.info.run_id, r.info.end_time) for r in children_after) == sorted(
+        (r.info.run_id, r.info.end_time) for r in children_before
+    )
