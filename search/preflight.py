@@ -141,7 +141,7 @@ def check_resources(cpu: float, gpu: float, nodes: list[dict[str, float]]) -> No
     for key, want, name in (("CPU", cpu, "cpu"), ("GPU", gpu, "gpu")):
         if want > most(key):
             has = (
-                f"the largest Ray node has {most(key):g} {key}s"
+                f"the largest Ray node has {most(key):g} {key}" + ("" if most(key) == 1 else "s")
                 if most(key)
                 else f"no Ray node has a {key}"
             )
