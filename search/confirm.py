@@ -17,19 +17,16 @@ import time
 from pathlib import Path
 from typing import Any, get_args
 
-import optuna
 import pandas as pd
-from mlflow.entities import RunTag
 
-from search import environment, preflight, ray_session
+from search import environment, preflight
 from search.analysis import observations
-from search.background import ReportProcess
 from search.environment import Locations
 from search.errors import UserError
 from search.leaderboard import find_parent_run, leaderboard
 from search.schema import CONFIRMED_TAG, OUTPUT_DIR_TAG, ROLE_CONFIRMATION, ROLE_TRIAL
-from search.stores import Stores, existing_store
-from search.study import StudyResult, run_trials, saved_config, study_result
+from search.stores import existing_store
+from search.study import StudyResult, continue_study, saved_config, study_result
 from search.trainable import run_trial
 from search.tuner import Trainable
 from spaces import StudyConfig
@@ -120,34 +117,21 @@ def confirm_study(
     where = Locations(
         output, client.tracking_uri, environment.optuna_storage(config.optuna_storage, output)
     )
-    data = preflight.load_data(config)
-    with ReportProcess() as reporter:
-        owns_ray = ray_session.connect(address)
-        client.log_batch(
-            parent.info.run_id, tags=[RunTag(CONFIRMED_TAG, time.strftime("%Y-%m-%dT%H:%M:%S"))]
-        )
-        if parent.info.status != "RUNNING":  # children nest under an active run
-            client.update_run(parent.info.run_id, status="RUNNING")
-        stores = Stores(client, optuna.storages.RDBStorage(where.optuna_storage))
-        board, notes = run_trials(
-            fresh,
-            study_name,
-            where,
-            stores,
-            parent.info.experiment_id,
-            parent.info.run_id,
-            owns_ray,
-            reporter,
-            data=data,
-            num_samples=len(points),
-            run_name=f"{study_name}-confirm-{time.strftime('%H%M%S')}",
-            progress=progress,
-            close_patience_s=close_patience_s,
-            trainable=trainable,
-            callbacks=(),
-            optuna_study=f"{study_name}-confirm",
-            role=ROLE_CONFIRMATION,
-        )
+    board, notes = continue_study(
+        fresh,
+        study_name,
+        parent,
+        where,
+        tag=CONFIRMED_TAG,
+        num_samples=len(points),
+        run_name=f"{study_name}-confirm-{time.strftime('%H%M%S')}",
+        address=address,
+        progress=progress,
+        close_patience_s=close_patience_s,
+        trainable=trainable,
+        optuna_study=f"{study_name}-confirm",
+        role=ROLE_CONFIRMATION,
+    )
     notes.insert(
         0,
         f"confirmed: the best configuration of each of {len(points)} {factor} levels, "

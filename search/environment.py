@@ -28,6 +28,8 @@ _SETTINGS = {
     # The journal does the retrying; MLflow's own HTTP retries would hide an outage for minutes.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    # Reading a study's config.json back would draw a "Downloading artifacts" bar.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 #: Loggers whose messages would land in the middle of gradsweep's own output.
 _QUIET_LOGGERS = (

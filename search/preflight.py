@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -49,9 +50,11 @@ def check_tracking_uri(uri: str) -> None:
         parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
         if path.is_dir() or parent is None or not parent.is_dir():
             raise UserError(f"--tracking-uri: {uri} does not name a writable SQLite file")
-    elif not uri.startswith(("postgresql://", "postgresql+psycopg2://", "mysql://")):
+    elif uri.startswith(("postgresql://", "postgresql+psycopg2://", "mysql://")):
+        _connect(uri, "--tracking-uri")
+    else:
         raise UserError(
-            f"--tracking-uri: unsupported {uri!r}; use sqlite:///PATH, http(s)://HOST:PORT "
+            f"--tracking-uri: unsupported {redact(uri)!r}; use sqlite:///PATH, http(s)://HOST:PORT "
             "or postgresql://..."
         )
 
@@ -63,8 +66,13 @@ def check_storage(url: str) -> None:
         raise UserError(
             f"optuna_storage: unsupported {redact(url)!r}; use sqlite:///PATH or postgresql://..."
         )
-    if url.startswith("sqlite:///"):
-        return
+    if not url.startswith("sqlite:///"):
+        _connect(url, "optuna_storage")
+
+
+def _connect(url: str, key: str) -> None:
+    """Connect to a database server once, with a short timeout: the stores themselves retry
+    for minutes before they give up, with a traceback."""
     import sqlalchemy
 
     try:
@@ -74,7 +82,25 @@ def check_storage(url: str) -> None:
         engine.dispose()
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise UserError(f"optuna_storage: cannot connect to {redact(url)}: {first}") from None
+        raise UserError(f"{key}: cannot connect to {redact(url)}: {first}") from None
+
+
+def check_writable(path: Path, key: str) -> None:
+    """Fail fast when folder ``path`` can't be created or written in (``key`` names where it
+    came from); the study would otherwise find out only after its stores opened.
+
+    Tried, not judged from permission bits, which root ignores: a probe file in the nearest
+    existing folder is created and removed, so nothing is left behind.
+    """
+    path = Path(path).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{key}: {path} can't be a folder: {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UserError(f"{key}: cannot write in {existing} ({exc.strerror or exc})") from None
 
 
 def check_address(address: str) -> None:
@@ -103,6 +129,30 @@ def check_address(address: str) -> None:
             f"--address: no Ray cluster reachable at {parsed.hostname}:{port} "
             f"({exc.strerror or exc})"
         ) from None
+
+
+def check_resources(cpu: float, gpu: float, nodes: list[dict[str, float]]) -> None:
+    """Refuse a per-trial request that no node of the cluster can ever place: Tune would wait
+    for it forever ("0/2 running"). ``nodes`` are the live nodes' total resources."""
+
+    def most(key: str) -> float:
+        return max((node.get(key, 0.0) for node in nodes), default=0.0)
+
+    for key, want, name in (("CPU", cpu, "cpu"), ("GPU", gpu, "gpu")):
+        if want > most(key):
+            has = (
+                f"the largest Ray node has {most(key):g} {key}" + ("" if most(key) == 1 else "s")
+                if most(key)
+                else f"no Ray node has a {key}"
+            )
+            raise UserError(
+                f"resources.{name}: {want:g} per trial, but {has}; allowed: at most {most(key):g}"
+            )
+    if not any(node.get("CPU", 0.0) >= cpu and node.get("GPU", 0.0) >= gpu for node in nodes):
+        raise UserError(
+            f"resources: a trial asks for {cpu:g} CPUs and {gpu:g} GPUs on one node, but no Ray "
+            "node has both; lower resources.cpu or resources.gpu"
+        )
 
 
 def check(tracking_uri: str, storage: str, address: str | None) -> None:

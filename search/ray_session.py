@@ -1,19 +1,35 @@
-"""The study's Ray session: attach to a cluster, or start (and later stop) an embedded one."""
+"""The study's Ray session: attach to a cluster, or start (and later stop) an embedded one.
+
+An embedded Ray is the study's own: it listens on 127.0.0.1 only and requires a token made for
+this session, so no other machine can reach it and no other process on this one can join it
+without the token (an open Ray port runs anyone's code). Attaching to a user's cluster changes
+none of that cluster's settings.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import os
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import ray
+from ray._private import ray_constants
 
 from search.errors import UserError
 
 #: Ray would start a pool of idle workers for the driver, but Tune's trial actors live in
 #: placement groups and never use them: starting them only delays the study.
 NO_PRESTART = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
+LOOPBACK = "127.0.0.1"
+#: Environment of an embedded session: token auth with the session's own token (read by the
+#: driver and inherited by every Ray process it starts), and no "cluster" networking, without
+#: which Ray replaces a loopback node address by the machine's network address.
+_EMBEDDED_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+#: What an embedded session changed, to restore when it stops: environment, Ray's flag.
+_saved: dict[str, Any] = {}
 
 
 def connect(address: str | None) -> bool:
@@ -25,15 +41,65 @@ def connect(address: str | None) -> bool:
     try:
         if address:
             ray.init(address=address, **kwargs)
-        else:  # a copy: Ray adds to the dict it is given
-            ray.init(include_dashboard=False, _system_config=dict(NO_PRESTART), **kwargs)
+        else:
+            _embedded_settings()
+            try:  # a copy: Ray adds to the dict it is given
+                ray.init(
+                    include_dashboard=False,
+                    _node_ip_address=LOOPBACK,
+                    _system_config=dict(NO_PRESTART),
+                    **kwargs,
+                )
+            except BaseException:
+                _restore_settings()
+                raise
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"--address: cannot attach to Ray at {address or 'local'}: {exc}") from None
     return True
 
 
+def node_resources() -> list[dict[str, float]]:
+    """Total resources of each live node of the session's cluster."""
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+
+
 def shutdown() -> None:
+    """Stop (or detach from) the study's Ray, and undo what an embedded session set."""
     ray.shutdown()
+    _restore_settings()
+
+
+def _embedded_settings() -> None:
+    """Loopback only and a fresh token, for this process and the Ray processes it starts."""
+    _saved["env"] = {key: os.environ.get(key) for key in _EMBEDDED_ENV}
+    _saved["cluster"] = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read when ray.init resolves the node address
+    _reload_auth()
+
+
+def _restore_settings() -> None:
+    """The environment and Ray flag as they were before the embedded session (no-op else)."""
+    if "env" not in _saved:
+        return
+    for key, value in _saved.pop("env").items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    ray_constants.ENABLE_RAY_CLUSTER = _saved.pop("cluster")
+    _reload_auth()
+
+
+def _reload_auth() -> None:
+    """Make this process's Ray core read the auth mode and token from the environment again:
+    both are cached on first use, and a second study in the same process has a new token."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 @contextlib.contextmanager

@@ -16,11 +16,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import RunTag
+from mlflow.entities import Run, RunTag
 from ray import tune
 
 from search import environment, preflight, ray_session
@@ -29,7 +30,7 @@ from search.ending import finish_study
 from search.environment import Locations, redact
 from search.errors import UserError
 from search.journal import Journal, spool_path
-from search.leaderboard import find_parent_run
+from search.leaderboard import find_parent_run, leaderboard
 from search.progress import ProgressCallback
 from search.resume import plan_resume
 from search.schema import OUTPUT_DIR_TAG, RESUMED_TAG, ROLE_TRIAL
@@ -63,6 +64,7 @@ class StudyResult:
     output_dir: Path
     seconds: float
     notes: list[str] = field(default_factory=list)  # what a user should know (spooled writes, ...)
+    ran: bool = True  # False: a resume found nothing left to run and changed nothing
 
 
 def run_study(
@@ -87,6 +89,7 @@ def run_study(
     where = environment.locate(config, tracking_uri)
     if study_name is not None:
         preflight.check_study_name(study_name)
+    preflight.check_writable(where.output, "output_dir")
     preflight.check(where.tracking_uri, where.optuna_storage, address)
     name = _new_name(config, where, study_name)
     # Forked first, while this process runs no Ray, journal or helper thread of this study.
@@ -171,18 +174,81 @@ def resume_study(
             f"--study {study_name}: no Optuna study in {redact(where.optuna_storage)} "
             f"({exc.__class__.__name__})"
         ) from None
-    data = preflight.load_data(config)
     plan = plan_resume(client, parent, study, output / "ray")
-    remaining = config.num_samples - plan.finished
-    with ReportProcess() as reporter:  # forked before Ray and the journal start (run_study)
-        owns_ray = ray_session.connect(address) if remaining > 0 else False
-        client.log_batch(
-            parent.info.run_id, tags=[RunTag(RESUMED_TAG, time.strftime("%Y-%m-%dT%H:%M:%S"))]
+    target = config.num_samples
+    if config.searcher.name == "grid":  # as run_study: each distinct configuration once
+        target = min(target, grid_size(config))
+    remaining = target - plan.finished
+    if remaining <= 0 and not plan.resume and parent.info.status != "RUNNING":
+        # A finished study: setting its parent RUNNING and FINISHED again would move its end.
+        note = f"nothing to resume: all {plan.finished} trials of {study_name} have finished"
+        board = leaderboard(client, study_name)
+        result = study_result(
+            study_name, where, parent.info.experiment_id, parent.info.run_id, board, [note], t0
         )
+        result.ran = False
+        return result
+    board, notes = continue_study(
+        config,
+        study_name,
+        parent,
+        where,
+        tag=RESUMED_TAG,
+        num_samples=remaining,
+        run_name=f"{study_name}-resume-{time.strftime('%H%M%S')}",
+        address=address,
+        progress=progress,
+        close_patience_s=close_patience_s,
+        trainable=trainable,
+        callbacks=callbacks,
+        resume=plan.resume,
+        resumed_tags=plan.tags,
+    )
+    notes.insert(
+        0,
+        f"resumed: {plan.finished} trials already finished, {len(plan.resume)} resumed, "
+        f"{max(0, remaining - len(plan.resume))} new",
+    )
+    return study_result(
+        study_name, where, parent.info.experiment_id, parent.info.run_id, board, notes, t0
+    )
+
+
+def continue_study(
+    config: StudyConfig,
+    study_name: str,
+    parent: Run,
+    where: Locations,
+    *,
+    tag: str,
+    num_samples: int,
+    run_name: str,
+    address: str | None,
+    progress: bool,
+    close_patience_s: float,
+    trainable: Trainable,
+    callbacks: Sequence[tune.Callback] = (),
+    **more: Any,
+) -> tuple[pd.DataFrame, list[str]]:
+    """More trials under an existing study's parent run (a resume, a confirmation): Ray
+    connected and checked, the parent marked with ``tag`` (when) and RUNNING again, then
+    :func:`run_trials` with ``more`` (its ``resume``, ``optuna_study``, ``role``, ...)."""
+    client = MlflowClient(tracking_uri=where.tracking_uri)
+    data = preflight.load_data(config)
+    with ReportProcess() as reporter:  # forked before Ray and the journal start (run_study)
+        owns_ray = ray_session.connect(address) if num_samples > 0 else False
+        if num_samples > 0:
+            try:
+                _check_resources(config)
+            except BaseException:
+                if owns_ray:
+                    ray_session.shutdown()
+                raise
+        client.log_batch(parent.info.run_id, tags=[RunTag(tag, time.strftime("%Y-%m-%dT%H:%M:%S"))])
         if parent.info.status != "RUNNING":  # children nest under an active run
             client.update_run(parent.info.run_id, status="RUNNING")
         stores = Stores(client, optuna.storages.RDBStorage(where.optuna_storage))
-        board, notes = run_trials(
+        return run_trials(
             config,
             study_name,
             where,
@@ -192,23 +258,14 @@ def resume_study(
             owns_ray,
             reporter,
             data=data,
-            num_samples=remaining,
-            run_name=f"{study_name}-resume-{time.strftime('%H%M%S')}",
+            num_samples=num_samples,
+            run_name=run_name,
             progress=progress,
             close_patience_s=close_patience_s,
             trainable=trainable,
             callbacks=callbacks,
-            resume=plan.resume,
-            resumed_tags=plan.tags,
+            **more,
         )
-    notes.insert(
-        0,
-        f"resumed: {plan.finished} trials already finished, {len(plan.resume)} resumed, "
-        f"{max(0, remaining - len(plan.resume))} new",
-    )
-    return study_result(
-        study_name, where, parent.info.experiment_id, parent.info.run_id, board, notes, t0
-    )
 
 
 def _new_name(config: StudyConfig, where: Locations, chosen: str | None) -> str:
@@ -253,7 +310,20 @@ def _start(
             if owns_ray:
                 ray_session.shutdown()
             raise
+        try:
+            _check_resources(config)
+        except BaseException:
+            stores.remove_created()
+            if owns_ray:
+                ray_session.shutdown()
+            raise
     return data, stores, owns_ray
+
+
+def _check_resources(config: StudyConfig) -> None:
+    """A trial's request against the cluster Ray is now connected to (see preflight)."""
+    wanted = config.resources
+    preflight.check_resources(wanted.cpu, wanted.gpu, ray_session.node_resources())
 
 
 def _remote(uri: str) -> bool:

@@ -43,6 +43,16 @@ def trial_dirname(trial: Any) -> str:
     return f"t{int(trial.config.get(TRIAL_NUMBER_KEY, 0)):03d}_{trial.trial_id}"
 
 
+def trials_so_far(storage: optuna.storages.BaseStorage, study_name: str) -> int:
+    """How many trials the Optuna study holds already (0 for a new study): a resume's sampler
+    continues after them instead of drawing the first trials again."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return 0
+    return len(storage.get_all_trials(study_id, deepcopy=False))
+
+
 def build_tuner(
     config: StudyConfig,
     *,
@@ -65,7 +75,7 @@ def build_tuner(
         space=define_space(config),
         metric=OBJECTIVE,
         mode=MODE,
-        sampler=make_sampler(config),
+        sampler=make_sampler(config, trials_so_far(storage, study_name)),
         points_to_evaluate=(enqueued_points(config) or None) if resume is None else None,
         study_name=study_name,
         storage=storage,

@@ -22,7 +22,33 @@ SAMPLERS: dict[str, str] = {
 }
 
 
-def make_sampler(config: Any) -> optuna.samplers.BaseSampler:
-    """The sampler ``config.searcher.name`` names, seeded with ``config.searcher.seed``."""
+def continued_seed(seed: int, trials_so_far: int) -> int:
+    """The seed of a sampler that picks up a study which already holds ``trials_so_far`` trials.
+
+    A sampler seeded as at the study's start would draw its first points again: a resumed
+    study would repeat its first trials exactly. A study's first run (0 trials) keeps ``seed``.
+    """
+    if trials_so_far == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, trials_so_far]).generate_state(1)[0])
+
+
+def make_sampler(config: Any, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler ``config.searcher.name`` names, for a study that holds ``trials_so_far``.
+
+    Seeded with ``config.searcher.seed`` on a fresh study, else with :func:`continued_seed`, so a
+    resume draws new points; grid and model-based samplers also read the study's history. QMC
+    keeps its seed, because its sequence (scrambled by the seed) continues from the position it
+    stored in the study; only its sampler of categorical parameters is seeded anew.
+    """
+    seed = config.searcher.seed
     module, name = SAMPLERS[config.searcher.name].split(":")
-    return getattr(import_module(module), name)(seed=config.searcher.seed)
+    cls = getattr(import_module(module), name)
+    if config.searcher.name == "qmc":
+        from optuna.samplers import RandomSampler
+
+        independent = RandomSampler(seed=continued_seed(seed, trials_so_far))
+        return cls(seed=seed, independent_sampler=independent)
+    return cls(seed=continued_seed(seed, trials_so_far))

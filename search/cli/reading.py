@@ -113,16 +113,20 @@ def report(
     from search import environment
     from search.errors import UserError
     from search.leaderboard import find_parent_run
+    from search.preflight import check_writable
     from search.report import build_report
     from search.schema import OPTUNA_STORAGE_TAG, OUTPUT_DIR_TAG
 
     try:
+        if out_dir is not None:
+            check_writable(out_dir, "--out-dir")
         client = _tracking_client(tracking_uri)
         parent = find_parent_run(client, study)
+        output = Path(parent.data.tags.get(OUTPUT_DIR_TAG, "gradsweep-runs"))
+        directory = out_dir or output / "reports" / study
+        check_writable(directory, "--out-dir")
     except UserError as exc:
         raise fail(str(exc)) from None
-    output = Path(parent.data.tags.get(OUTPUT_DIR_TAG, "gradsweep-runs"))
-    directory = out_dir or output / "reports" / study
     storage = environment.optuna_storage(parent.data.tags.get(OPTUNA_STORAGE_TAG), output)
     result = build_report(client, study, directory, storage, importance=importance)
     for note in result.notes:

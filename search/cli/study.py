@@ -98,6 +98,9 @@ def resume(
             result = resume_study(study, tracking_uri=tracking_uri, address=address, progress=True)
     except UserError as exc:
         raise fail(str(exc)) from None
+    if not result.ran:
+        out.print(result.notes[0], highlight=False, soft_wrap=True)
+        return
     _summary(result)
 
 

@@ -31,6 +31,8 @@ def quiet() -> None:
     """Keep library chatter off the terminal unless --debug."""
     if not STATE["debug"]:
         warnings.filterwarnings("ignore")
+        # MLflow sets its loggers' level from this when it is imported.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
         import mlflow  # noqa: F401  (MLflow sets its loggers' levels when imported: first)
 
         for name in ("mlflow", "alembic", "optuna", "ray", "ray.tune", "ray.data"):

@@ -5,6 +5,7 @@ The cases mirror the README's table of user errors.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -154,6 +155,32 @@ CASES = [
         "optuna_storage: cannot connect to postgresql+psycopg2://postgres@127.0.0.1:1/none",
     ),
     (
+        "tracking-uri-no-database",
+        None,
+        ["--tracking-uri", "postgresql://postgres@127.0.0.1:5432/gradsweep_no_such_db"],
+        "--tracking-uri: cannot connect to postgresql+psycopg2://postgres@127.0.0.1:5432/"
+        "gradsweep_no_such_db",
+    ),
+    (
+        "tracking-uri-wrong-port",
+        None,
+        ["--tracking-uri", "postgresql://postgres@127.0.0.1:1/gradsweep"],
+        "--tracking-uri: cannot connect to postgresql+psycopg2://postgres@127.0.0.1:1/gradsweep",
+    ),
+    # Permission bits don't stop root, so the unwritable places are ones that stop root too.
+    (
+        "output-dir-under-a-file",
+        None,
+        ["--set", "output_dir=TMP/table.csv/out"],
+        "table.csv is a file",
+    ),
+    (
+        "output-dir-not-writable",
+        None,
+        ["--set", "output_dir=/sys/gradsweep-out"],
+        "output_dir: cannot write in /sys",
+    ),
+    (
         "optuna-storage-scheme",
         "optuna_storage: redis://127.0.0.1\n",
         [],
@@ -261,6 +288,40 @@ def test_unknown_study_in_existing_store(
     assert len(captured.err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("out_dir", "expected"),
+    [
+        ("TMP/mlflow.db/report", "mlflow.db is a file"),
+        ("/sys/gradsweep-report", "cannot write in /sys"),
+    ],
+    ids=["under-a-file", "not-writable"],
+)
+def test_report_out_dir_not_writable(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    out_dir: str,
+    expected: str,
+) -> None:
+    import mlflow
+
+    from search.schema import ROLE_STUDY, ROLE_TAG, STUDY_TAG
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("gradsweep", artifact_location=str(tmp_path / "art"))
+    client.create_run(experiment, tags={STUDY_TAG: "s", ROLE_TAG: ROLE_STUDY})
+    before = sorted(tmp_path.rglob("*"))
+    argv = ["report", "--study", "s", "--tracking-uri", uri, "--out-dir"]
+    code = main([*argv, out_dir.replace("TMP", str(tmp_path))])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert code == 2, captured.err
+    assert len(lines) == 1 and "--out-dir: " in lines[0] and expected in lines[0], captured.err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_console_script_prints_one_line_without_traceback(tmp_path: Path) -> None:
     """The real entry point, in a subprocess: no traceback reaches the terminal."""
     (tmp_path / "bad.yaml").write_text("search: {activations: [nope]}\n")
@@ -298,3 +359,31 @@ def test_ray_failing_to_start_leaves_no_stores(
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert lines == ["error: --address: cannot attach to Ray at 127.0.0.1:6379: refused"]
     _nothing_written(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("resources.cpu=512", "resources.cpu: 512 per trial, but the largest Ray node has"),
+        ("resources.gpu=1", "resources.gpu: 1 per trial, but no Ray node has a GPU"),
+    ],
+    ids=["cpu", "gpu"],
+)
+def test_resources_no_node_can_place(tmp_path: Path, override: str, expected: str) -> None:
+    """A trial no node can ever place would wait forever: refused once Ray is up, with the
+    stores opened meanwhile removed again."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.cli", "run", "quick", "--set", override],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and expected in lines[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == []

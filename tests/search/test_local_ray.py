@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
+import socket
+import subprocess
+import sys
 
 import optuna
 import pytest
 import ray
+from ray import tune
 
 from search import UserError, run_study
 from search.stores import study_exists
@@ -72,3 +78,80 @@ def test_the_python_api_honours_ray_address(tmp_path, monkeypatch: pytest.Monkey
         run_study(config)
     assert not ray.is_initialized()
     assert not (tmp_path / "o").exists()
+
+
+class _Probe(tune.Callback):
+    """Looks at the study's own Ray while it runs: its nodes, and who may join it."""
+
+    def __init__(self) -> None:
+        self.nodes: list[str] = []
+        self.gcs = ""
+        self.attach: dict[str, subprocess.CompletedProcess[str]] = {}
+        self.from_network: OSError | None = None
+
+    def setup(self, **info: object) -> None:
+        self.nodes = [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]]
+        self.gcs = ray.get_runtime_context().gcs_address
+        address = _network_address()
+        if address is not None:  # the port is bound to loopback only
+            try:
+                socket.create_connection((address, int(self.gcs.rsplit(":", 1)[1])), 3).close()
+            except OSError as exc:
+                self.from_network = exc
+        else:
+            self.from_network = OSError("no network address")
+        code = f"import ray; ray.init(address={self.gcs!r}, log_to_driver=False)"
+        ours = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+        tokens = {
+            "other token": {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64},
+            "study token": {
+                "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"],
+            },
+        }
+        for label, env in tokens.items():
+            self.attach[label] = subprocess.run(
+                [sys.executable, "-c", code],
+                env={**ours, **env},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+
+
+def _network_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), if it has one."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_embedded_ray_listens_on_loopback_with_its_own_token(tmp_path) -> None:
+    """The study's embedded Ray is reachable from this machine only, and only with the token
+    made for it; the process's environment is as before once the study ends."""
+    before = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    probe = _Probe()
+    config = load_config(
+        {
+            "name": "loopback",
+            "search": {"activations": ["relu"], "initializers": ["he_normal"], "lr": 0.01},
+            "model": {"depth": 2, "width": 16},
+            "training": {"epochs": 1},
+            "num_samples": 1,
+            "output_dir": str(tmp_path),
+        }
+    )
+    result = run_study(config, callbacks=[probe])
+    assert len(result.leaderboard) == 1
+    assert probe.nodes == ["127.0.0.1"]
+    assert probe.gcs.startswith("127.0.0.1:")
+    assert probe.from_network is not None, "the GCS port answers on the network address"
+    refused = probe.attach["other token"]
+    assert refused.returncode != 0 and "Failed to connect" in refused.stderr, refused.stderr[-2000:]
+    assert probe.attach["study token"].returncode == 0, probe.attach["study token"].stderr[-2000:]
+    assert {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")} == before
+    assert not ray.is_initialized()

@@ -264,3 +264,91 @@ def test_mlflow_outage_loses_no_metric_point(tmp_path: Path) -> None:
         if driver is not None and driver.poll() is None:
             _kill_group(driver)
         _kill_group(server, signal.SIGTERM)
+
+
+def test_resume_of_a_finished_study_changes_nothing(tmp_path: Path) -> None:
+    """Nothing is left to run: the parent keeps its status and end time (the MLflow UI shows
+    the study's real duration), and resume says so in one line, without a download bar."""
+    from search import run_study
+    from spaces import load_config
+
+    config = load_config(
+        {
+            "name": "done",
+            "search": {"activations": ["relu"], "initializers": ["he_normal"], "lr": 0.01},
+            "model": {"depth": 2, "width": 16},
+            "training": {"epochs": 1},
+            "diagnostics": {"enabled": False},
+            "num_samples": 2,
+            "output_dir": str(tmp_path / "out"),
+        }
+    )
+    result = run_study(config, study_name="done")
+    client = mlflow.MlflowClient(tracking_uri=result.tracking_uri)
+    before, children_before = _children(client, "done")
+    assert before.info.status == "FINISHED"
+    argv = ["resume", "--study", "done", "--tracking-uri", result.tracking_uri]
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.cli", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert said == ["nothing to resume: all 2 trials of done have finished"], said
+    after, children_after = _children(client, "done")
+    assert (after.info.status, after.info.end_time) == (before.info.status, before.info.end_time)
+    assert after.data.tags == before.data.tags
+    assert sorted((r.info.run_id, r.info.end_time) for r in children_after) == sorted(
+        (r.info.run_id, r.info.end_time) for r in children_before
+    )
+
+
+def test_resume_continues_the_sampler(tmp_path: Path) -> None:
+    """After a SIGKILLed driver, the resumed search draws new configurations: a sampler seeded
+    as at the start would hand out trials #0, #1, ... again."""
+    config = _config(
+        tmp_path,
+        "cont",
+        search={
+            "activations": ["relu", "elu", "tanh"],
+            "initializers": ["he_normal"],
+            "lr": {"low": 1e-3, "high": 1e-1, "log": True},
+        },
+        searcher={"name": "random", "seed": 0},
+        training={"epochs": 2, "batch_size": 32, "checkpoint_min_seconds": 0},
+    )
+    storage = f"sqlite:///{tmp_path / 'out' / 'optuna.db'}"
+    uri = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
+    log = tmp_path / "driver.log"
+    driver = _start(
+        [sys.executable, "-m", "search.cli", "run", str(config), "--study", "cont"], tmp_path, log
+    )
+
+    def two_finished() -> bool:
+        trials = optuna.load_study(study_name="cont", storage=storage).trials
+        return sum(t.state in TERMINAL for t in trials) >= 2
+
+    try:
+        _wait("2 finished trials", two_finished, 300, log)
+    finally:
+        _kill_group(driver)
+    before = optuna.load_study(study_name="cont", storage=storage).trials
+    assert len(before) < 6, "the kill came before every trial was asked"
+    resume = subprocess.run(
+        [sys.executable, "-m", "search.cli", "resume", "--study", "cont", "--tracking-uri", uri],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert resume.returncode == 0, resume.stdout[-3000:] + resume.stderr[-3000:]
+    after = optuna.load_study(study_name="cont", storage=storage).trials
+    assert sorted(t.number for t in after) == list(range(6))
+    earlier = [t.params for t in before]
+    new = [t.params for t in after if t.number >= len(before)]
+    assert new, "the resume asked for new trials"
+    repeated = [p for p in new if p in earlier]
+    assert repeated == [], f"new trials repeat earlier ones: {repeated}"
