@@ -36,6 +36,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+from search import preflight
+from search.environment import redact
 from search.errors import UserError
 from spaces import StudyConfig
 
@@ -55,23 +57,16 @@ CLUSTER_WORKDIR = "/app"
 #: A line ``gradsweep run`` prints into a job's log per finished trial (search/progress.py).
 _DONE = re.compile(r"(\d+)/(\d+) trials done")
 _SUMMARY = re.compile(r"^study \S+ - (\d+) trials in ", re.MULTILINE)
-#: search.study.STUDY_NAME, repeated so that submitting does not import torch and Ray Tune
-#: (tests/search/test_jobs.py checks that the two agree).
-STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 #: Ray's client loggers that print each upload and socket close at INFO.
 _CHATTY = ("ray.dashboard", "ray._private.runtime_env.packaging")
 
 
 def _redact(url: str | None) -> str:
-    from search.tracking import redact  # MLflow's import is slow; only a submission needs it
-
     return redact(url) or ""
 
 
-def check_study_name(name: str) -> None:
-    """As ``gradsweep run`` will check it on the head, but before anything is submitted."""
-    if not STUDY_NAME.fullmatch(name) or len(name) > 120:
-        raise UserError(f"--study: {name!r} must use letters, digits, '_', '.' and '-'")
+#: As ``gradsweep run`` will check it on the head, but before anything is submitted.
+check_study_name = preflight.check_study_name
 
 
 @contextmanager

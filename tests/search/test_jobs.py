@@ -301,9 +301,9 @@ def test_unknown_job_is_one_line(laptop: JobCluster, capsys) -> None:
 
 
 def test_study_name_rule_is_the_runs() -> None:
-    from search.study import STUDY_NAME
+    from search import preflight
 
-    assert jobs.STUDY_NAME.pattern == STUDY_NAME.pattern
+    assert jobs.check_study_name is preflight.check_study_name
 
 
 def test_relative_output_dir_lands_in_the_images_shared_storage() -> None:
