@@ -109,7 +109,9 @@ def test_report_tables_agree_with_mlflow(planted) -> None:
     by_activation: dict[str, list[float]] = {}
     for run in runs:  # every seed of every trial is an observation
         by_activation.setdefault(run.data.params["activation"], []).extend(
-            v for k, v in run.data.metrics.items() if k.endswith("/best_val_accuracy")
+            v
+            for k, v in run.data.metrics.items()
+            if k.startswith("seed/") and k.endswith("/best_val_accuracy")
         )
     table = report.factors["activation"].set_index("level")
     for activation, values in by_activation.items():
