@@ -73,8 +73,10 @@ def run(
     return total / epochs, timer.seconds / epochs
 
 
-def study_cost(pairs: int) -> None:
-    """Whole-study wall time, diagnostics on vs off, alternated; Ray started once before."""
+def study_cost(pairs: int, pictures: bool = True) -> None:
+    """Whole-study wall time, diagnostics on vs off, alternated; Ray started once before.
+    Without ``pictures`` the diagnosed studies draw no gradient pictures at their end, which
+    separates the probe's cost from the pictures'."""
     import tempfile
 
     import ray
@@ -87,6 +89,7 @@ def study_cost(pairs: int) -> None:
         "training.seeds=3",
         "scheduler.name=fifo",
         "searcher.name=random",
+        *([] if pictures else ["diagnostics.plots_top=0", "diagnostics.plots_diverged=false"]),
     ]
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     ratios = []
@@ -135,9 +138,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--study", action="store_true", help="whole studies, on vs off")
     parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--no-pictures", action="store_true", help="with --study: no pictures")
     args = parser.parse_args()
     if args.study:
-        study_cost(args.pairs)
+        study_cost(args.pairs, pictures=not args.no_pictures)
         return
     torch.set_num_threads(1)  # as a trial with resources.cpu = 1
     config = load_config("quick")
