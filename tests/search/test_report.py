@@ -21,12 +21,12 @@ from matplotlib.colors import to_rgb
 from search import background, run_study
 from search.analysis import observations
 from search.background import ReportProcess
-from search.report import (
-    build_report,
+from search.figures import (
     init_by_bn_figure,
     optimization_history_figure,
     parallel_coordinates_figure,
 )
+from search.report import build_report
 from search.schema import PARENT_TAG
 from spaces import load_config
 
