@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any, get_args
 
 import pandas as pd
 
-from search import environment, preflight
 from search.analysis import observations
-from search.environment import Locations
 from search.errors import UserError
-from search.leaderboard import find_parent_run, leaderboard
-from search.schema import CONFIRMED_TAG, OUTPUT_DIR_TAG, ROLE_CONFIRMATION, ROLE_TRIAL
-from search.stores import existing_store
-from search.study import StudyResult, continue_study, saved_config, study_result
+from search.leaderboard import leaderboard
+from search.schema import CONFIRMED_TAG, ROLE_CONFIRMATION, ROLE_TRIAL
+from search.study import StudyResult, continue_study, open_study, study_result
 from search.trainable import run_trial
 from search.tuner import Trainable
 from spaces import StudyConfig
@@ -83,15 +79,8 @@ def confirm_study(
         raise UserError(f"--factor: {factor!r} is not one of {', '.join(CONFIRMABLE)}")
     if not 2 <= seeds <= 64:
         raise UserError(f"--seeds: {seeds} must be between 2 and 64 (they are the replicates)")
-    preflight.check_study_name(study_name)
     t0 = time.perf_counter()
-    environment.configure()
-    address = environment.ray_address(address)
-    client = existing_store(tracking_uri)
-    if address:
-        preflight.check_address(address)
-    parent = find_parent_run(client, study_name)
-    config = saved_config(client, parent.info.run_id, study_name)
+    client, parent, config, where, address = open_study(study_name, tracking_uri, address)
     board = leaderboard(client, study_name)
     chosen = best_per_level(board, factor)
     if chosen.empty:
@@ -112,10 +101,6 @@ def confirm_study(
             "budget_minutes": None,
             "confirm": None,
         }
-    )
-    output = Path(parent.data.tags.get(OUTPUT_DIR_TAG, config.output_dir))
-    where = Locations(
-        output, client.tracking_uri, environment.optuna_storage(config.optuna_storage, output)
     )
     board, notes = continue_study(
         fresh,

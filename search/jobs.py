@@ -310,3 +310,13 @@ def stop(client: Any, job_id: str, timeout_s: float | None = None) -> str:
 def talking_to(address: str | None) -> AbstractContextManager[None]:
     """The error translation of :func:`connect`, for the calls after it (CLI use)."""
     return _talking_to(job_server_address(address))
+
+
+@contextmanager
+def session(address: str | None) -> Iterator[tuple[str, Any]]:
+    """The job server's address and a connected client, with the calls made inside turned into
+    one-line :class:`UserError` as :func:`connect` does (what every job command needs)."""
+    url = job_server_address(address)
+    client = connect(url)
+    with _talking_to(url):
+        yield url, client

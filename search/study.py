@@ -149,19 +149,9 @@ def resume_study(
     callbacks: Sequence[tune.Callback] = (),
 ) -> StudyResult:
     """Finish a study whose driver died: see :mod:`search.resume`."""
-    preflight.check_study_name(study_name)
     t0 = time.perf_counter()
-    environment.configure()
-    address = environment.ray_address(address)
-    client = existing_store(tracking_uri)
-    if address:
-        preflight.check_address(address)
-    parent = find_parent_run(client, study_name)
-    config = saved_config(client, parent.info.run_id, study_name)
-    output = Path(parent.data.tags.get(OUTPUT_DIR_TAG, config.output_dir))
-    where = Locations(
-        output, client.tracking_uri, environment.optuna_storage(config.optuna_storage, output)
-    )
+    client, parent, config, where, address = open_study(study_name, tracking_uri, address)
+    output = where.output
     if spool_path(output, study_name).exists():
         raise UserError(
             f"--study {study_name}: MLflow writes of this study are still spooled in "
@@ -212,6 +202,24 @@ def resume_study(
     return study_result(
         study_name, where, parent.info.experiment_id, parent.info.run_id, board, notes, t0
     )
+
+
+def open_study(
+    study_name: str, tracking_uri: str | None, address: str | None
+) -> tuple[MlflowClient, Run, StudyConfig, Locations, str | None]:
+    """An existing study, for more trials (resume, confirm): its tracking client, parent run,
+    saved config and locations, and the Ray address to use, every flag checked first."""
+    preflight.check_study_name(study_name)
+    environment.configure()
+    address = environment.ray_address(address)
+    client = existing_store(tracking_uri)
+    if address:
+        preflight.check_address(address)
+    parent = find_parent_run(client, study_name)
+    config = saved_config(client, parent.info.run_id, study_name)
+    output = Path(parent.data.tags.get(OUTPUT_DIR_TAG, config.output_dir))
+    storage = environment.optuna_storage(config.optuna_storage, output)
+    return client, parent, config, Locations(output, client.tracking_uri, storage), address
 
 
 def continue_study(

@@ -100,9 +100,7 @@ def submit(
     name = study or jobs.default_study_name(cfg)
     try:
         jobs.check_study_name(name)
-        url = jobs.job_server_address(address)
-        client = jobs.connect(url)
-        with jobs.talking_to(url):
+        with jobs.session(address) as (url, client):
             job_id = jobs.submit_study(
                 client, cfg, study=name, tracking_uri=tracking_uri, output_dir=output_dir
             )
@@ -130,9 +128,7 @@ def resubmit(
     from search.errors import UserError
 
     try:
-        url = jobs.job_server_address(address)
-        client = jobs.connect(url)
-        with jobs.talking_to(url):
+        with jobs.session(address) as (url, client):
             previous = [r for r in jobs.list_jobs(client) if r.study == study and "/" in r.trials]
             total = previous[0].trials.rpartition("/")[2] if previous else ""  # for `jobs`
             job_id = jobs.submit_resume(client, study, tracking_uri=tracking_uri, num_samples=total)
@@ -157,9 +153,7 @@ def list_jobs(
     from search.errors import UserError
 
     try:
-        url = jobs.job_server_address(address)
-        client = jobs.connect(url)
-        with jobs.talking_to(url):
+        with jobs.session(address) as (url, client):
             rows = jobs.list_jobs(client, everything=all_)
     except UserError as exc:
         raise fail(str(exc)) from None
@@ -188,9 +182,7 @@ def logs(
     from search.errors import UserError
 
     try:
-        url = jobs.job_server_address(address)
-        client = jobs.connect(url)
-        with jobs.talking_to(url):
+        with jobs.session(address) as (url, client):
             job_id = jobs.find_job(client, job).submission_id
             if follow:
                 with _still_running(job_id, url):
@@ -212,9 +204,7 @@ def stop(
     from search.errors import UserError
 
     try:
-        url = jobs.job_server_address(address)
-        client = jobs.connect(url)
-        with jobs.talking_to(url):
+        with jobs.session(address) as (url, client):
             info = jobs.find_job(client, job)
             job_id, study = info.submission_id, (info.metadata or {}).get(jobs.STUDY_KEY, "-")
             if info.status.is_terminal():
