@@ -202,7 +202,11 @@ def test_stop_ends_the_study_as_ctrl_c_and_resume_finishes_it(
     laptop: JobCluster, capsys, monkeypatch
 ) -> None:
     study = f"jobs-b-{secrets.token_hex(2)}"
-    assert main(laptop.submit_args(study)) == 0
+    # One trial at a time, each a few seconds without early stops: the stop lands while the
+    # study still has trials to run (with 2-epoch trials the last three could finish between
+    # seeing "1/4 trials done" and the stop, and the study then rightly ends FINISHED).
+    slow = ("training.epochs=100", "scheduler.name=fifo", "max_concurrent=1")
+    assert main([*laptop.submit_args(study), *(a for s in slow for a in ("--set", s))]) == 0
     job_id = _job_id(capsys.readouterr().out)
     client = jobs.connect(laptop.url)
 
