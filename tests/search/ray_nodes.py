@@ -41,8 +41,12 @@ def free_ports(n: int) -> list[int]:
         return [s.getsockname()[1] for s in socks]
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``, from /proc."""
+def session_members(sid: int) -> list[int]:
+    """Live (non-zombie) processes in session ``sid``, from /proc.
+
+    By session, not process group: Ray starts each worker (``ray::IDLE``) in a process group of
+    its own, but in its raylet's session; the workers go when their raylet goes, a moment later.
+    """
     members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -51,7 +55,7 @@ def group_members(pgid: int) -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
+        if int(fields[3]) == sid and fields[0] != "Z":
             members.append(int(entry.name))
     return members
 
@@ -86,11 +90,18 @@ class Service:
             raise RuntimeError(f"{self.name} exited with {self.proc.returncode}\n{self.tail()}")
 
     def signal(self, sig: int) -> None:
+        """``sig`` to the leader's group and to every other process of its session (the Ray
+        workers' own groups). Safe by PID: until the leader is reaped its pid, the session id,
+        can't be reused."""
         with suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
+        if sig == signal.SIGKILL:
+            for pid in self.members():
+                with suppress(ProcessLookupError):
+                    os.kill(pid, sig)
 
     def members(self) -> list[int]:
-        return group_members(self.proc.pid)
+        return session_members(self.proc.pid)
 
 
 def marked(marker: bytes) -> list[int]:
@@ -112,11 +123,12 @@ def _cmdline(pid: int) -> str:
 
 
 def stop_all(services: list[Service], marker: bytes, grace_s: float = 5.0) -> None:
-    """SIGTERM every group, SIGKILL what is left after ``grace_s``, then reap the leaders.
+    """SIGTERM every session, SIGKILL what is left after ``grace_s``, then reap the leaders.
 
-    The leaders are reaped last: until then their pids, hence the group ids, can't be reused, so
-    the signals only reach processes this module started. Then a sweep by PID for anything that
-    carries this run's token yet left its group.
+    The leaders are reaped last: until then their pids, hence the session ids, can't be reused,
+    so the signals only reach processes this module started. Then a sweep by PID for anything
+    that carries this run's token yet left its session (a job's driver runs in a session of its
+    own, and must be gone by then).
     """
     for service in services:
         service.signal(signal.SIGTERM)
@@ -144,7 +156,7 @@ def stop_all(services: list[Service], marker: bytes, grace_s: float = 5.0) -> No
             break
         time.sleep(0.2)
     assert not left, f"processes {left} survived SIGKILL"
-    assert not strays, f"processes {seen} had left their process group (killed by PID)"
+    assert not strays, f"processes {seen} had left their session (killed by PID)"
 
 
 def wait_for(
