@@ -17,6 +17,7 @@ from itertools import pairwise
 import pandas as pd
 
 from search.analysis import ALPHA, NUMBERS, contrast_of, holm_of, numbers
+from search.compounds import ELU_COSTS_MORE, ELU_FEWER_EPOCHS, compound_rows
 from search.schema import CELL_FACTORS, ROLE_CONFIRMATION, ROLE_TRIAL
 from search.statistics import verdict
 
@@ -210,7 +211,7 @@ def notes_claims(present: set[str], depths: int = 1) -> list[Claim]:
         )
     claims += [
         Claim(
-            "ELU costs more per epoch than ReLU",
+            ELU_COSTS_MORE,
             "cost",
             "epoch_seconds",
             _matched("elu"),
@@ -219,7 +220,7 @@ def notes_claims(present: set[str], depths: int = 1) -> list[Claim]:
             needs=("elu", "relu"),
         ),
         Claim(
-            "ELU needs fewer epochs than ReLU (to 95% of its best)",
+            ELU_FEWER_EPOCHS,
             "cost",
             "epochs_to_95",
             _matched("relu"),
@@ -312,5 +313,6 @@ def judge_claims(obs: pd.DataFrame, claims: list[Claim] | None = None) -> pd.Dat
                 "why": why,
             }
         )
+    rows += compound_rows(rows)
     columns = ["claim", "family", "metric", "a", "b", *NUMBERS, "p_holm", "verdict", "why"]
     return pd.DataFrame(rows, columns=columns)

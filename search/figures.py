@@ -120,8 +120,8 @@ def _score(trial: optuna.trial.FrozenTrial, recorded: Recorded | None = None) ->
     """A trial's value; for one stopped early, the last value it reported to Optuna, else what
     MLflow recorded for it (ASHA may stop a trial on the very result Optuna never saw); None
     when there is nothing."""
-    if trial.value is not None:
-        return float(trial.value)
+    if trial.values:  # a multi-objective trial: its primary objective
+        return float(trial.values[0])
     if trial.intermediate_values:
         return float(trial.intermediate_values[max(trial.intermediate_values)])
     value = (recorded or {}).get(trial.number)
@@ -146,12 +146,10 @@ def optimization_history_figure(
     the best completed score so far as a step line. Drawn here rather than by Optuna, whose
     picture calls the axis "Objective Value" and draws pruned trials like the others."""
     State = optuna.trial.TrialState
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE  # the primary
     fig, ax = plt.subplots(figsize=(10, 5))
     trials = sorted(study.trials, key=lambda t: t.number)
-    done = [
-        (t.number, t.value) for t in trials if t.state == State.COMPLETE and t.value is not None
-    ]
+    done = [(t.number, t.values[0]) for t in trials if t.state == State.COMPLETE and t.values]
     pruned = [(t.number, _score(t, recorded)) for t in trials if t.state == State.PRUNED]
     unscored = [n for n, v in pruned if v is None]
     pruned = [(n, v) for n, v in pruned if v is not None]

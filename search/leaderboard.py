@@ -10,6 +10,7 @@ import json
 import math
 from typing import Literal, get_args
 
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -20,6 +21,9 @@ from search.errors import UserError
 from search.schema import (
     CELL_FACTORS,
     INTERRUPTED,
+    MEAN_EPOCH_SECONDS,
+    N_PARAMS,
+    OBJECTIVES_TAG,
     OUTCOME_TAG,
     PARENT_TAG,
     REASON_TAG,
@@ -27,6 +31,7 @@ from search.schema import (
     ROLE_TAG,
     ROLE_TRIAL,
     STUDY_TAG,
+    parse_objectives_tag,
 )
 
 Format = Literal["table", "csv", "markdown", "json"]
@@ -46,6 +51,8 @@ COLUMNS = [
     "outcome",
     "reason",
 ]
+#: Shown too when the study has several objectives: their values and the Pareto front.
+MULTI_COLUMNS = [MEAN_EPOCH_SECONDS, N_PARAMS, "pareto"]
 
 
 def find_parent_run(client: MlflowClient, study: str) -> Run:
@@ -109,10 +116,29 @@ def per_seed(metrics: dict[str, float]) -> dict[int, dict[str, float]]:
     return out
 
 
+def pareto_front(values: np.ndarray, modes: list[str]) -> np.ndarray:
+    """Which rows of ``values`` (one column per objective) no other row dominates: at least as
+    good in every objective and better in one. Rows with a NaN are never on the front; equal
+    rows are both on it (as in Optuna's ``study.best_trials``)."""
+    signs = np.array([-1.0 if m == "max" else 1.0 for m in modes])
+    loss = np.asarray(values, dtype=float) * signs  # lower is better in every column
+    finite = np.isfinite(loss).all(axis=1)
+    front = np.zeros(len(loss), dtype=bool)
+    candidates = loss[finite]
+    for i in np.flatnonzero(finite):
+        no_worse = (candidates <= loss[i]).all(axis=1)
+        better = (candidates < loss[i]).any(axis=1)
+        front[i] = not (no_worse & better).any()
+    return front
+
+
 def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
     """Ranked table of study ``study``'s trials: best validation accuracy first, whatever the
-    outcome; trials without a score last."""
+    outcome; trials without a score last. A multi-objective study's table also marks its
+    Pareto front (``pareto``): the completed search trials no other one dominates, as Optuna's
+    ``study.best_trials`` (trials stopped early were never told a value)."""
     parent = find_parent_run(client, study)
+    objectives = parse_objectives_tag(parent.data.tags.get(OBJECTIVES_TAG))
     rows = []
     for run in child_runs(client, parent):
         params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
@@ -137,6 +163,8 @@ def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
                 "seeds": int(metrics.get("seeds", 1)),
                 "best_val_accuracy_std": metrics.get("best_val_accuracy_std", math.nan),
                 "epoch_seconds": metrics.get("epoch_seconds", math.nan),
+                MEAN_EPOCH_SECONDS: metrics.get(MEAN_EPOCH_SECONDS, math.nan),
+                N_PARAMS: metrics.get(N_PARAMS, math.nan),
                 "chance_accuracy": metrics.get("chance_accuracy", math.nan),
                 "role": tags.get(ROLE_TAG, ROLE_TRIAL),
                 "init_is_matched": params.get("init_is_matched"),
@@ -149,6 +177,8 @@ def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
         "seeds",
         "best_val_accuracy_std",
         "epoch_seconds",
+        MEAN_EPOCH_SECONDS,
+        N_PARAMS,
         "chance_accuracy",
         "role",
         "init_is_matched",
@@ -167,7 +197,13 @@ def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
         ["_score", "test_accuracy", "run_name"], ascending=[False, False, True]
     ).drop(columns=["_score"])
     frame.insert(0, "rank", range(1, len(frame) + 1))
-    return frame.reset_index(drop=True)
+    frame = frame.reset_index(drop=True)
+    if objectives:
+        told = (frame["outcome"] == "completed") & (frame["role"] == ROLE_TRIAL)
+        values = frame[[m for m, _ in objectives]].to_numpy(dtype=float)
+        values[~told.to_numpy()] = np.nan
+        frame["pareto"] = pareto_front(values, [mode for _, mode in objectives])
+    return frame
 
 
 def render(
@@ -176,7 +212,8 @@ def render(
     """Render the leaderboard as text (``table`` uses rich; its title says "top N of M" when
     ``top`` leaves trials out)."""
     shown = frame.head(top) if top else frame
-    visible = shown[[c for c in COLUMNS if c in shown.columns]]
+    order = COLUMNS + MULTI_COLUMNS if "pareto" in shown.columns else COLUMNS
+    visible = shown[[c for c in order if c in shown.columns]]
     if fmt == "csv":
         return visible.to_csv(index=False)
     if fmt == "json":
@@ -206,11 +243,25 @@ _HEADERS = {
     "best_val_accuracy": "best val acc",
     "test_accuracy": "test acc",
     "epochs_run": "epochs",
+    MEAN_EPOCH_SECONDS: "s/epoch",
+    N_PARAMS: "params",
+    "pareto": "front",
 }
-_NUMERIC = {"rank", "alpha", "lr", "best_val_accuracy", "test_accuracy", "epochs_run"}
+_NUMERIC = {
+    "rank",
+    "alpha",
+    "lr",
+    "best_val_accuracy",
+    "test_accuracy",
+    "epochs_run",
+    MEAN_EPOCH_SECONDS,
+    N_PARAMS,
+}
 
 
 def _cell(value: object) -> str:
+    if isinstance(value, bool | np.bool_):
+        return "*" if value else ""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):

@@ -36,7 +36,8 @@ from search.leaderboard import find_parent_run, leaderboard, markdown, render
 from search.plots import (
     FAST_PNG,
 )
-from search.schema import OPTUNA_STORAGE_TAG
+from search.schema import OBJECTIVES_TAG, OPTUNA_STORAGE_TAG, parse_objectives_tag
+from search.tradeoffs import FRONT_FIGURE, pareto_figure
 
 DEPTH_FIGURE = "depth_by_activation.png"
 IMPORTANCE = {
@@ -144,6 +145,11 @@ def build_report(
             pictures["how deep each activation can go"] = depth_by_activation(
                 obs, metric, directory / DEPTH_FIGURE
             )
+    objectives = parse_objectives_tag(parent.data.tags.get(OBJECTIVES_TAG))
+    if objectives and not trials.empty:
+        pictures["accuracy against cost, Pareto front"] = _picture(
+            lambda: pareto_figure(trials, objectives), directory / FRONT_FIGURE, notes
+        )
     scores: dict[str, float] = {}
     storage = optuna_storage or parent.data.tags.get(OPTUNA_STORAGE_TAG)
     try:
@@ -157,7 +163,10 @@ def build_report(
         recorded = recorded_scores(client, parent, metric)
         try:
             scores = optuna.importance.get_param_importances(
-                study, evaluator=IMPORTANCE[importance]()
+                study,
+                evaluator=IMPORTANCE[importance](),
+                # several objectives: importance for the primary one
+                target=(lambda t: t.values[0]) if len(study.directions) > 1 else None,
             )
         except Exception as exc:  # too few trials, a single-valued space, ...
             notes.append(f"importance not computed: {exc}")
@@ -204,6 +213,19 @@ def build_report(
         markdown(claims.drop(columns=["reason"], errors="ignore")),
         "",
     ]
+    if objectives and not trials.empty:
+        front = trials[trials["pareto"].astype(bool)]
+        lines += [
+            "## Pareto front",
+            "",
+            f"Objectives: {', '.join(f'{m} ({d})' for m, d in objectives)}. The completed "
+            "trials no other completed trial beats in every objective at once (Optuna's "
+            "best_trials); accuracy is the seeds' mean, time the mean over the trial's epochs. "
+            "ASHA and other early stopping act on the first objective only.",
+            "",
+            render(front, "markdown") if not front.empty else "_no completed trials_",
+            "",
+        ]
     for f, table in factors.items():
         lines += [
             f"## By {f}",

@@ -11,6 +11,8 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from spaces.objectives import OBJECTIVES, metrics_and_modes
+
 # -- tags -----------------------------------------------------------------------------------------
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a child run under its study
 STUDY_TAG = "gradsweep.study"
@@ -27,6 +29,8 @@ RESUMED_FROM_TAG = "gradsweep.resumed_from"  # child: the interrupted attempt's 
 OUTPUT_DIR_TAG = "gradsweep.output_dir"
 OPTUNA_STORAGE_TAG = "gradsweep.optuna_storage"
 TRIAL_NUMBER_TAG = "optuna.trial_number"
+#: Parent of a multi-objective study: ``metric:mode,...`` in order (the leaderboard's front).
+OBJECTIVES_TAG = "gradsweep.objectives"
 LABEL_TAG = "gradsweep.label"  # a trial's full description; its run name is kept short
 NOTE_TAG = "mlflow.note.content"  # MLflow's run description
 RAY_TRIAL_ID_TAG = "ray.trial_id"
@@ -80,8 +84,11 @@ CELL_FACTORS = (
     "dropout",
     "weight_decay",
 )
-#: Written once, when a trial ends.
-FINAL_METRICS = ("test_accuracy", "best_val_accuracy", "epochs_run")
+#: What a multi-objective study may optimise besides accuracy (:mod:`spaces.objectives`).
+MEAN_EPOCH_SECONDS = OBJECTIVES["epoch_seconds"].metric  # mean over the epochs run
+N_PARAMS = OBJECTIVES["params"].metric
+#: Written once, when a trial ends (the objectives: the values Optuna was told).
+FINAL_METRICS = ("test_accuracy", "best_val_accuracy", "epochs_run", MEAN_EPOCH_SECONDS, N_PARAMS)
 
 #: Per-epoch copies of the training curves under a prefix MLflow's UI sorts before ``diag/``:
 #: a trial's metrics page opens on them.
@@ -115,6 +122,19 @@ FROM_OPTUNA = {
     TrialState.PRUNED: "stopped",
     TrialState.FAIL: "error",
 }
+
+
+def objectives_tag(objectives: list[dict[str, str]]) -> str:
+    """``best_val_accuracy:max,mean_epoch_seconds:min``: a study's objectives as metrics."""
+    metrics, modes = metrics_and_modes(objectives)
+    return ",".join(f"{m}:{d}" for m, d in zip(metrics, modes, strict=True))
+
+
+def parse_objectives_tag(tag: str | None) -> list[tuple[str, str]]:
+    """The (metric, mode) pairs of :func:`objectives_tag`; empty for a single objective."""
+    return [
+        (part.partition(":")[0], part.partition(":")[2]) for part in (tag or "").split(",") if part
+    ]
 
 
 def outcome(result: dict[str, Any] | None, epochs: int, error: bool = False) -> str:

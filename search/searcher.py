@@ -38,11 +38,15 @@ class HonestOptunaSearch(OptunaSearch):
             return
         ot_trial = self._ot_trials[trial_id]
         state = OUTCOMES[outcome(result, self._epochs, error)][1]
-        value = None
+        value: float | list[float] | None = None
         if state is TrialState.COMPLETE:
-            value = result.get(self.metric) if result else None
-            if value is None or not math.isfinite(float(value)):
-                state, value = TrialState.FAIL, None
+            metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+            values = [(result or {}).get(m) for m in metrics]
+            if any(v is None or not math.isfinite(float(v)) for v in values):
+                state = TrialState.FAIL
+            else:
+                numbers = [float(v) for v in values]
+                value = numbers if isinstance(self.metric, list) else numbers[0]
         try:
             self._ot_study.tell(ot_trial, value, state=state)
         except Exception as exc:  # never let bookkeeping end the search
@@ -60,7 +64,10 @@ class HonestOptunaSearch(OptunaSearch):
                 self._completed_trials.add(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        """Intermediate values at step = epoch: a resumed trial's Tune iteration restarts at 1."""
+        """Intermediate values at step = epoch: a resumed trial's Tune iteration restarts at 1.
+        A multi-objective study has none (Optuna refuses them)."""
+        if isinstance(self.metric, list):
+            return
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         value = result.get(self.metric)

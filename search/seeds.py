@@ -69,6 +69,7 @@ class SeedBook:
         self.val: dict[int, list[float]] = {s: [] for s in self.seeds}
         self.diverged_at: dict[int, int] = {}
         self.flagged: dict[int, dict[str, int]] = {s: dict.fromkeys(FLAGS, 0) for s in self.seeds}
+        self.seconds: dict[int, float] = {}  # epoch -> its wall time (shared by fused seeds)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -79,6 +80,7 @@ class SeedBook:
             "val": self.val,
             "diverged_at": self.diverged_at,
             "flagged": self.flagged,
+            "seconds": self.seconds,
         }
 
     def restore(self, state: dict[str, Any] | None) -> None:
@@ -100,9 +102,11 @@ class SeedBook:
             for flag in FLAGS:
                 self.flagged[seed][flag] += int(bool(report.diagnostics.get(f"diag/{flag}")))
         any_report = next(iter(reports.values()))
+        self.seconds[any_report.epoch] = float(any_report.epoch_seconds)
         out: dict[str, float] = {
             "epoch": float(any_report.epoch),
             "epoch_seconds": float(any_report.epoch_seconds),
+            "mean_epoch_seconds": float(np.mean(list(self.seconds.values()))),
             "seeds": float(len(self.seeds)),
             "seeds_diverged": float(len(self.diverged_at)),
             "chance_accuracy": self.chance,

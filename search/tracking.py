@@ -26,7 +26,10 @@ from search.schema import (
     EPOCH_METRIC_PREFIXES,
     EPOCH_METRICS,
     LABEL_TAG,
+    MEAN_EPOCH_SECONDS,
+    N_PARAMS,
     NOTE_TAG,
+    OBJECTIVES_TAG,
     OPTUNA_STORAGE_TAG,
     OUTCOME_TAG,
     OUTCOMES,
@@ -44,6 +47,7 @@ from search.schema import (
     SEEDS_DIVERGED_TAG,
     STUDY_TAG,
     TRIAL_NUMBER_TAG,
+    objectives_tag,
     outcome,
 )
 from search.seeds import INIT
@@ -98,6 +102,8 @@ def start_parent_run(
         "dataset": config.data.name,
         "design": str(bool(config.design)).lower(),
     }
+    if config.multi_objective:
+        tags[OBJECTIVES_TAG] = objectives_tag(config.objectives)
     about = f": {config.description}" if config.description else ""
     tags[NOTE_TAG] = f"study {study_name}{about}"
     name = parent_run_name(study_name, config)
@@ -330,7 +336,7 @@ class MlflowTracker(tune.Callback):
             epoch = int(result.get("epoch", 0))
             now = int(time.time() * 1000)
             metrics = [("epochs_run", float(epoch), now, epoch)]
-            for name in ("test_accuracy", "best_val_accuracy"):
+            for name in ("test_accuracy", "best_val_accuracy", MEAN_EPOCH_SECONDS, N_PARAMS):
                 value = result.get(name)
                 if (
                     isinstance(value, int | float)

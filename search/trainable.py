@@ -19,6 +19,7 @@ import torch
 from ray import tune
 
 from search.checkpoints import CHECKPOINT_FILE, RESUME_KEY, owned_by_user
+from search.schema import N_PARAMS
 from search.seeds import SeedBook
 from spaces import StudyConfig, model_builder, resolve_trial, train_settings
 from trainers import EpochReport, LoopState, Splits, seed_everything, train, train_fused
@@ -146,9 +147,11 @@ def run_trial(params: dict[str, Any], study: dict[str, Any], data: Splits) -> No
     seeds = [training.seed + i for i in range(training.seeds)]
     book = SeedBook(seeds, chance=1.0 / data.n_classes)
     book.restore((resume or {}).get("seed_book"))
+    with torch.random.fork_rng(devices=[]):  # counting must not move the seeds' RNG
+        size = {N_PARAMS: float(sum(p.numel() for p in build().parameters() if p.requires_grad))}
 
     def on_epoch(reports: dict[int, EpochReport], state: Any) -> str | None:
-        metrics = {**book.record(reports), **node}
+        metrics = {**book.record(reports), **node, **size}
         first = next((r for r in reports.values() if not r.diverged), None)
         reason = health.check(first) if first is not None else None
         if reason:

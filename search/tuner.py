@@ -14,6 +14,7 @@ from search.schema import OBJECTIVE
 from search.searcher import ResumingOptunaSearch
 from search.trainable import run_trial
 from spaces import TRIAL_NUMBER_KEY, StudyConfig, define_space, enqueued_points, make_sampler
+from spaces.objectives import metrics_and_modes
 from trainers import Splits
 
 MODE = "max"
@@ -70,11 +71,15 @@ def build_tuner(
 
     ``resume`` maps interrupted Optuna trial numbers to their extra config (their checkpoint):
     they run again first, and the enqueued points are not (they ran the first time).
+    Several ``objectives`` go to Optuna as lists (a multi-objective study); Tune and its
+    scheduler see the primary (first) one, as they rank by one number.
     """
+    metrics, modes = metrics_and_modes(config.objectives)
+    multi = config.multi_objective
     searcher = ResumingOptunaSearch(
         space=define_space(config),
-        metric=OBJECTIVE,
-        mode=MODE,
+        metric=metrics if multi else OBJECTIVE,
+        mode=modes if multi else MODE,
         sampler=make_sampler(config, trials_so_far(storage, study_name)),
         points_to_evaluate=(enqueued_points(config) or None) if resume is None else None,
         study_name=study_name,
@@ -90,8 +95,8 @@ def build_tuner(
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=SCHEDULERS[config.scheduler.name](config),
-            metric=OBJECTIVE,
-            mode=MODE,
+            metric=metrics[0],
+            mode=modes[0],
             num_samples=num_samples,
             time_budget_s=config.budget_minutes * 60 if config.budget_minutes else None,
             max_concurrent_trials=config.max_concurrent,

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from spaces.objectives import MULTI_OBJECTIVE_SAMPLERS, objective_pairs, parse_objectives
 from spaces.samplers import SAMPLERS
 from spaces.values import (
     SEARCH_DEFAULT,
@@ -305,6 +306,37 @@ class StudyConfig(Strict):
     design: list[dict[str, Any]] = Field(default_factory=list)
     #: Retrain each level's best configuration with fresh seeds once the search is done.
     confirm: ConfirmConfig | None = None
+    #: Several objectives, e.g. ``[{val_accuracy: max}, {epoch_seconds: min}]`` (see
+    #: :mod:`spaces.objectives`); empty: ``val_accuracy`` alone.
+    objectives: list[dict[str, str]] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse_objectives(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("objectives") is not None:
+            return {**raw, "objectives": parse_objectives(raw["objectives"])}
+        return raw
+
+    @model_validator(mode="after")
+    def _objectives_fit(self) -> StudyConfig:
+        if not self.objectives:
+            return self
+        if self.searcher.name not in MULTI_OBJECTIVE_SAMPLERS:
+            raise ValueError(
+                f"searcher.name: {self.searcher.name} searches one objective only; with "
+                f"objectives use one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)}"
+            )
+        first = objective_pairs(self.objectives)[0]
+        if self.scheduler.name == "asha" and first != ("val_accuracy", "max"):
+            raise ValueError(
+                "scheduler.name: asha stops trials on the primary (first) objective only, which "
+                f"must be val_accuracy: max (got {first[0]}: {first[1]}); put it first or use fifo"
+            )
+        return self
+
+    @property
+    def multi_objective(self) -> bool:
+        return bool(self.objectives)
 
     @model_validator(mode="before")
     @classmethod

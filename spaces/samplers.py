@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 SAMPLERS: dict[str, str] = {
     "tpe": "optuna.samplers:TPESampler",
+    "nsga2": "optuna.samplers:NSGAIISampler",
     "random": "optuna.samplers:RandomSampler",
     "grid": "spaces.grid:GridSearch",
     "cmaes": "optuna.samplers:CmaEsSampler",

@@ -216,3 +216,56 @@ def test_holm_matches_the_textbook_example() -> None:
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     adjusted = holm([0.01, float("nan"), 0.03])  # an untested claim does not count in m
     assert adjusted[0] == pytest.approx(0.02) and adjusted[2] == pytest.approx(0.03)
+
+
+TRADE_OFF = "ELU costs more per epoch but reaches its accuracy in fewer epochs"
+
+
+def timed(activation: str, seed: int, seconds: float, epochs: float) -> dict:
+    """One single-seed trial with its time per epoch and its epochs to 95% of its best."""
+    row = trial(activation, [0.9], first_seed=seed)
+    row["epoch_seconds"] = seconds
+    row["per_seed"][seed]["epochs_to_95"] = epochs
+    return row
+
+
+def trade_off(trials: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
+    obs, _ = observations(trials)
+    claims = judge_claims(obs).set_index("claim")
+    return claims.loc[TRADE_OFF], claims
+
+
+def test_trade_off_held_when_elu_is_slower_per_epoch_and_needs_fewer_epochs() -> None:
+    rng = np.random.default_rng(5)
+    trials = frame(
+        *[timed("elu", s, 0.20 + rng.normal(0, 0.01), 3 + s % 2) for s in range(5)],
+        *[timed("relu", s, 0.10 + rng.normal(0, 0.01), 8 + s % 2) for s in range(5)],
+    )
+    row, claims = trade_off(trials)
+    parts = claims.loc[
+        [
+            "ELU costs more per epoch than ReLU",
+            "ELU needs fewer epochs than ReLU (to 95% of its best)",
+        ]
+    ]
+    assert list(parts["verdict"]) == ["held", "held"]
+    assert row["verdict"] == "held"
+    assert row["p_holm"] == pytest.approx(parts["p_holm"].max())  # intersection-union: the larger
+
+
+def test_trade_off_refuted_when_elu_is_cheaper_per_epoch() -> None:
+    rng = np.random.default_rng(6)
+    trials = frame(
+        *[timed("elu", s, 0.10 + rng.normal(0, 0.01), 3 + s % 2) for s in range(5)],
+        *[timed("relu", s, 0.20 + rng.normal(0, 0.01), 8 + s % 2) for s in range(5)],
+    )
+    row, _ = trade_off(trials)
+    assert row["verdict"] == "refuted"
+    assert row["why"].startswith("ELU costs more per epoch than ReLU: refuted")
+
+
+def test_trade_off_without_replicates_says_which_part_lacks_data() -> None:
+    row, _ = trade_off(frame(timed("elu", 0, 0.2, 3), timed("relu", 0, 0.1, 8)))
+    assert row["verdict"] == "not enough data"
+    assert "ELU costs more per epoch than ReLU: not enough data" in row["why"]
+    assert "\n" not in row["why"]

@@ -30,6 +30,24 @@ CASES = [
     ),
     ("unknown-dataset", "data: {name: mnist9}\n", [], "unknown data set 'mnist9'"),
     (
+        "unknown-objective",
+        "objectives: [val_accuracy: max, speed: min]\n",
+        [],
+        "objectives.1: unknown objective 'speed'; allowed: val_accuracy, epoch_seconds, params",
+    ),
+    (
+        "bad-objective-direction",
+        GOOD + "objectives: [val_accuracy: max, epoch_seconds: fast]\n",
+        [],
+        "objectives.1.epoch_seconds: direction 'fast'; allowed: max, min",
+    ),
+    (
+        "asha-secondary-objective-first",
+        GOOD + "objectives: [epoch_seconds: min, val_accuracy: max]\nscheduler: {name: asha}\n",
+        [],
+        "asha stops trials on the primary (first) objective only",
+    ),
+    (
         "alpha-low-above-high",
         "search: {activations: {elu: {alpha: {low: 2, high: 1}}}}\n",
         [],

@@ -15,9 +15,10 @@ import torch
 
 from search import run_study
 from search.schema import DIVERGED_SEEDS_TAG, OUTCOME_TAG, PARENT_TAG, SEEDS_DIVERGED_TAG
+from search.seeds import SeedBook
 from search.trainable import run_trial
 from spaces import load_config
-from trainers import TrainSettings, build_mlp, load_splits, seed_everything, train
+from trainers import EpochReport, TrainSettings, build_mlp, load_splits, seed_everything, train
 
 pytestmark = pytest.mark.slow
 SEEDS, EPOCHS = 3, 2
@@ -139,3 +140,19 @@ def test_a_diverged_seed_counts_at_chance_and_is_tagged(local_ray: None, tmp_pat
     assert run.data.tags[DIVERGED_SEEDS_TAG] == "seed 11 in epoch 1"
     study = optuna.load_study(study_name=result.study_name, storage=result.optuna_storage)
     assert study.trials[0].value == pytest.approx(policy)
+
+
+def test_mean_epoch_seconds_is_the_mean_over_epochs_run_and_survives_a_resume() -> None:
+    """The multi-objective ``epoch_seconds`` objective: every epoch counts once, also the epochs
+    a resumed trial ran before its checkpoint."""
+
+    def epoch(n: int, seconds: float) -> dict[int, EpochReport]:
+        return {0: EpochReport(n, 1.0, 1.0, 0.5, 0.5, 0.5, seconds)}
+
+    book = SeedBook([0], chance=0.1)
+    assert book.record(epoch(1, 1.0))["mean_epoch_seconds"] == 1.0
+    assert book.record(epoch(2, 3.0))["mean_epoch_seconds"] == 2.0
+    resumed = SeedBook([0], chance=0.1)
+    resumed.restore(book.state())
+    metrics = resumed.record(epoch(3, 5.0))
+    assert metrics["mean_epoch_seconds"] == 3.0 and metrics["epoch_seconds"] == 5.0
