@@ -28,6 +28,10 @@ _SETTINGS = {
     # The journal does the retrying; MLflow's own HTTP retries would hide an outage for minutes.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    # A study talks to the hosts the user named and nothing else (an offline laptop, a cluster
+    # behind a firewall): no usage reports from MLflow or Ray.
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
     # Reading a study's config.json back would draw a "Downloading artifacts" bar.
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
