@@ -28,12 +28,13 @@ from search import environment, preflight, ray_session
 from search.background import ReportProcess
 from search.ending import finish_study
 from search.environment import Locations, redact
-from search.errors import UserError
+from search.errors import StudyInterrupted, UserError
 from search.journal import Journal, spool_path
 from search.leaderboard import find_parent_run, leaderboard
 from search.progress import ProgressCallback
 from search.resume import plan_resume
 from search.schema import OUTPUT_DIR_TAG, RESUMED_TAG, ROLE_TRIAL
+from search.searcher import ResumingOptunaSearch
 from search.stores import (
     Stores,
     existing_store,
@@ -391,6 +392,7 @@ def run_trials(
         role=role,
     )
     status = "FAILED"
+    searcher = None
     try:
         if num_samples > 0:
             extra: list[tune.Callback] = [tracker, *callbacks]
@@ -413,7 +415,9 @@ def run_trials(
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
-        raise
+        raise _interrupted(
+            stores.optuna, optuna_study or name, searcher, num_samples, role, where
+        ) from None
     finally:
         # Ray's processes stop (mostly waiting) while the leaderboard and pictures are made.
         with ray_session.no_gc(), ThreadPoolExecutor(1, thread_name_prefix="gradsweep-end") as pool:
@@ -433,6 +437,29 @@ def run_trials(
                 ray_session.shutdown()
             board, notes = ending.result()
     return board, notes
+
+
+def _interrupted(
+    storage: optuna.storages.BaseStorage,
+    study: str,
+    searcher: ResumingOptunaSearch | None,
+    num_samples: int,
+    role: str,
+    where: Locations,
+) -> StudyInterrupted:
+    """After Ctrl+C: no Optuna trial left RUNNING (a search's go back to WAITING, which resume
+    continues; a confirmation's end FAIL), and what to tell the user."""
+    stopped = searcher.interrupt(retry=role == ROLE_TRIAL) if searcher is not None else []
+    asked = searcher.asked if searcher is not None else 0
+    try:
+        trials = storage.get_all_trials(storage.get_study_id_from_name(study), deepcopy=False)
+        finished = sum(t.state.is_finished() for t in trials)
+    except Exception:  # the storage went away: say what is known
+        finished = asked - len(stopped)
+    interrupted = StudyInterrupted(study, finished, len(stopped), max(0, num_samples - asked))
+    interrupted.resume_flags = ["--tracking-uri", str(redact(where.tracking_uri))]
+    interrupted.resumable = role == ROLE_TRIAL
+    return interrupted
 
 
 def study_result(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -43,13 +45,26 @@ def run(
     from search.study import run_study
 
     try:
-        with sigterm_as_ctrl_c():
+        with sigterm_as_ctrl_c(), _resume_hint(address):
             result = run_study(
                 cfg, address=address, tracking_uri=tracking_uri, study_name=study, progress=True
             )
     except UserError as exc:
         raise fail(str(exc)) from None
     _summary(result)
+
+
+@contextlib.contextmanager
+def _resume_hint(address: str | None) -> Iterator[None]:
+    """An interrupted study's resume command names the Ray cluster it ran on, if one was given."""
+    from search.errors import StudyInterrupted
+
+    try:
+        yield
+    except StudyInterrupted as exc:
+        if address:
+            exc.resume_flags += ["--address", address]
+        raise
 
 
 def _summary(result: object) -> None:
@@ -94,7 +109,7 @@ def resume(
     from search.study import resume_study
 
     try:
-        with sigterm_as_ctrl_c():
+        with sigterm_as_ctrl_c(), _resume_hint(address):
             result = resume_study(study, tracking_uri=tracking_uri, address=address, progress=True)
     except UserError as exc:
         raise fail(str(exc)) from None

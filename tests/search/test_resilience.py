@@ -23,7 +23,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from search.schema import OUTCOME_TAG, PARENT_TAG, STUDY_TAG
+from search.schema import OUTCOME_TAG, PARENT_TAG, RESUMED_FROM_TAG, STUDY_TAG
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -352,3 +352,76 @@ def test_resume_continues_the_sampler(tmp_path: Path) -> None:
     assert new, "the resume asked for new trials"
     repeated = [p for p in new if p in earlier]
     assert repeated == [], f"new trials repeat earlier ones: {repeated}"
+
+
+def test_ctrl_c_says_how_to_resume_and_leaves_no_trial_running(tmp_path: Path) -> None:
+    """Ctrl+C: one message naming the study, its counts and the resume command; the interrupted
+    Optuna trials wait (not RUNNING); running that command continues them from their checkpoints
+    in new runs tagged with the interrupted attempt, one live run per trial."""
+    config = _config(tmp_path, "intr")
+    storage = f"sqlite:///{tmp_path / 'out' / 'optuna.db'}"
+    log = tmp_path / "driver.log"
+    driver = _start(
+        [sys.executable, "-m", "search.cli", "run", str(config), "--study", "intr"], tmp_path, log
+    )
+
+    def ready() -> bool:
+        """A trial finished, and a running one has checkpointed at least 2 epochs."""
+        trials = optuna.load_study(study_name="intr", storage=storage).trials
+        running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        ray_dir = tmp_path / "out" / "ray" / "intr"
+        return any(t.state in TERMINAL for t in trials) and any(
+            len(list(ray_dir.glob(f"t{n:03d}_*/checkpoint_*/checkpoint.pt"))) >= 2 for n in running
+        )
+
+    try:
+        _wait("a finished trial and a running checkpointed one", ready, 300, log)
+        os.kill(driver.pid, signal.SIGINT)  # Ctrl+C reaches the driver
+        assert driver.wait(timeout=180) == 130, log.read_text()[-3000:]
+    finally:
+        _kill_group(driver)
+    said = log.read_text()
+    trials = optuna.load_study(study_name="intr", storage=storage).trials
+    waiting = {t.number for t in trials if t.state == TrialState.WAITING}
+    finished = sum(t.state in TERMINAL for t in trials)
+    assert [t.number for t in trials if t.state == TrialState.RUNNING] == []
+    assert waiting, "the running trials were put back for resume"
+    head = (
+        f"interrupted: study intr: {finished} trials finished, {len(waiting)} interrupted "
+        f"(resume continues them from their checkpoints), {6 - len(trials)} not started"
+    )
+    assert head in said, said[-3000:]
+    command = next(line for line in said.splitlines() if line.startswith("resume with: "))
+    uri = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
+    assert command == f"resume with: gradsweep resume --study intr --tracking-uri {uri}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    _, before = _children(client, "intr")
+    killed = {r.info.run_id: r for r in before if r.data.tags.get(OUTCOME_TAG) == "interrupted"}
+    assert all(r.info.status == "KILLED" for r in killed.values()) and killed
+
+    argv = command.removeprefix("resume with: gradsweep ").split()
+    resume = subprocess.run(
+        [sys.executable, "-m", "search.cli", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert resume.returncode == 0, resume.stdout[-3000:] + resume.stderr[-3000:]
+    after = optuna.load_study(study_name="intr", storage=storage).trials
+    assert sorted(t.number for t in after) == list(range(6)), "no duplicate, none missing"
+    assert all(t.state in TERMINAL for t in after)
+    parent, children = _children(client, "intr")
+    live = [r for r in children if r.data.tags.get(OUTCOME_TAG) != "interrupted"]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in live) == list(range(6))
+    resumed = [r for r in live if "gradsweep.resumed" in r.data.tags]
+    assert {int(r.data.tags["optuna.trial_number"]) for r in resumed} == waiting
+    continued = 0
+    for run in resumed:  # each names its interrupted attempt, a KILLED run of the same trial
+        attempt = killed[run.data.tags[RESUMED_FROM_TAG]]
+        assert attempt.data.tags["optuna.trial_number"] == run.data.tags["optuna.trial_number"]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+        continued += steps[0] > 1
+    assert continued >= 1, "an interrupted trial continued from its checkpoint"
+    board = client.download_artifacts(parent.info.run_id, "leaderboard.csv", str(tmp_path))
+    assert len(Path(board).read_text().strip().splitlines()) == 1 + 6, "one row per trial"
