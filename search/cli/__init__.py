@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
-    except KeyboardInterrupt as exc:  # a study's says what it stopped and how to resume
-        err.print(str(exc) or "interrupted", soft_wrap=True, highlight=False, markup=False)
+    except KeyboardInterrupt:
+        err.print("interrupted")
         return 130
     except Exception as exc:  # an unexpected failure: one line unless --debug
         if "--debug" in args:

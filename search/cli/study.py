@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from search.cli.interrupts import sigterm_as_ctrl_c
-from search.cli.terminal import app, fail, out, quiet
+from search.cli.terminal import app, err, fail, out, quiet
 from spaces import ConfigError, load_config
 
 PANEL = "Run studies"
@@ -56,7 +56,8 @@ def run(
 
 @contextlib.contextmanager
 def _resume_hint(address: str | None) -> Iterator[None]:
-    """An interrupted study's resume command names the Ray cluster it ran on, if one was given."""
+    """Ctrl+C during a study: what it stopped and the resume command (naming the Ray cluster
+    it ran on, if one was given), then exit 130 as for any Ctrl+C."""
     from search.errors import StudyInterrupted
 
     try:
@@ -64,7 +65,8 @@ def _resume_hint(address: str | None) -> Iterator[None]:
     except StudyInterrupted as exc:
         if address:
             exc.resume_flags += ["--address", address]
-        raise
+        err.print(str(exc), soft_wrap=True, highlight=False, markup=False)
+        raise typer.Exit(code=130) from None
 
 
 def _summary(result: object) -> None:
