@@ -365,29 +365,43 @@ def replay(
     from search.environment import configure
 
     configure()  # MLflow's own HTTP retries off: the journal retries
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a crash while spooling
-            log.warning("skipping a truncated line in %s", path)
     run_ids: dict[str, str] = {}
     ops: list[Op] = []
+    ends: list[dict[str, Any]] = []  # a study's end, kept for search.ending.finish_spooled
     uri = tracking_uri
-    for line in lines:
+    for line in read_spool(path):
         if "header" in line:
             run_ids.update(line["header"]["run_ids"])
             uri = uri or line["header"]["tracking_uri"]
-        else:
+        elif "op" in line:
             ops.append(line)
+        else:
+            ends.append(line)
     path.with_suffix(".retry").unlink(missing_ok=True)
     journal = Journal(MlflowClient(tracking_uri=uri), path.with_suffix(".retry"), run_ids)
     for op in ops:
         journal.submit(op)
     left = journal.close(close_patience_s=patience_s)
     retry = path.with_suffix(".retry")
-    if left:
+    if ends:  # after the writes it needs; with the run ids the replay learnt
+        with retry.open("a") as f:
+            for end in ends:
+                for body in end.values():
+                    body["run_ids"] = {**body.get("run_ids", {}), **journal.run_ids}
+                f.write(json.dumps(end) + "\n")
+    if left or ends:
         os.replace(retry, path)
     else:
         path.unlink()
     return len(ops) - left, left
+
+
+def read_spool(path: Path) -> list[dict[str, Any]]:
+    """The lines of a spool file, skipping one cut short by a crash while spooling."""
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("skipping a truncated line in %s", path)
+    return lines

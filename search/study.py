@@ -29,7 +29,7 @@ from search.background import ReportProcess
 from search.ending import finish_study
 from search.environment import Locations, redact
 from search.errors import StudyInterrupted, UserError
-from search.journal import Journal, spool_path
+from search.journal import Journal, read_spool, spool_path
 from search.leaderboard import find_parent_run, leaderboard
 from search.progress import ProgressCallback
 from search.resume import plan_resume
@@ -66,6 +66,8 @@ class StudyResult:
     seconds: float
     notes: list[str] = field(default_factory=list)  # what a user should know (spooled writes, ...)
     ran: bool = True  # False: a resume found nothing left to run and changed nothing
+    finished: int = 0  # trials Optuna holds as finished (the leaderboard may lack them: spooled)
+    spooled: int = 0  # MLflow writes waiting in the spool file for 'gradsweep sync'
 
 
 def run_study(
@@ -482,4 +484,22 @@ def study_result(
         output_dir=where.output,
         seconds=time.perf_counter() - t0,
         notes=notes,
+        finished=_finished_trials(where.optuna_storage, name),
+        spooled=_spooled(spool_path(where.output, name)),
     )
+
+
+def _finished_trials(storage: str, study: str) -> int:
+    """Trials of ``study`` in a final state, from Optuna (which an MLflow outage leaves whole)."""
+    try:
+        trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    except Exception:
+        return 0
+    return sum(t.state.is_finished() for t in trials)
+
+
+def _spooled(path: Path) -> int:
+    """How many writes a spool file holds (its headers and study ends aside)."""
+    if not path.exists():
+        return 0
+    return sum("op" in line for line in read_spool(path))

@@ -81,11 +81,15 @@ def _summary(result: object) -> None:
         sys.stdout.write(render(board, "table", top=20, title=f"Leaderboard: {name}"))
     for note in result.notes:  # type: ignore[attr-defined]
         out.print(f"[yellow]note:[/] {note}", highlight=False)
-    out.print(
-        f"study [bold]{name}[/] - {len(board)} trials in {result.seconds:.0f} s",
-        highlight=False,
-        soft_wrap=True,
-    )  # type: ignore[attr-defined]
+    trials = f"{len(board)} trials"
+    spooled = result.spooled  # type: ignore[attr-defined]
+    if spooled or board.empty:  # MLflow was away: Optuna knows how many finished
+        trials = f"{result.finished} trials finished"  # type: ignore[attr-defined]
+    line = f"study [bold]{name}[/] - {trials} in {result.seconds:.0f} s"  # type: ignore[attr-defined]
+    if spooled:
+        output = result.output_dir  # type: ignore[attr-defined]
+        line += f"; {spooled} MLflow writes queued for 'gradsweep sync --output-dir {output}'"
+    out.print(line, highlight=False, soft_wrap=True)
     out.print(f"MLflow parent run {result.parent_run_id} in {uri}", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
     out.print(
         "Open the MLflow UI:  " + ui_command(uri, experiment), highlight=False, soft_wrap=True
@@ -163,6 +167,7 @@ def sync(
 ) -> None:
     """Replay MLflow writes that were saved to disk while the tracking server was unreachable."""
     quiet()
+    from search.ending import finish_spooled
     from search.journal import replay
 
     spools = sorted((output_dir / "mlflow-spool").glob("*.jsonl"))
@@ -176,6 +181,13 @@ def sync(
         out.print(
             f"{path.stem}: {done} writes delivered" + (f", {left} still pending" if left else "")
         )
+        if not left and path.exists():  # the study's end, which needed those writes first
+            try:
+                for line in finish_spooled(path, tracking_uri):
+                    out.print(line, highlight=False, soft_wrap=True)
+            except Exception as exc:
+                left_total += 1
+                out.print(f"{path.stem}: end not logged ({exc.__class__.__name__}: {exc})")
     if left_total:
         raise fail(f"--tracking-uri: {left_total} writes still undeliverable; is MLflow up?")
 

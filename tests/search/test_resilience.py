@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -426,3 +427,85 @@ def test_ctrl_c_says_how_to_resume_and_leaves_no_trial_running(tmp_path: Path) -
     assert continued >= 1, "an interrupted trial continued from its checkpoint"
     board = client.download_artifacts(parent.info.run_id, "leaderboard.csv", str(tmp_path))
     assert len(Path(board).read_text().strip().splitlines()) == 1 + 6, "one row per trial"
+
+
+def test_after_an_outage_sync_logs_the_end_of_the_study(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MLflow goes away mid-study and stays away: the summary counts the trials Optuna saw
+    finish and says how many writes wait for sync; after the server is back, ``gradsweep sync``
+    delivers them and then logs what the study's end would have: leaderboard files, headline
+    figures, report and pictures on the parent, gradient pictures on the children."""
+    from search import run_study
+    from search.cli.study import _summary
+    from search.plots import PARENT_FIGURE, TRIAL_FIGURE
+    from spaces import load_config
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server_env = {
+        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'server.db'}",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
+        "MLFLOW_PORT": str(port),
+        "MLFLOW_WORKERS": "1",
+        "MLFLOW_BIN": str(Path(sys.executable).parent / "mlflow"),
+    }
+    server_log = tmp_path / "server.log"
+    start = [str(ROOT / "deploy" / "start-mlflow.sh")]
+    servers = [_start(start, tmp_path, server_log, server_env)]
+    try:
+        _wait("mlflow server", lambda: _healthy(url), 90, server_log)
+        config = load_config(
+            _config(tmp_path, "away", num_samples=3, diagnostics={"enabled": True}),
+        )
+        client = mlflow.MlflowClient(tracking_uri=url)
+
+        def outage() -> None:  # once the first epochs arrived, the server goes for good
+            _wait(
+                "first epochs in MLflow",
+                lambda: any(
+                    client.get_metric_history(r.info.run_id, "val_accuracy")
+                    for r in _children(client, "away")[1]
+                ),
+                240,
+            )
+            _kill_group(servers[0], signal.SIGTERM)
+
+        killer = threading.Thread(target=outage)
+        killer.start()
+        result = run_study(config, tracking_uri=url, study_name="away", close_patience_s=3)
+        killer.join()
+        assert servers[0].poll() is not None, "the outage fell inside the search"
+        assert result.finished == 3 and result.spooled > 0
+        capsys.readouterr()
+        _summary(result)
+        said = capsys.readouterr().out
+        assert "study away - 3 trials finished in" in said, said
+        assert f"{result.spooled} MLflow writes queued for 'gradsweep sync" in said, said
+
+        servers.append(_start(start, tmp_path, server_log, server_env))
+        _wait("mlflow server back", lambda: _healthy(url), 90, server_log)
+        sync = subprocess.run(
+            [sys.executable, "-m", "search.cli", "sync", "--output-dir", str(tmp_path / "out")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        assert sync.returncode == 0, sync.stdout[-3000:] + sync.stderr[-3000:]
+        assert "away: leaderboard, report and pictures logged" in sync.stdout, sync.stdout
+        assert not list((tmp_path / "out" / "mlflow-spool").iterdir()), "nothing left to sync"
+        parent, children = _children(client, "away")
+        logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert {"leaderboard.csv", "leaderboard.md", "report", PARENT_FIGURE} <= logged, logged
+        assert parent.data.metrics["study/trials"] == 3
+        assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
+        pictured = [
+            r
+            for r in children
+            if TRIAL_FIGURE in {a.path for a in client.list_artifacts(r.info.run_id, "diagnostics")}
+        ]
+        assert len(pictured) == 3, "every trial's gradient picture (plots_top is 5)"
+    finally:
+        for server in servers:
+            _kill_group(server, signal.SIGTERM)
