@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ from search.tuner import Trainable, build_tuner
 from spaces import StudyConfig, grid_size
 from trainers import Splits
 
+log = logging.getLogger(__name__)
 #: The MLflow journal gathers this long after a quiet spell, so epochs go out in few writes.
 JOURNAL_LINGER_S = 0.5
 
@@ -334,7 +336,14 @@ def _start(
 def _check_resources(config: StudyConfig) -> None:
     """A trial's request against the cluster Ray is now connected to (see preflight)."""
     wanted = config.resources
-    preflight.check_resources(wanted.cpu, wanted.gpu, ray_session.node_resources())
+    preflight.await_resources(
+        wanted.cpu,
+        wanted.gpu,
+        ray_session.node_resources,
+        autoscaling=ray_session.autoscaling(),
+        say=lambda line: log.warning("%s", line),
+        request=ray_session.request_resources,
+    )
 
 
 def _remote(uri: str) -> bool:
