@@ -5,7 +5,8 @@ logged; Ray holds the checkpoints. Resuming reconciles the three instead of unpi
 experiment state (``Tuner.restore`` would execute pickles from the storage path):
 
 - Optuna trials COMPLETE, PRUNED or FAIL are finished and never run again;
-- Optuna trials still RUNNING (driver killed) or WAITING (put back after Ctrl+C) were
+- Optuna trials still RUNNING (driver killed) or WAITING with ``gradsweep.interrupted`` (put
+  back after Ctrl+C) were
   interrupted: each runs again under its own number and parameters, from its last checkpoint, in
   a new child run tagged ``gradsweep.resumed`` (and ``gradsweep.resumed_from``, the latest
   interrupted attempt's run, when that reached MLflow);
@@ -28,6 +29,7 @@ from search.leaderboard import child_runs
 from search.schema import (
     FROM_OPTUNA,
     INTERRUPTED,
+    INTERRUPTED_ATTR,
     ORPHANED,
     OUTCOME_TAG,
     OUTCOMES,
@@ -104,8 +106,12 @@ def plan_resume(
     """Close the stale child runs and list the interrupted trials with their checkpoints."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     plan = ResumePlan(finished=sum(t.state in FROM_OPTUNA for t in trials.values()))
-    waiting = (TrialState.RUNNING, TrialState.WAITING)
-    interrupted = {n for n, t in trials.items() if t.state in waiting}
+    interrupted = {
+        n
+        for n, t in trials.items()
+        if t.state == TrialState.RUNNING
+        or (t.state == TrialState.WAITING and t.user_attrs.get(INTERRUPTED_ATTR))
+    }  # an enqueued trial never asked also WAITs: Optuna's ask() hands it out as new
     attempts: dict[int, Run] = {}  # trial number -> its latest interrupted attempt's run
     for run in child_runs(client, parent):
         number = int(run.data.tags.get(TRIAL_NUMBER_TAG, -1))

@@ -24,7 +24,7 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from search.schema import OUTCOMES, REASON_TAG, outcome
+from search.schema import INTERRUPTED_ATTR, OUTCOMES, REASON_TAG, outcome
 
 log = logging.getLogger(__name__)
 #: Pauses before the retries of a failed ``tell`` (a database hiccup, a dropped connection).
@@ -113,7 +113,8 @@ class HonestOptunaSearch(OptunaSearch):
             if trial_id in self._completed_trials or storage is None:
                 continue
             try:
-                if retry:
+                if retry:  # marked: an enqueued trial never asked also waits, as new
+                    storage.set_trial_user_attr(ot_trial._trial_id, INTERRUPTED_ATTR, True)
                     storage.set_trial_state_values(ot_trial._trial_id, TrialState.WAITING)
                 else:
                     storage.set_trial_user_attr(ot_trial._trial_id, REASON_TAG, "interrupted")

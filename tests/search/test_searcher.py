@@ -13,7 +13,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
-from search.schema import OBJECTIVE, REASON_TAG
+from search.schema import INTERRUPTED_ATTR, OBJECTIVE, REASON_TAG
 from search.searcher import HonestOptunaSearch
 
 
@@ -83,8 +83,10 @@ def test_ctrl_c_puts_unfinished_trials_back_to_waiting(tmp_path: Path) -> None:
     searcher.on_trial_complete("a", {OBJECTIVE: 0.5, "epoch": 2})
     assert searcher.interrupt() == [1, 2]
     assert _states(url) == [TrialState.COMPLETE, TrialState.WAITING, TrialState.WAITING]
-    params = [t.params for t in optuna.load_study(study_name="s", storage=url).trials]
-    assert all("x" in p for p in params)
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert all("x" in t.params for t in trials)
+    marked = [t.number for t in trials if t.user_attrs.get(INTERRUPTED_ATTR)]
+    assert marked == [1, 2], "told apart from enqueued trials, which also wait"
     trial_id = optuna.load_study(study_name="s", storage=url).trials[1]._trial_id
     assert storage.set_trial_state_values(trial_id, TrialState.RUNNING), "claimed once"
     assert not storage.set_trial_state_values(trial_id, TrialState.RUNNING), "and only once"
