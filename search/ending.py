@@ -17,11 +17,12 @@ from mlflow import MlflowClient
 
 from search.background import ReportProcess
 from search.environment import Locations
-from search.journal import Journal, read_spool
+from search.journal import Journal
 from search.leaderboard import find_parent_run, leaderboard, render
 from search.plots import History, log_pictures
 from search.resume import close_orphans
 from search.schema import OUTCOMES, ROLE_TRIAL, STUDY_METRICS_PREFIX
+from search.spool import read_spool
 from search.tracking import MlflowTracker
 from spaces import StudyConfig
 

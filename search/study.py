@@ -30,12 +30,13 @@ from search.background import ReportProcess
 from search.ending import finish_study
 from search.environment import Locations, redact
 from search.errors import StudyInterrupted, UserError
-from search.journal import Journal, read_spool, spool_path
+from search.journal import Journal
 from search.leaderboard import find_parent_run, leaderboard
 from search.progress import ProgressCallback
 from search.resume import plan_resume
 from search.schema import OUTPUT_DIR_TAG, RESUMED_TAG, ROLE_TRIAL
 from search.searcher import ResumingOptunaSearch
+from search.spool import read_spool, spool_path
 from search.stores import (
     Stores,
     existing_store,

@@ -168,7 +168,7 @@ def sync(
     """Replay MLflow writes that were saved to disk while the tracking server was unreachable."""
     quiet()
     from search.ending import finish_spooled
-    from search.journal import replay
+    from search.spool import replay
 
     spools = sorted((output_dir / "mlflow-spool").glob("*.jsonl"))
     if not spools:

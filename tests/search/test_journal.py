@@ -11,8 +11,9 @@ from typing import Any
 
 import mlflow
 
-from search.journal import MAX_METRICS, Journal, coalesce, replay
+from search.journal import MAX_METRICS, Journal, coalesce
 from search.schema import CREATE_KEY_TAG
+from search.spool import replay
 
 
 def _client(tmp_path: Path) -> tuple[mlflow.MlflowClient, str]:
