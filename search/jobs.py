@@ -56,7 +56,7 @@ STOP_GRACE_S = 120
 CLUSTER_WORKDIR = "/app"
 #: A line ``gradsweep run`` prints into a job's log per finished trial (search/progress.py).
 _DONE = re.compile(r"(\d+)/(\d+) trials done")
-_SUMMARY = re.compile(r"^study \S+ - (\d+) trials in ", re.MULTILINE)
+_SUMMARY = re.compile(r"^study \S+ - (\d+) trials (?:finished )?in ", re.MULTILINE)
 #: Ray's client loggers that print each upload and socket close at INFO.
 _CHATTY = ("ray.dashboard", "ray._private.runtime_env.packaging")
 

@@ -8,19 +8,23 @@ operations in order:
 - a transient failure (server down or restarting, network, a locked SQLite file) is retried with
   capped exponential backoff, for as long as the study runs; later operations wait behind it in
   memory, so order is kept and Ray Tune's event loop never blocks;
-- a permanent failure (MLflow rejected the request itself) is logged, counted and skipped;
+- a permanent failure (MLflow rejected the request itself) is logged, counted and skipped; a
+  rejected merged batch is split and its parts retried, so only the offending entry is lost;
+- run creation is idempotent: each run carries a key made here (``gradsweep.create_key``), and a
+  retried create first looks for a run with that key, since the failed try may have succeeded on
+  the server with only its answer lost;
 - on :meth:`close`, whatever still can't be delivered within ``close_patience_s`` is saved as
-  JSON lines to the spool file, and ``gradsweep sync`` replays it (:func:`replay`).
+  JSON lines to the spool file, and ``gradsweep sync`` replays it (:mod:`search.spool`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,8 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+
+from search.schema import CREATE_KEY_TAG
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,16 @@ def apply(client: MlflowClient, run_ids: dict[str, str], op: Op) -> None:
     if kind == "create_run":
         if op["key"] in run_ids:
             return  # already created (a replay after a partly delivered spool)
+        made = op["tags"].get(CREATE_KEY_TAG)
+        if made and op.get("tried"):  # an earlier try may have created it
+            found = client.search_runs(
+                [op["experiment_id"]],
+                filter_string=f"tags.`{CREATE_KEY_TAG}` = '{made}'",
+                max_results=1,
+            )
+            if found:
+                run_ids[op["key"]] = found[0].info.run_id
+                return
         run = client.create_run(
             op["experiment_id"],
             run_name=op["run_name"],
@@ -186,7 +202,7 @@ class Journal:
                 "experiment_id": experiment_id,
                 "run_name": run_name,
                 "start_time": start_time,
-                "tags": tags,
+                "tags": {**tags, CREATE_KEY_TAG: uuid.uuid4().hex},
             }
         )
 
@@ -265,8 +281,9 @@ class Journal:
                 self._deliver(item)
 
     def _reject(self, op: Op, why: object) -> None:
-        log.warning("MLflow rejected %s for %s: %s", op["op"], op.get("key"), why)
-        self.rejected.append(f"{op['op']} {op.get('key')}: {why}")
+        what = f"{op['op']} {op.get('key')}{_entry(op)}"
+        log.warning("MLflow rejected %s: %s", what, why)
+        self.rejected.append(f"{what}: {why}")
 
     def _deliver(self, op: Op) -> None:
         if op["op"] != "create_run" and op["key"] not in self.run_ids:
@@ -281,8 +298,13 @@ class Journal:
                 return
             except Exception as exc:
                 if is_permanent(exc):
-                    self._reject(op, exc)
+                    halves = split(op)
+                    if halves is None:
+                        self._reject(op, exc)
+                    for half in halves or ():  # a merged batch: only the offending entry is lost
+                        self._deliver(half)
                     return
+                op["tried"] = True  # a create that failed may still have created the run
                 if self._deadline is not None and time.monotonic() > self._deadline:
                     self._left.append(op)
                     return
@@ -294,44 +316,34 @@ class Journal:
                 backoff = min(backoff * 2, self.max_backoff_s)
 
 
-def spool_path(output_dir: Path, study: str) -> Path:
-    """Where a study's undeliverable MLflow writes are saved."""
-    return output_dir / "mlflow-spool" / f"{study}.jsonl"
+def _entries(op: Op) -> list[tuple[str, Any]]:
+    return [(f, e) for f in ("params", "tags", "metrics") for e in op.get(f, [])]
 
 
-def replay(
-    path: Path, tracking_uri: str | None = None, patience_s: float = 30.0
-) -> tuple[int, int]:
-    """Replay a spool file into MLflow; returns (delivered, still spooled).
+def split(op: Op) -> tuple[Op, Op] | None:
+    """A ``log_batch`` of several entries cut in two halves (in order), or None for one entry
+    or another operation: a rejected merged batch is bisected down to the entry MLflow refuses."""
+    entries = _entries(op) if op["op"] == "log_batch" else []
+    if len(entries) < 2:
+        return None
+    half = len(entries) // 2
+    parts = []
+    for chunk in (entries[:half], entries[half:]):
+        part: Op = {"op": "log_batch", "key": op["key"]}
+        for field, entry in chunk:
+            part.setdefault(field, []).append(entry)
+        parts.append(part)
+    return parts[0], parts[1]
 
-    The file is rewritten with what could not be delivered, or removed when all went through.
-    """
-    from search.environment import configure
 
-    configure()  # MLflow's own HTTP retries off: the journal retries
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a crash while spooling
-            log.warning("skipping a truncated line in %s", path)
-    run_ids: dict[str, str] = {}
-    ops: list[Op] = []
-    uri = tracking_uri
-    for line in lines:
-        if "header" in line:
-            run_ids.update(line["header"]["run_ids"])
-            uri = uri or line["header"]["tracking_uri"]
-        else:
-            ops.append(line)
-    path.with_suffix(".retry").unlink(missing_ok=True)
-    journal = Journal(MlflowClient(tracking_uri=uri), path.with_suffix(".retry"), run_ids)
-    for op in ops:
-        journal.submit(op)
-    left = journal.close(close_patience_s=patience_s)
-    retry = path.with_suffix(".retry")
-    if left:
-        os.replace(retry, path)
-    else:
-        path.unlink()
-    return len(ops) - left, left
+def _entry(op: Op) -> str:
+    """The one entry of a batch, to name it in a warning (`` param 'lr'``), else nothing."""
+    entries = _entries(op) if op["op"] == "log_batch" else []
+    if len(entries) != 1:
+        return ""
+    field, entry = entries[0]
+    return (
+        f" {field[:-1]} {entry[0]!r}={entry[1]!r}"
+        if field != "metrics"
+        else f" metric {entry[0]!r}"
+    )

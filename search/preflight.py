@@ -10,8 +10,10 @@ import os
 import re
 import socket
 import tempfile
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,6 +22,8 @@ from search.errors import UserError
 from spaces import StudyConfig
 from trainers import DataError, Splits
 
+#: How long a study waits for an autoscaling cluster to add a node its trials fit on.
+AUTOSCALE_WAIT_S = 300.0
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -153,6 +157,43 @@ def check_resources(cpu: float, gpu: float, nodes: list[dict[str, float]]) -> No
             f"resources: a trial asks for {cpu:g} CPUs and {gpu:g} GPUs on one node, but no Ray "
             "node has both; lower resources.cpu or resources.gpu"
         )
+
+
+def await_resources(
+    cpu: float,
+    gpu: float,
+    nodes: Callable[[], list[dict[str, float]]],
+    *,
+    autoscaling: bool,
+    say: Callable[[str], None],
+    request: Callable[[dict[str, float]], None] = lambda bundle: None,
+    wait_s: float = AUTOSCALE_WAIT_S,
+    poll_s: float = 5.0,
+) -> None:
+    """:func:`check_resources`, except on an autoscaling cluster, where a node that fits may
+    still come: ask the autoscaler for one (``request``), say so, and wait at most ``wait_s``
+    before refusing as :func:`check_resources` does."""
+    try:
+        check_resources(cpu, gpu, nodes())
+        return
+    except UserError as exc:
+        if not autoscaling:
+            raise
+        refused = exc
+    say(
+        f"warning: {refused}; the cluster autoscales, so gradsweep asked it for such a node and "
+        f"waits up to {wait_s:g} s for it"
+    )
+    request({"CPU": cpu, "GPU": gpu} if gpu else {"CPU": cpu})
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        try:
+            check_resources(cpu, gpu, nodes())
+            return
+        except UserError as exc:
+            refused = exc
+    raise UserError(f"{refused} (waited {wait_s:g} s for the autoscaler)")
 
 
 def check(tracking_uri: str, storage: str, address: str | None) -> None:

@@ -63,6 +63,24 @@ def node_resources() -> list[dict[str, float]]:
     return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
 
 
+def autoscaling() -> bool:
+    """Whether the connected cluster runs Ray's autoscaler (v2, as KubeRay's does): nodes may
+    still come. The v1 monitor also runs on fixed clusters, so it is not a sign."""
+    try:
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        return bool(is_autoscaler_v2(fetch_from_server=True))
+    except Exception:  # an older Ray, or no GCS client: a fixed cluster, as before
+        return False
+
+
+def request_resources(bundle: dict[str, float]) -> None:
+    """Ask the cluster's autoscaler for a node that holds ``bundle``."""
+    from ray.autoscaler.sdk import request_resources as ask
+
+    ask(bundles=[bundle])
+
+
 def shutdown() -> None:
     """Stop (or detach from) the study's Ray, and undo what an embedded session set."""
     ray.shutdown()

@@ -5,9 +5,11 @@ logged; Ray holds the checkpoints. Resuming reconciles the three instead of unpi
 experiment state (``Tuner.restore`` would execute pickles from the storage path):
 
 - Optuna trials COMPLETE, PRUNED or FAIL are finished and never run again;
-- Optuna trials still RUNNING were interrupted: each runs again under its own number and
-  parameters, from its last checkpoint, in a new child run tagged ``gradsweep.resumed`` (and
-  ``gradsweep.resumed_from``, the interrupted attempt's run, when that reached MLflow);
+- Optuna trials still RUNNING (driver killed) or WAITING with ``gradsweep.interrupted`` (put
+  back after Ctrl+C) were
+  interrupted: each runs again under its own number and parameters, from its last checkpoint, in
+  a new child run tagged ``gradsweep.resumed`` (and ``gradsweep.resumed_from``, the latest
+  interrupted attempt's run, when that reached MLflow);
 - a child run left RUNNING is closed: KILLED ``interrupted`` when its trial resumes, or the status
   matching its Optuna trial when only the final MLflow write was lost.
 """
@@ -27,6 +29,7 @@ from search.leaderboard import child_runs
 from search.schema import (
     FROM_OPTUNA,
     INTERRUPTED,
+    INTERRUPTED_ATTR,
     ORPHANED,
     OUTCOME_TAG,
     OUTCOMES,
@@ -103,36 +106,37 @@ def plan_resume(
     """Close the stale child runs and list the interrupted trials with their checkpoints."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     plan = ResumePlan(finished=sum(t.state in FROM_OPTUNA for t in trials.values()))
-    interrupted = {n for n, t in trials.items() if t.state == TrialState.RUNNING}
+    interrupted = {
+        n
+        for n, t in trials.items()
+        if t.state == TrialState.RUNNING
+        or (t.state == TrialState.WAITING and t.user_attrs.get(INTERRUPTED_ATTR))
+    }  # an enqueued trial never asked also WAITs: Optuna's ask() hands it out as new
+    attempts: dict[int, Run] = {}  # trial number -> its latest interrupted attempt's run
     for run in child_runs(client, parent):
-        if run.info.status != "RUNNING":
-            continue
         number = int(run.data.tags.get(TRIAL_NUMBER_TAG, -1))
         trial = trials.get(number)
-        if trial is None:
-            _close(client, run, "FAILED", ORPHANED, "no Optuna trial matches this run")
-        elif trial.state in FROM_OPTUNA:
-            outcome = FROM_OPTUNA[trial.state]
-            status = OUTCOMES[outcome][0]
-            reason = "closed on resume: the driver died before writing this final status"
-            _close(client, run, status, outcome, reason)
-        else:
-            checkpoint = find_checkpoint(
-                ray_root, study.study_name, number, run.data.tags.get(RAY_TRIAL_PATH_TAG, "")
-            )
-            plan.resume[number] = {RESUME_KEY: checkpoint} if checkpoint else {}
-            plan.tags[number] = {RESUMED_TAG: "true", RESUMED_FROM_TAG: run.info.run_id}
-            _close(
-                client,
-                run,
-                "KILLED",
-                INTERRUPTED,
-                "driver lost; the trial resumed in a new run"
-                + (" from its checkpoint" if checkpoint else ""),
-            )
-            interrupted.discard(number)
-    for number in interrupted:  # asked by Optuna, but its run never reached MLflow
-        checkpoint = find_checkpoint(ray_root, study.study_name, number)
+        if run.info.status == "RUNNING":
+            if trial is None:
+                _close(client, run, "FAILED", ORPHANED, "no Optuna trial matches this run")
+                continue
+            if trial.state in FROM_OPTUNA:
+                outcome = FROM_OPTUNA[trial.state]
+                reason = "closed on resume: the driver died before writing this final status"
+                _close(client, run, OUTCOMES[outcome][0], outcome, reason)
+                continue
+            reason = "driver lost; the trial resumed in a new run"
+            _close(client, run, "KILLED", INTERRUPTED, reason)
+        elif number not in interrupted or run.data.tags.get(OUTCOME_TAG) != INTERRUPTED:
+            continue  # finished, or an attempt of a trial that finished later
+        if number not in attempts or run.info.start_time > attempts[number].info.start_time:
+            attempts[number] = run
+    for number in interrupted:
+        run = attempts.get(number)  # None: asked by Optuna, but its run never reached MLflow
+        path = run.data.tags.get(RAY_TRIAL_PATH_TAG, "") if run else ""
+        checkpoint = find_checkpoint(ray_root, study.study_name, number, path)
         plan.resume[number] = {RESUME_KEY: checkpoint} if checkpoint else {}
         plan.tags[number] = {RESUMED_TAG: "true"}
+        if run is not None:
+            plan.tags[number][RESUMED_FROM_TAG] = run.info.run_id
     return plan

@@ -26,6 +26,9 @@ RETRIES_TAG = "gradsweep.retries"
 RETRIED_AFTER_TAG = "gradsweep.retried_after_epoch"
 RESUMED_TAG = "gradsweep.resumed"  # parent: when; child: "true"
 RESUMED_FROM_TAG = "gradsweep.resumed_from"  # child: the interrupted attempt's run id
+#: Optuna user attribute of a trial put back to WAITING by Ctrl+C (resume continues it).
+INTERRUPTED_ATTR = "gradsweep.interrupted"
+CREATE_KEY_TAG = "gradsweep.create_key"  # a run's client-made key: a retried create finds it
 OUTPUT_DIR_TAG = "gradsweep.output_dir"
 OPTUNA_STORAGE_TAG = "gradsweep.optuna_storage"
 TRIAL_NUMBER_TAG = "optuna.trial_number"

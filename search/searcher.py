@@ -8,28 +8,42 @@ which makes TPE treat a 2-epoch score as a finished one. Here:
   intermediate values it was told per epoch, which is how its own pruners record the case;
 - diverged (non-finite loss) or crashed -> FAIL: there is no meaningful value to learn from, and
   a FAIL trial is excluded from TPE's good/bad split instead of being ranked as a zero.
+
+No trial is left RUNNING by this process: a ``tell`` that fails is retried and then closed FAIL
+with a reason, and after Ctrl+C the unfinished trials go back to WAITING, which resume claims.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Sequence
 from typing import Any
 
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from search.schema import OUTCOMES, outcome
+from search.schema import INTERRUPTED_ATTR, OUTCOMES, REASON_TAG, outcome
 
 log = logging.getLogger(__name__)
+#: Pauses before the retries of a failed ``tell`` (a database hiccup, a dropped connection).
+TELL_RETRIES_S = (0.2, 1.0, 3.0)
 
 
 class HonestOptunaSearch(OptunaSearch):
     """``OptunaSearch`` whose completion tells COMPLETE, PRUNED or FAIL (see module docstring)."""
 
-    def __init__(self, *args: Any, epochs: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        epochs: int,
+        tell_retries_s: Sequence[float] = TELL_RETRIES_S,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._epochs = epochs
+        self._tell_retries_s = tuple(tell_retries_s)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -47,21 +61,73 @@ class HonestOptunaSearch(OptunaSearch):
             else:
                 numbers = [float(v) for v in values]
                 value = numbers if isinstance(self.metric, list) else numbers[0]
-        try:
-            self._ot_study.tell(ot_trial, value, state=state)
-        except Exception as exc:  # never let bookkeeping end the search
-            log.warning("could not tell Optuna trial %s: %s", ot_trial.number, exc)
+        self._tell(ot_trial, value, state)
         self._completed_trials.add(trial_id)
+
+    def _tell(self, ot_trial: Any, value: float | list[float] | None, state: TrialState) -> None:
+        """``tell``, retried; failing that, the trial is closed FAIL with the reason (a trial
+        left RUNNING would be run again by ``resume``). Never raises: bookkeeping must not end
+        the search."""
+        problem: Exception | None = None
+        for pause in (*self._tell_retries_s, None):
+            try:
+                self._ot_study.tell(ot_trial, value, state=state)
+                return
+            except Exception as exc:
+                problem = exc
+                if self._finished(ot_trial):  # told already (an earlier try got through)
+                    return
+            if pause is not None:
+                time.sleep(pause)
+        reason = f"Optuna refused {state.name}: {problem.__class__.__name__}: {problem}"
+        storage = self._ot_study._storage
+        try:
+            storage.set_trial_user_attr(ot_trial._trial_id, REASON_TAG, reason[:500])
+            storage.set_trial_state_values(ot_trial._trial_id, TrialState.FAIL)
+            log.warning("Optuna trial %s closed FAIL: %s", ot_trial.number, reason)
+        except Exception as exc:  # the storage is gone: resume finds it RUNNING and re-runs it
+            log.warning("could not tell Optuna trial %s: %s (%s)", ot_trial.number, reason, exc)
+
+    def _finished(self, ot_trial: Any) -> bool:
+        try:
+            frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        except Exception:
+            return False
+        return frozen.state.is_finished()
 
     def close_unfinished(self) -> None:
         """Tell PRUNED every trial Tune stopped without completing it (the time budget)."""
         for trial_id, ot_trial in self._ot_trials.items():
             if trial_id not in self._completed_trials:
-                try:
-                    self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
-                except Exception as exc:
-                    log.warning("could not close Optuna trial %s: %s", ot_trial.number, exc)
+                self._tell(ot_trial, None, TrialState.PRUNED)
                 self._completed_trials.add(trial_id)
+
+    @property
+    def asked(self) -> int:
+        """How many trials this searcher has handed out."""
+        return len(self._ot_trials)
+
+    def interrupt(self, retry: bool = True) -> list[int]:
+        """After Ctrl+C: every trial this searcher handed out and nobody finished goes back to
+        WAITING (``retry``), which resume claims and continues from its checkpoint; else FAIL
+        with a reason. Returns their Optuna numbers."""
+        storage = self._ot_study._storage if self._ot_study is not None else None
+        stopped = []
+        for trial_id, ot_trial in self._ot_trials.items():
+            if trial_id in self._completed_trials or storage is None:
+                continue
+            try:
+                if retry:  # marked: an enqueued trial never asked also waits, as new
+                    storage.set_trial_user_attr(ot_trial._trial_id, INTERRUPTED_ATTR, True)
+                    storage.set_trial_state_values(ot_trial._trial_id, TrialState.WAITING)
+                else:
+                    storage.set_trial_user_attr(ot_trial._trial_id, REASON_TAG, "interrupted")
+                    storage.set_trial_state_values(ot_trial._trial_id, TrialState.FAIL)
+                stopped.append(ot_trial.number)
+            except Exception as exc:  # finished meanwhile, or the storage is gone
+                log.warning("could not close Optuna trial %s: %s", ot_trial.number, exc)
+            self._completed_trials.add(trial_id)
+        return sorted(stopped)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Intermediate values at step = epoch: a resumed trial's Tune iteration restarts at 1.
@@ -97,6 +163,8 @@ class ResumingOptunaSearch(HonestOptunaSearch):
             frozen = next(
                 t for t in self._ot_study.get_trials(deepcopy=False) if t.number == number
             )
+            if frozen.state == TrialState.WAITING:  # put back after a Ctrl+C: claim it again
+                self._ot_study._storage.set_trial_state_values(frozen._trial_id, TrialState.RUNNING)
             ot_trial = Trial(self._ot_study, frozen._trial_id)
             self._ot_trials[trial_id] = ot_trial
             return {**self._suggest_from_define_by_run_func(self._space, ot_trial), **extra}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Sequence
@@ -28,12 +29,14 @@ from search import environment, preflight, ray_session
 from search.background import ReportProcess
 from search.ending import finish_study
 from search.environment import Locations, redact
-from search.errors import UserError
-from search.journal import Journal, spool_path
+from search.errors import StudyInterrupted, UserError
+from search.journal import Journal
 from search.leaderboard import find_parent_run, leaderboard
 from search.progress import ProgressCallback
 from search.resume import plan_resume
 from search.schema import OUTPUT_DIR_TAG, RESUMED_TAG, ROLE_TRIAL
+from search.searcher import ResumingOptunaSearch
+from search.spool import read_spool, spool_path
 from search.stores import (
     Stores,
     existing_store,
@@ -47,6 +50,7 @@ from search.tuner import Trainable, build_tuner
 from spaces import StudyConfig, grid_size
 from trainers import Splits
 
+log = logging.getLogger(__name__)
 #: The MLflow journal gathers this long after a quiet spell, so epochs go out in few writes.
 JOURNAL_LINGER_S = 0.5
 
@@ -65,6 +69,8 @@ class StudyResult:
     seconds: float
     notes: list[str] = field(default_factory=list)  # what a user should know (spooled writes, ...)
     ran: bool = True  # False: a resume found nothing left to run and changed nothing
+    finished: int = 0  # trials Optuna holds as finished (the leaderboard may lack them: spooled)
+    spooled: int = 0  # MLflow writes waiting in the spool file for 'gradsweep sync'
 
 
 def run_study(
@@ -331,7 +337,14 @@ def _start(
 def _check_resources(config: StudyConfig) -> None:
     """A trial's request against the cluster Ray is now connected to (see preflight)."""
     wanted = config.resources
-    preflight.check_resources(wanted.cpu, wanted.gpu, ray_session.node_resources())
+    preflight.await_resources(
+        wanted.cpu,
+        wanted.gpu,
+        ray_session.node_resources,
+        autoscaling=ray_session.autoscaling(),
+        say=lambda line: log.warning("%s", line),
+        request=ray_session.request_resources,
+    )
 
 
 def _remote(uri: str) -> bool:
@@ -391,6 +404,7 @@ def run_trials(
         role=role,
     )
     status = "FAILED"
+    searcher = None
     try:
         if num_samples > 0:
             extra: list[tune.Callback] = [tracker, *callbacks]
@@ -413,7 +427,9 @@ def run_trials(
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
-        raise
+        raise _interrupted(
+            stores.optuna, optuna_study or name, searcher, num_samples, role, where
+        ) from None
     finally:
         # Ray's processes stop (mostly waiting) while the leaderboard and pictures are made.
         with ray_session.no_gc(), ThreadPoolExecutor(1, thread_name_prefix="gradsweep-end") as pool:
@@ -433,6 +449,29 @@ def run_trials(
                 ray_session.shutdown()
             board, notes = ending.result()
     return board, notes
+
+
+def _interrupted(
+    storage: optuna.storages.BaseStorage,
+    study: str,
+    searcher: ResumingOptunaSearch | None,
+    num_samples: int,
+    role: str,
+    where: Locations,
+) -> StudyInterrupted:
+    """After Ctrl+C: no Optuna trial left RUNNING (a search's go back to WAITING, which resume
+    continues; a confirmation's end FAIL), and what to tell the user."""
+    stopped = searcher.interrupt(retry=role == ROLE_TRIAL) if searcher is not None else []
+    asked = searcher.asked if searcher is not None else 0
+    try:
+        trials = storage.get_all_trials(storage.get_study_id_from_name(study), deepcopy=False)
+        finished = sum(t.state.is_finished() for t in trials)
+    except Exception:  # the storage went away: say what is known
+        finished = asked - len(stopped)
+    interrupted = StudyInterrupted(study, finished, len(stopped), max(0, num_samples - asked))
+    interrupted.resume_flags = ["--tracking-uri", str(redact(where.tracking_uri))]
+    interrupted.resumable = role == ROLE_TRIAL
+    return interrupted
 
 
 def study_result(
@@ -455,4 +494,22 @@ def study_result(
         output_dir=where.output,
         seconds=time.perf_counter() - t0,
         notes=notes,
+        finished=_finished_trials(where.optuna_storage, name),
+        spooled=_spooled(spool_path(where.output, name)),
     )
+
+
+def _finished_trials(storage: str, study: str) -> int:
+    """Trials of ``study`` in a final state, from Optuna (which an MLflow outage leaves whole)."""
+    try:
+        trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    except Exception:
+        return 0
+    return sum(t.state.is_finished() for t in trials)
+
+
+def _spooled(path: Path) -> int:
+    """How many writes a spool file holds (its headers and study ends aside)."""
+    if not path.exists():
+        return 0
+    return sum("op" in line for line in read_spool(path))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from search.cli.interrupts import sigterm_as_ctrl_c
-from search.cli.terminal import app, fail, out, quiet
+from search.cli.terminal import app, err, fail, out, quiet
 from spaces import ConfigError, load_config
 
 PANEL = "Run studies"
@@ -43,13 +45,28 @@ def run(
     from search.study import run_study
 
     try:
-        with sigterm_as_ctrl_c():
+        with sigterm_as_ctrl_c(), _resume_hint(address):
             result = run_study(
                 cfg, address=address, tracking_uri=tracking_uri, study_name=study, progress=True
             )
     except UserError as exc:
         raise fail(str(exc)) from None
     _summary(result)
+
+
+@contextlib.contextmanager
+def _resume_hint(address: str | None) -> Iterator[None]:
+    """Ctrl+C during a study: what it stopped and the resume command (naming the Ray cluster
+    it ran on, if one was given), then exit 130 as for any Ctrl+C."""
+    from search.errors import StudyInterrupted
+
+    try:
+        yield
+    except StudyInterrupted as exc:
+        if address:
+            exc.resume_flags += ["--address", address]
+        err.print(str(exc), soft_wrap=True, highlight=False, markup=False)
+        raise typer.Exit(code=130) from None
 
 
 def _summary(result: object) -> None:
@@ -64,11 +81,15 @@ def _summary(result: object) -> None:
         sys.stdout.write(render(board, "table", top=20, title=f"Leaderboard: {name}"))
     for note in result.notes:  # type: ignore[attr-defined]
         out.print(f"[yellow]note:[/] {note}", highlight=False)
-    out.print(
-        f"study [bold]{name}[/] - {len(board)} trials in {result.seconds:.0f} s",
-        highlight=False,
-        soft_wrap=True,
-    )  # type: ignore[attr-defined]
+    trials = f"{len(board)} trials"
+    spooled = result.spooled  # type: ignore[attr-defined]
+    if spooled or board.empty:  # MLflow was away: Optuna knows how many finished
+        trials = f"{result.finished} trials finished"  # type: ignore[attr-defined]
+    line = f"study [bold]{name}[/] - {trials} in {result.seconds:.0f} s"  # type: ignore[attr-defined]
+    if spooled:
+        output = result.output_dir  # type: ignore[attr-defined]
+        line += f"; {spooled} MLflow writes queued for 'gradsweep sync --output-dir {output}'"
+    out.print(line, highlight=False, soft_wrap=True)
     out.print(f"MLflow parent run {result.parent_run_id} in {uri}", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
     out.print(
         "Open the MLflow UI:  " + ui_command(uri, experiment), highlight=False, soft_wrap=True
@@ -94,7 +115,7 @@ def resume(
     from search.study import resume_study
 
     try:
-        with sigterm_as_ctrl_c():
+        with sigterm_as_ctrl_c(), _resume_hint(address):
             result = resume_study(study, tracking_uri=tracking_uri, address=address, progress=True)
     except UserError as exc:
         raise fail(str(exc)) from None
@@ -146,7 +167,8 @@ def sync(
 ) -> None:
     """Replay MLflow writes that were saved to disk while the tracking server was unreachable."""
     quiet()
-    from search.journal import replay
+    from search.ending import finish_spooled
+    from search.spool import replay
 
     spools = sorted((output_dir / "mlflow-spool").glob("*.jsonl"))
     if not spools:
@@ -159,6 +181,13 @@ def sync(
         out.print(
             f"{path.stem}: {done} writes delivered" + (f", {left} still pending" if left else "")
         )
+        if not left and path.exists():  # the study's end, which needed those writes first
+            try:
+                for line in finish_spooled(path, tracking_uri):
+                    out.print(line, highlight=False, soft_wrap=True)
+            except Exception as exc:
+                left_total += 1
+                out.print(f"{path.stem}: end not logged ({exc.__class__.__name__}: {exc})")
     if left_total:
         raise fail(f"--tracking-uri: {left_total} writes still undeliverable; is MLflow up?")
 

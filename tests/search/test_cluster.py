@@ -28,6 +28,7 @@ import mlflow
 import optuna
 import pytest
 import yaml
+from postgres import PG, admin_connection
 from ray_nodes import (
     AUTH_VARS,
     BIN,
@@ -47,7 +48,6 @@ from search.schema import PARENT_TAG, STUDY_TAG
 from spaces import load_config
 
 pytestmark = pytest.mark.slow
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 N_TRIALS, EPOCHS = 4, 6
 
 
@@ -164,16 +164,25 @@ def test_mlflow_script_needs_a_backend_store() -> None:
 # PostgreSQL databases, the MLflow server, the Ray cluster
 
 
+@pytest.mark.parametrize("setting", [{"CI": "true"}, {"GRADSWEEP_EXPECT_POSTGRES": "1"}])
+def test_a_missing_postgres_fails_where_it_is_expected(
+    monkeypatch: pytest.MonkeyPatch, setting: dict[str, str]
+) -> None:
+    for key in ("CI", "GRADSWEEP_EXPECT_POSTGRES"):
+        monkeypatch.delenv(key, raising=False)
+    nowhere = {**PG, "port": 1}
+    with pytest.raises(pytest.skip.Exception):  # a laptop without PostgreSQL: skipped
+        admin_connection(nowhere)
+    for key, value in setting.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(RuntimeError, match=r"expected .* not reachable at 127\.0\.0\.1:1"):
+        admin_connection(nowhere)
+
+
 @pytest.fixture(scope="module")
 def databases() -> Iterator[dict[str, str]]:
     """Fresh ``gradsweep_test_<random>_{mlflow,optuna}`` databases, dropped afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        admin = psycopg2.connect(dbname="postgres", connect_timeout=5, **PG)
-    except psycopg2.OperationalError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {exc}")
+    admin = admin_connection(PG)
     admin.autocommit = True
     prefix = f"gradsweep_test_{secrets.token_hex(4)}"
     names = {role: f"{prefix}_{role}" for role in ("mlflow", "optuna")}

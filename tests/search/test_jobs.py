@@ -321,6 +321,8 @@ def test_trials_done_from_a_log() -> None:
     log = "s: 1/4 trials done, running 1\ns: 2/4 trials done, running 0\n"
     assert jobs.trials_done(log, "4") == "2/4"
     assert jobs.trials_done("study s - 3 trials in 12 s\n", "4") == "3/4"
+    outage = "study s - 3 trials finished in 12 s; 40 MLflow writes queued for 'gradsweep sync"
+    assert jobs.trials_done(outage, "4") == "3/4"
     assert jobs.trials_done("Running entrypoint\n", "4") == "0/4"
 
 

@@ -7,10 +7,13 @@ import socket
 import threading
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import mlflow
 
-from search.journal import MAX_METRICS, Journal, coalesce, replay
+from search.journal import MAX_METRICS, Journal, coalesce
+from search.schema import CREATE_KEY_TAG
+from search.spool import replay
 
 
 def _client(tmp_path: Path) -> tuple[mlflow.MlflowClient, str]:
@@ -136,3 +139,51 @@ def test_lingering_journal_writes_every_epoch_in_fewer_calls(tmp_path: Path) -> 
         history = client.get_metric_history(journal.run_ids[key], "val_accuracy")
         assert [m.step for m in sorted(history, key=lambda m: m.timestamp)] == list(range(1, 21))
     assert 2 <= len(calls) < 40, f"{len(calls)} log_batch calls for 40 batches"
+
+
+def test_a_rejected_merged_batch_loses_only_the_offending_entry(tmp_path: Path) -> None:
+    """Three batches of one run go out as one call; MLflow refuses it for one param, so the
+    metrics merged beside that param still arrive, and the warning names the param."""
+    client, experiment = _client(tmp_path)
+    journal = Journal(client, tmp_path / "spool.jsonl", linger_s=1.0)
+    journal.create_run("t1", experiment, "t001", {})
+    journal.log_batch("t1", params={"lr": "0.1"})
+    assert journal.flush(timeout_s=30)
+    journal.log_batch("t1", metrics=[("loss", 1.0, 1, 1)])
+    journal.log_batch("t1", params={"lr": "0.2", "depth": "3"})  # lr can't change
+    journal.log_batch("t1", metrics=[("loss", 0.5, 2, 2)])
+    assert len(coalesce(list(journal._queue.queue))) == 1, "one merged call"
+    assert journal.close() == 0
+    run = client.get_run(journal.run_ids["t1"])
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [1.0, 0.5]
+    assert run.data.params == {"lr": "0.1", "depth": "3"}
+    assert len(journal.rejected) == 1
+    assert journal.rejected[0].startswith("log_batch t1 param 'lr'='0.2': ")
+
+
+class LostAnswers(mlflow.MlflowClient):
+    """A client whose first ``create_run`` reaches the store but whose answer is lost, as when
+    the connection drops after the server committed."""
+
+    lost = 0
+
+    def create_run(self, *args: Any, **kwargs: Any) -> Any:
+        run = super().create_run(*args, **kwargs)
+        if not self.lost:
+            self.lost += 1
+            raise ConnectionError("connection reset after the request was sent")
+        return run
+
+
+def test_a_retried_create_does_not_duplicate_the_run(tmp_path: Path) -> None:
+    _, experiment = _client(tmp_path)
+    client = LostAnswers(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    journal = Journal(client, tmp_path / "spool.jsonl", max_backoff_s=0.1)
+    journal.create_run("t1", experiment, "t001", {"activation": "relu"})
+    journal.log_batch("t1", metrics=[("loss", 1.0, 1, 1)])
+    assert journal.close() == 0
+    assert client.lost == 1
+    (run,) = client.search_runs([experiment])
+    assert run.info.run_id == journal.run_ids["t1"]
+    assert run.data.metrics == {"loss": 1.0}
+    assert len(run.data.tags[CREATE_KEY_TAG]) == 32

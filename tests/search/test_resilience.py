@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from search.schema import OUTCOME_TAG, PARENT_TAG, STUDY_TAG
+from search.schema import OUTCOME_TAG, PARENT_TAG, RESUMED_FROM_TAG, STUDY_TAG
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -352,3 +353,159 @@ def test_resume_continues_the_sampler(tmp_path: Path) -> None:
     assert new, "the resume asked for new trials"
     repeated = [p for p in new if p in earlier]
     assert repeated == [], f"new trials repeat earlier ones: {repeated}"
+
+
+def test_ctrl_c_says_how_to_resume_and_leaves_no_trial_running(tmp_path: Path) -> None:
+    """Ctrl+C: one message naming the study, its counts and the resume command; the interrupted
+    Optuna trials wait (not RUNNING); running that command continues them from their checkpoints
+    in new runs tagged with the interrupted attempt, one live run per trial."""
+    config = _config(tmp_path, "intr")
+    storage = f"sqlite:///{tmp_path / 'out' / 'optuna.db'}"
+    log = tmp_path / "driver.log"
+    driver = _start(
+        [sys.executable, "-m", "search.cli", "run", str(config), "--study", "intr"], tmp_path, log
+    )
+
+    def ready() -> bool:
+        """A trial finished, and a running one has checkpointed at least 2 epochs."""
+        trials = optuna.load_study(study_name="intr", storage=storage).trials
+        running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        ray_dir = tmp_path / "out" / "ray" / "intr"
+        return any(t.state in TERMINAL for t in trials) and any(
+            len(list(ray_dir.glob(f"t{n:03d}_*/checkpoint_*/checkpoint.pt"))) >= 2 for n in running
+        )
+
+    try:
+        _wait("a finished trial and a running checkpointed one", ready, 300, log)
+        os.kill(driver.pid, signal.SIGINT)  # Ctrl+C reaches the driver
+        assert driver.wait(timeout=180) == 130, log.read_text()[-3000:]
+    finally:
+        _kill_group(driver)
+    said = log.read_text()
+    trials = optuna.load_study(study_name="intr", storage=storage).trials
+    waiting = {t.number for t in trials if t.state == TrialState.WAITING}
+    finished = sum(t.state in TERMINAL for t in trials)
+    assert [t.number for t in trials if t.state == TrialState.RUNNING] == []
+    assert waiting, "the running trials were put back for resume"
+    head = (
+        f"interrupted: study intr: {finished} trials finished, {len(waiting)} interrupted "
+        f"(resume continues them from their checkpoints), {6 - len(trials)} not started"
+    )
+    assert head in said, said[-3000:]
+    command = next(line for line in said.splitlines() if line.startswith("resume with: "))
+    uri = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
+    assert command == f"resume with: gradsweep resume --study intr --tracking-uri {uri}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    _, before = _children(client, "intr")
+    killed = {r.info.run_id: r for r in before if r.data.tags.get(OUTCOME_TAG) == "interrupted"}
+    assert all(r.info.status == "KILLED" for r in killed.values()) and killed
+
+    argv = command.removeprefix("resume with: gradsweep ").split()
+    resume = subprocess.run(
+        [sys.executable, "-m", "search.cli", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert resume.returncode == 0, resume.stdout[-3000:] + resume.stderr[-3000:]
+    after = optuna.load_study(study_name="intr", storage=storage).trials
+    assert sorted(t.number for t in after) == list(range(6)), "no duplicate, none missing"
+    assert all(t.state in TERMINAL for t in after)
+    parent, children = _children(client, "intr")
+    live = [r for r in children if r.data.tags.get(OUTCOME_TAG) != "interrupted"]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in live) == list(range(6))
+    resumed = [r for r in live if "gradsweep.resumed" in r.data.tags]
+    assert {int(r.data.tags["optuna.trial_number"]) for r in resumed} == waiting
+    continued = 0
+    attempts = {r.data.tags["optuna.trial_number"]: r.info.run_id for r in killed.values()}
+    for run in resumed:  # each names its interrupted attempt, if that reached MLflow
+        number = run.data.tags["optuna.trial_number"]
+        assert run.data.tags.get(RESUMED_FROM_TAG) == attempts.get(number), number
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+        continued += steps[0] > 1
+    assert continued >= 1, "an interrupted trial continued from its checkpoint"
+    board = client.download_artifacts(parent.info.run_id, "leaderboard.csv", str(tmp_path))
+    assert len(Path(board).read_text().strip().splitlines()) == 1 + 6, "one row per trial"
+
+
+def test_after_an_outage_sync_logs_the_end_of_the_study(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MLflow goes away mid-study and stays away: the summary counts the trials Optuna saw
+    finish and says how many writes wait for sync; after the server is back, ``gradsweep sync``
+    delivers them and then logs what the study's end would have: leaderboard files, headline
+    figures, report and pictures on the parent, gradient pictures on the children."""
+    from search import run_study
+    from search.cli.study import _summary
+    from search.plots import PARENT_FIGURE, TRIAL_FIGURE
+    from spaces import load_config
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server_env = {
+        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'server.db'}",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
+        "MLFLOW_PORT": str(port),
+        "MLFLOW_WORKERS": "1",
+        "MLFLOW_BIN": str(Path(sys.executable).parent / "mlflow"),
+    }
+    server_log = tmp_path / "server.log"
+    start = [str(ROOT / "deploy" / "start-mlflow.sh")]
+    servers = [_start(start, tmp_path, server_log, server_env)]
+    try:
+        _wait("mlflow server", lambda: _healthy(url), 90, server_log)
+        config = load_config(
+            _config(tmp_path, "away", num_samples=3, diagnostics={"enabled": True}),
+        )
+        client = mlflow.MlflowClient(tracking_uri=url)
+
+        def outage() -> None:  # once the first epochs arrived, the server goes for good
+            _wait(
+                "first epochs in MLflow",
+                lambda: any(
+                    client.get_metric_history(r.info.run_id, "val_accuracy")
+                    for r in _children(client, "away")[1]
+                ),
+                240,
+            )
+            _kill_group(servers[0], signal.SIGTERM)
+
+        killer = threading.Thread(target=outage)
+        killer.start()
+        result = run_study(config, tracking_uri=url, study_name="away", close_patience_s=3)
+        killer.join()
+        assert servers[0].poll() is not None, "the outage fell inside the search"
+        assert result.finished == 3 and result.spooled > 0
+        capsys.readouterr()
+        _summary(result)
+        said = capsys.readouterr().out
+        assert "study away - 3 trials finished in" in said, said
+        assert f"{result.spooled} MLflow writes queued for 'gradsweep sync" in said, said
+
+        servers.append(_start(start, tmp_path, server_log, server_env))
+        _wait("mlflow server back", lambda: _healthy(url), 90, server_log)
+        sync = subprocess.run(
+            [sys.executable, "-m", "search.cli", "sync", "--output-dir", str(tmp_path / "out")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        assert sync.returncode == 0, sync.stdout[-3000:] + sync.stderr[-3000:]
+        assert "away: leaderboard, report and pictures logged" in sync.stdout, sync.stdout
+        assert not list((tmp_path / "out" / "mlflow-spool").iterdir()), "nothing left to sync"
+        parent, children = _children(client, "away")
+        logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert {"leaderboard.csv", "leaderboard.md", "report", PARENT_FIGURE} <= logged, logged
+        assert parent.data.metrics["study/trials"] == 3
+        assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
+        pictured = [
+            r
+            for r in children
+            if TRIAL_FIGURE in {a.path for a in client.list_artifacts(r.info.run_id, "diagnostics")}
+        ]
+        assert len(pictured) == 3, "every trial's gradient picture (plots_top is 5)"
+    finally:
+        for server in servers:
+            _kill_group(server, signal.SIGTERM)

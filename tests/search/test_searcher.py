@@ -1,17 +1,112 @@
-"""The searcher's telling with several objectives, on a real (in-memory) Optuna study: both
+"""The searcher's bookkeeping with Optuna: a failed ``tell`` is retried, else closed FAIL with a
+reason; after Ctrl+C the handed-out trials go back to WAITING; with several objectives, both
 values on COMPLETE, FAIL when one is missing or not finite, PRUNED with none when stopped early,
-and no intermediate values (Optuna refuses them for several objectives)."""
+and no intermediate values (Optuna refuses them). Real Optuna storage (SQLite, in memory); the
+only fake is the database hiccup, injected into that real storage."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
+from sqlalchemy.exc import OperationalError
 
+from search.schema import INTERRUPTED_ATTR, OBJECTIVE, REASON_TAG
 from search.searcher import HonestOptunaSearch
 from spaces import define_space, load_config
+
+
+class Hiccups(RDBStorage):
+    """SQLite storage whose first ``fails`` writes of a final state COMPLETE raise, as a
+    dropped database connection does (``fails`` < 0: every one)."""
+
+    def __init__(self, url: str, fails: int) -> None:
+        super().__init__(url)
+        self.fails = fails
+        self.refused = 0
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        if state == TrialState.COMPLETE and (self.fails < 0 or self.refused < self.fails):
+            self.refused += 1
+            raise OperationalError("UPDATE trials", {}, Exception("connection lost"))
+        return super().set_trial_state_values(trial_id, state, values)
+
+
+def _searcher(storage: RDBStorage) -> HonestOptunaSearch:
+    return HonestOptunaSearch(
+        space=lambda trial: {"x": trial.suggest_float("x", 0.0, 1.0)},
+        metric=OBJECTIVE,
+        mode="max",
+        storage=storage,
+        study_name="s",
+        epochs=2,
+        tell_retries_s=(0.01, 0.01),
+    )
+
+
+def _states(url: str) -> list[TrialState]:
+    return [t.state for t in optuna.load_study(study_name="s", storage=url).trials]
+
+
+@pytest.mark.parametrize("fails", [1, 2])
+def test_a_failed_tell_is_retried(tmp_path: Path, fails: int) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = Hiccups(url, fails)
+    searcher = _searcher(storage)
+    assert searcher.suggest("a") is not None
+    searcher.on_trial_complete("a", {OBJECTIVE: 0.7, "epoch": 2})
+    assert storage.refused == fails
+    study = optuna.load_study(study_name="s", storage=url)
+    assert [(t.state, t.value) for t in study.trials] == [(TrialState.COMPLETE, 0.7)]
+
+
+def test_a_tell_that_keeps_failing_closes_the_trial_fail_with_the_reason(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = Hiccups(url, fails=-1)
+    searcher = _searcher(storage)
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", {OBJECTIVE: 0.7, "epoch": 2})  # does not raise
+    assert storage.refused == 3, "the first try and two retries"
+    (trial,) = optuna.load_study(study_name="s", storage=url).trials
+    assert trial.state == TrialState.FAIL, "never left RUNNING, which resume would re-run"
+    assert trial.user_attrs[REASON_TAG].startswith("Optuna refused COMPLETE: OperationalError")
+
+
+def test_ctrl_c_puts_unfinished_trials_back_to_waiting(tmp_path: Path) -> None:
+    """WAITING keeps the trial's number and parameters, and only a claim moves it on."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = RDBStorage(url)
+    searcher = _searcher(storage)
+    for trial_id in ("a", "b", "c"):
+        searcher.suggest(trial_id)
+    searcher.on_trial_complete("a", {OBJECTIVE: 0.5, "epoch": 2})
+    assert searcher.interrupt() == [1, 2]
+    assert _states(url) == [TrialState.COMPLETE, TrialState.WAITING, TrialState.WAITING]
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert all("x" in t.params for t in trials)
+    marked = [t.number for t in trials if t.user_attrs.get(INTERRUPTED_ATTR)]
+    assert marked == [1, 2], "told apart from enqueued trials, which also wait"
+    trial_id = optuna.load_study(study_name="s", storage=url).trials[1]._trial_id
+    assert storage.set_trial_state_values(trial_id, TrialState.RUNNING), "claimed once"
+    assert not storage.set_trial_state_values(trial_id, TrialState.RUNNING), "and only once"
+
+
+def test_an_interrupted_confirmation_closes_its_trials_fail(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = _searcher(RDBStorage(url))
+    searcher.suggest("a")
+    assert searcher.interrupt(retry=False) == [0]
+    (trial,) = optuna.load_study(study_name="s", storage=url).trials
+    assert (trial.state, trial.user_attrs[REASON_TAG]) == (TrialState.FAIL, "interrupted")
+
+
+# ---------------------------------------------------------------------------------------------
+# Several objectives
 
 EPOCHS = 3
 

@@ -188,3 +188,60 @@ def test_short_trials_checkpoint_their_last_epoch_only(study) -> None:
     for trial_dir in trial_dirs:
         (checkpoint,) = trial_dir.glob("checkpoint_*/checkpoint.pt")
         assert int(torch.load(checkpoint, weights_only=False)["epoch"]) == EPOCHS
+
+
+def _states_and_outcomes(result) -> tuple[list[str], list[str]]:
+    """The study's Optuna trial states and its child runs' outcomes, both sorted."""
+    trials = optuna.load_study(study_name=result.study_name, storage=result.optuna_storage).trials
+    client = mlflow.MlflowClient(tracking_uri=result.tracking_uri)
+    children = client.search_runs(
+        [result.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'"
+    )
+    return sorted(t.state.name for t in trials), sorted(r.data.tags[OUTCOME_TAG] for r in children)
+
+
+def test_trials_asha_stops_are_pruned_in_optuna(local_ray: None, tmp_path: Path) -> None:
+    """One trial at a time, good learning rates first: ASHA stops the hopeless later ones at its
+    first rung, and Optuna hears PRUNED for exactly those (not COMPLETE with a 1-epoch score)."""
+    good, bad = {"activation": "relu", "lr": 0.05}, {"activation": "relu", "lr": 1e-7}
+    config = load_config(
+        {
+            "name": "asha",
+            "search": {
+                "activations": ["relu"],
+                "initializers": ["he_normal"],
+                "lr": {"low": 1e-7, "high": 0.05, "log": True},
+                "enqueue": [good, good, bad, bad],
+            },
+            "model": {"depth": 2, "width": 16},
+            "training": {"epochs": 4, "batch_size": 64},
+            "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
+            "diagnostics": {"enabled": False},
+            "num_samples": 4,
+            "max_concurrent": 1,
+            "output_dir": str(tmp_path / "out"),
+        }
+    )
+    states, outcomes = _states_and_outcomes(run_study(config))
+    assert "PRUNED" in states and "RUNNING" not in states, states
+    assert states.count("PRUNED") == outcomes.count("early_stopped"), (states, outcomes)
+    assert states.count("COMPLETE") == outcomes.count("completed")
+
+
+def test_trials_the_time_budget_stops_are_pruned_in_optuna(local_ray: None, tmp_path: Path) -> None:
+    config = load_config(
+        {
+            "name": "budget",
+            "search": {"activations": ["relu", "tanh"], "initializers": ["he_normal"]},
+            "model": {"depth": 2, "width": 16},
+            "training": {"epochs": 5000, "batch_size": 64},
+            "diagnostics": {"enabled": False},
+            "num_samples": 4,
+            "max_concurrent": 2,
+            "budget_minutes": 0.75,
+            "output_dir": str(tmp_path / "out"),
+        }
+    )
+    states, outcomes = _states_and_outcomes(run_study(config))
+    assert states and set(states) == {"PRUNED"}, "stopped by the budget, never left RUNNING"
+    assert outcomes == ["stopped"] * len(outcomes) and outcomes, outcomes
