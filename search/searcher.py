@@ -5,9 +5,14 @@ which makes TPE treat a 2-epoch score as a finished one. Here:
 
 - ran every epoch -> COMPLETE with the objective;
 - stopped early (scheduler, or gradient-health stopping) -> PRUNED: Optuna keeps the
-  intermediate values it was told per epoch, which is how its own pruners record the case;
+  last intermediate value it was told, which is how its own pruners record the case;
 - diverged (non-finite loss) or crashed -> FAIL: there is no meaningful value to learn from, and
   a FAIL trial is excluded from TPE's good/bad split instead of being ranked as a zero.
+
+Per-epoch values stay in the driver's memory: neither Tune scheduler reads them from Optuna (ASHA
+is Tune's own), and TPE ranks a PRUNED trial by its last intermediate value, so only that one is
+written, when the trial ends PRUNED. Writing every epoch cost one storage round trip per epoch
+per trial on the driver's event loop (benchmarks/scale.py); the epoch curves are in MLflow.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class HonestOptunaSearch(OptunaSearch):
     def __init__(self, *args: Any, epochs: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._epochs = epochs
+        self._latest: dict[str, tuple[float, int]] = {}  # trial id -> (value, epoch), unwritten
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -43,7 +49,10 @@ class HonestOptunaSearch(OptunaSearch):
             value = result.get(self.metric) if result else None
             if value is None or not math.isfinite(float(value)):
                 state, value = TrialState.FAIL, None
+        latest = self._latest.pop(trial_id, None)
         try:
+            if state is TrialState.PRUNED and latest is not None:
+                ot_trial.report(*latest)
             self._ot_study.tell(ot_trial, value, state=state)
         except Exception as exc:  # never let bookkeeping end the search
             log.warning("could not tell Optuna trial %s: %s", ot_trial.number, exc)
@@ -53,20 +62,24 @@ class HonestOptunaSearch(OptunaSearch):
         """Tell PRUNED every trial Tune stopped without completing it (the time budget)."""
         for trial_id, ot_trial in self._ot_trials.items():
             if trial_id not in self._completed_trials:
+                latest = self._latest.pop(trial_id, None)
                 try:
+                    if latest is not None:
+                        ot_trial.report(*latest)
                     self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
                 except Exception as exc:
                     log.warning("could not close Optuna trial %s: %s", ot_trial.number, exc)
                 self._completed_trials.add(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        """Intermediate values at step = epoch: a resumed trial's Tune iteration restarts at 1."""
+        """The latest value at step = epoch (a resumed trial's Tune iteration restarts at 1),
+        kept until the trial ends (see module docstring)."""
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         value = result.get(self.metric)
         if value is not None:
             step = int(result.get("epoch", result.get("training_iteration", 0)))
-            self._ot_trials[trial_id].report(float(value), step)
+            self._latest[trial_id] = (float(value), step)
 
 
 class ResumingOptunaSearch(HonestOptunaSearch):
