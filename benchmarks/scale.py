@@ -121,13 +121,14 @@ def mlflow_server(backend: str, artifacts: Path, workers: int) -> Iterator[str]:
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600  # migrations of a new database
         while True:
             with contextlib.suppress(OSError):
                 urllib.request.urlopen(f"{url}/health", timeout=2).read()
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: see {log.name}")
+                tail = Path(log.name).read_text()[-2000:]
+                raise RuntimeError(f"mlflow server did not start:\n{tail}")
             time.sleep(0.5)
         yield url
     finally:
