@@ -118,7 +118,11 @@ def mlflow_server(backend: str, artifacts: Path, workers: int) -> Iterator[str]:
         "--workers",
         str(workers),
     ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # Its GenAI job runner (seven huey consumer processes) would only compete for the cores.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 600  # migrations of a new database
