@@ -34,6 +34,8 @@ _SETTINGS = {
     "RAY_USAGE_STATS_ENABLED": "0",
     # Reading a study's config.json back would draw a "Downloading artifacts" bar.
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # Over HTTP, every ended run would cost a get_run round trip to print two link lines.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 #: Loggers whose messages would land in the middle of gradsweep's own output.
 _QUIET_LOGGERS = (

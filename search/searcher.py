@@ -5,12 +5,17 @@ which makes TPE treat a 2-epoch score as a finished one. Here:
 
 - ran every epoch -> COMPLETE with the objective;
 - stopped early (scheduler, or gradient-health stopping) -> PRUNED: Optuna keeps the
-  intermediate values it was told per epoch, which is how its own pruners record the case;
+  last intermediate value it was told, which is how its own pruners record the case;
 - diverged (non-finite loss) or crashed -> FAIL: there is no meaningful value to learn from, and
   a FAIL trial is excluded from TPE's good/bad split instead of being ranked as a zero.
 
 No trial is left RUNNING by this process: a ``tell`` that fails is retried and then closed FAIL
 with a reason, and after Ctrl+C the unfinished trials go back to WAITING, which resume claims.
+
+Per-epoch values stay in the driver's memory: neither Tune scheduler reads them from Optuna (ASHA
+is Tune's own), and TPE ranks a PRUNED trial by its last intermediate value, so only that one is
+written, when the trial ends PRUNED. Writing every epoch cost one storage round trip per epoch
+per trial on the driver's event loop (benchmarks/scale.py); the epoch curves are in MLflow.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class HonestOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._epochs = epochs
         self._tell_retries_s = tuple(tell_retries_s)
+        self._latest: dict[str, tuple[float, int]] = {}  # trial id -> (value, epoch), unwritten
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -61,8 +67,20 @@ class HonestOptunaSearch(OptunaSearch):
             else:
                 numbers = [float(v) for v in values]
                 value = numbers if isinstance(self.metric, list) else numbers[0]
+        self._write_latest(trial_id, ot_trial, state)
         self._tell(ot_trial, value, state)
         self._completed_trials.add(trial_id)
+
+    def _write_latest(self, trial_id: str, ot_trial: Any, state: TrialState) -> None:
+        """A PRUNED trial's last intermediate value, which TPE ranks it by."""
+        latest = self._latest.pop(trial_id, None)
+        if state is TrialState.PRUNED and latest is not None:
+            try:
+                ot_trial.report(*latest)
+            except Exception as exc:  # the tell that follows still closes the trial
+                log.warning(
+                    "could not record Optuna trial %s's last value: %s", ot_trial.number, exc
+                )
 
     def _tell(self, ot_trial: Any, value: float | list[float] | None, state: TrialState) -> None:
         """``tell``, retried; failing that, the trial is closed FAIL with the reason (a trial
@@ -99,6 +117,7 @@ class HonestOptunaSearch(OptunaSearch):
         """Tell PRUNED every trial Tune stopped without completing it (the time budget)."""
         for trial_id, ot_trial in self._ot_trials.items():
             if trial_id not in self._completed_trials:
+                self._write_latest(trial_id, ot_trial, TrialState.PRUNED)
                 self._tell(ot_trial, None, TrialState.PRUNED)
                 self._completed_trials.add(trial_id)
 
@@ -130,8 +149,9 @@ class HonestOptunaSearch(OptunaSearch):
         return sorted(stopped)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        """Intermediate values at step = epoch: a resumed trial's Tune iteration restarts at 1.
-        A multi-objective study has none (Optuna refuses them)."""
+        """The latest value at step = epoch (a resumed trial's Tune iteration restarts at 1),
+        kept until the trial ends (see module docstring). A multi-objective study has none
+        (Optuna refuses them)."""
         if isinstance(self.metric, list):
             return
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -139,7 +159,7 @@ class HonestOptunaSearch(OptunaSearch):
         value = result.get(self.metric)
         if value is not None:
             step = int(result.get("epoch", result.get("training_iteration", 0)))
-            self._ot_trials[trial_id].report(float(value), step)
+            self._latest[trial_id] = (float(value), step)
 
 
 class ResumingOptunaSearch(HonestOptunaSearch):

@@ -255,6 +255,17 @@ class DiagnosticsConfig(Strict):
 class SearcherConfig(Strict):
     name: Annotated[str, one_of(SAMPLERS)] = "tpe"
     seed: int = 0
+    #: TPE only; None keeps Optuna's default (both on). Off: cheaper asks on a large study, for
+    #: a model of each parameter alone (multivariate) or that ignores running trials (liar).
+    multivariate: bool | None = None
+    constant_liar: bool | None = None
+
+    @model_validator(mode="after")
+    def _tpe_settings(self) -> SearcherConfig:
+        for key in ("multivariate", "constant_liar"):
+            if getattr(self, key) is not None and self.name != "tpe":
+                raise ValueError(f"{key}: a TPE setting, but searcher.name is {self.name!r}")
+        return self
 
 
 class SchedulerConfig(Strict):

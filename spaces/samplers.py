@@ -52,4 +52,11 @@ def make_sampler(config: Any, trials_so_far: int = 0) -> optuna.samplers.BaseSam
 
         independent = RandomSampler(seed=continued_seed(seed, trials_so_far))
         return cls(seed=seed, independent_sampler=independent)
+    if config.searcher.name == "tpe":
+        settings = {
+            k: v
+            for k in ("multivariate", "constant_liar")
+            if (v := getattr(config.searcher, k, None)) is not None
+        }
+        return cls(seed=continued_seed(seed, trials_so_far), **settings)
     return cls(seed=continued_seed(seed, trials_so_far))

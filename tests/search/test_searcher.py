@@ -1,8 +1,9 @@
 """The searcher's bookkeeping with Optuna: a failed ``tell`` is retried, else closed FAIL with a
-reason; after Ctrl+C the handed-out trials go back to WAITING; with several objectives, both
-values on COMPLETE, FAIL when one is missing or not finite, PRUNED with none when stopped early,
-and no intermediate values (Optuna refuses them). Real Optuna storage (SQLite, in memory); the
-only fake is the database hiccup, injected into that real storage."""
+reason; only a stopped trial's last epoch value is written; after Ctrl+C the handed-out trials go
+back to WAITING; with several objectives, both values on COMPLETE, FAIL when one is missing or
+not finite, PRUNED with none when stopped early, and no intermediate values (Optuna refuses
+them). Real Optuna storage (SQLite); the only fake is the database hiccup, injected into that
+real storage."""
 
 from __future__ import annotations
 
@@ -156,3 +157,64 @@ def test_no_values_unless_every_objective_is_there(
     searcher.on_trial_complete("a", result)
     (trial,) = searcher._ot_study.trials
     assert trial.state == state and trial.values is None
+
+
+# ---------------------------------------------------------------------------------------------
+# What is written: a stopped trial's last value only
+
+FULL = 4  # epochs of a full trial below
+
+
+@pytest.fixture
+def single(tmp_path: Path) -> HonestOptunaSearch:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return HonestOptunaSearch(
+        space=lambda trial: trial.suggest_float("lr", 1e-3, 1e-1, log=True) and None,
+        metric=OBJECTIVE,
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        study_name="s",
+        storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}"),
+        epochs=FULL,
+    )
+
+
+def _run(single: HonestOptunaSearch, trial_id: str, epochs: int) -> dict:
+    """Suggest, report ``epochs`` epochs (value 0.1 * epoch) and return the last result."""
+    single.suggest(trial_id)
+    result: dict = {}
+    for epoch in range(1, epochs + 1):
+        result = {OBJECTIVE: 0.1 * epoch, "epoch": epoch}
+        single.on_trial_result(trial_id, result)
+    return result
+
+
+def _trials(single: HonestOptunaSearch) -> list[optuna.trial.FrozenTrial]:
+    return single._ot_study.get_trials(deepcopy=False)
+
+
+def test_a_completed_trial_is_told_its_value_and_no_epoch_values(
+    single: HonestOptunaSearch,
+) -> None:
+    single.on_trial_complete("a", _run(single, "a", FULL))
+    (trial,) = _trials(single)
+    assert trial.state is TrialState.COMPLETE
+    assert trial.value == pytest.approx(0.1 * FULL)
+    assert trial.intermediate_values == {}
+
+
+def test_an_early_stopped_trial_keeps_its_last_value_at_its_epoch(
+    single: HonestOptunaSearch,
+) -> None:
+    single.on_trial_complete("a", _run(single, "a", 2))
+    (trial,) = _trials(single)
+    assert trial.state is TrialState.PRUNED
+    assert trial.intermediate_values == {2: pytest.approx(0.2)}
+
+
+def test_a_trial_stopped_by_the_budget_keeps_its_last_value(single: HonestOptunaSearch) -> None:
+    _run(single, "a", 3)
+    single.close_unfinished()
+    (trial,) = _trials(single)
+    assert trial.state is TrialState.PRUNED
+    assert trial.intermediate_values == {3: pytest.approx(0.3)}

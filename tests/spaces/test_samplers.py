@@ -51,3 +51,23 @@ def test_a_resumed_sampler_draws_new_trials(name: str) -> None:
 def test_a_fresh_study_keeps_the_configured_seed() -> None:
     assert continued_seed(7, 0) == 7
     assert len({continued_seed(7, n) for n in range(1, 50)} | {7}) == 50
+
+
+def test_tpe_settings_reach_the_sampler_and_default_to_optunas() -> None:
+    default = make_sampler(load_config({"name": "s"}))
+    assert isinstance(default, optuna.samplers.TPESampler)
+    reference = optuna.samplers.TPESampler()
+    assert default._constant_liar == reference._constant_liar
+    assert default._multivariate == reference._multivariate
+    tuned = make_sampler(
+        load_config({"name": "s", "searcher": {"multivariate": False, "constant_liar": False}})
+    )
+    assert tuned._constant_liar is False
+    assert tuned._multivariate is False
+
+
+def test_tpe_settings_are_refused_for_another_searcher() -> None:
+    from spaces import ConfigError
+
+    with pytest.raises(ConfigError, match=r"constant_liar: a TPE setting, but searcher\.name is"):
+        load_config({"name": "s", "searcher": {"name": "random", "constant_liar": False}})
