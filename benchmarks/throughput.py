@@ -29,6 +29,7 @@ import argparse
 import functools
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -141,7 +142,7 @@ def whole_processes(
     return out
 
 
-def part_throughput(quick: bool, out: dict[str, Any]) -> None:
+def part_throughput(quick: bool, out: dict[str, Any], defaults_peer: bool = True) -> None:
     trials_n, epochs = (4, 2) if quick else (16, 5)
     with tempfile.TemporaryDirectory(prefix="gradsweep-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -177,7 +178,7 @@ def part_throughput(quick: bool, out: dict[str, Any]) -> None:
         # drift falls on both sides alike, equal repeats.
         repeats = 1 if quick else 3
         pairs = whole_processes(study, trials, tmp, repeats)
-        b = run_peer(study, trials, tmp / "b", tuned=False)
+        b = run_peer(study, trials, tmp / "b", tuned=False) if defaults_peer else math.nan
         print(f"  (b) Ray defaults script (in this process): {b:7.1f} s")
         warm_study = {**study, "output_dir": str(tmp / "warm"), "name": "bench-warm"}
         warm, _, _ = run_gradsweep(warm_study, trials, [], True)
@@ -213,6 +214,9 @@ def main() -> None:
         "--only", choices=["throughput", "stream", "long", "fused", "driver"], default=None
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    parser.add_argument(
+        "--no-defaults-peer", action="store_true", help="skip (b), the ~100 s Ray-defaults script"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
         "--driver-searchers",
@@ -241,7 +245,7 @@ def main() -> None:
     from short_trials import part_stream
 
     parts = {
-        "throughput": part_throughput,
+        "throughput": functools.partial(part_throughput, defaults_peer=not args.no_defaults_peer),
         "stream": part_stream,
         "long": part_long,
         "fused": part_fused,
