@@ -134,7 +134,7 @@ def whole_processes(
             load = os.getloadavg()[0]
             wall, cpu, code = run_process(argv, env)
             out[label].append((wall, cpu))
-            name = "gradsweep run" if label == "c" else "(b') tuned script"
+            name = "gradsweep run" if label == "c" else "tuned script"
             print(
                 f"  ({label}) {name}, whole process, run {r + 1}: {wall:6.1f} s wall, "
                 f"{cpu:6.1f} s CPU (exit {code}; load average {load:.1f})"
