@@ -142,7 +142,9 @@ def whole_processes(
     return out
 
 
-def part_throughput(quick: bool, out: dict[str, Any], defaults_peer: bool = True) -> None:
+def part_throughput(
+    quick: bool, out: dict[str, Any], defaults_peer: bool = True, pairs: int = 3
+) -> None:
     trials_n, epochs = (4, 2) if quick else (16, 5)
     with tempfile.TemporaryDirectory(prefix="gradsweep-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -176,7 +178,7 @@ def part_throughput(quick: bool, out: dict[str, Any], defaults_peer: bool = True
         )
         # The headline: whole processes, as a user runs them, alternated so that the host's
         # drift falls on both sides alike, equal repeats.
-        repeats = 1 if quick else 3
+        repeats = 1 if quick else pairs
         pairs = whole_processes(study, trials, tmp, repeats)
         b = run_peer(study, trials, tmp / "b", tuned=False) if defaults_peer else math.nan
         print(f"  (b) Ray defaults script (in this process): {b:7.1f} s")
@@ -214,6 +216,7 @@ def main() -> None:
         "--only", choices=["throughput", "stream", "long", "fused", "driver"], default=None
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    parser.add_argument("--pairs", type=int, default=3, help="(c)/(b') pairs in throughput")
     parser.add_argument(
         "--no-defaults-peer", action="store_true", help="skip (b), the ~100 s Ray-defaults script"
     )
@@ -245,7 +248,9 @@ def main() -> None:
     from short_trials import part_stream
 
     parts = {
-        "throughput": functools.partial(part_throughput, defaults_peer=not args.no_defaults_peer),
+        "throughput": functools.partial(
+            part_throughput, defaults_peer=not args.no_defaults_peer, pairs=args.pairs
+        ),
         "stream": part_stream,
         "long": part_long,
         "fused": part_fused,
