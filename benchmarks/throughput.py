@@ -2,12 +2,14 @@
 
 Parts (``--only`` picks one; all run by default, one after the other):
 
-- ``throughput``: the same 16 configurations of one study, trained three ways:
+- ``throughput``: the same 16 configurations of one study, trained four ways:
   (a) the raw loop, ``trainers.train`` sequentially in this process, one torch thread: the compute
-  limit; (b) the script a user would write by hand: ``ray.tune.Tuner`` + ``OptunaSearch``
-  (``points_to_evaluate``) + ``MLflowLoggerCallback`` (SQLite), a ``DataLoader`` loop, Ray
-  defaults; (c) gradsweep's ``search.run_study`` on the same study, default config, and variants a
-  user could choose (Ray already running, as on a cluster) to show where time goes.
+  limit; (b) and (b') the scripts a user writes by hand (``peers.py``: Ray's defaults, and tuned);
+  (c) gradsweep: ``gradsweep run`` as a whole process alternated run for run with (b') as a whole
+  process (wall and CPU of each), plus ``run_study`` in this process once to show where the time
+  goes, and with Ray already running (as on a cluster).
+- ``stream``: a stream of short trials (``short_trials.py``): efficiency and the per-trial
+  overhead broken down.
 - ``long``: two trials of >= 30 s each (synthetic data), raw loop vs ``run_study``: the
   framework's share of a long trial's wall time.
 - ``fused``: 8 seeds of one configuration fused (``trainers.train_fused``) vs 8 separate
@@ -27,6 +29,7 @@ import argparse
 import functools
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -39,118 +42,13 @@ from typing import Any
 import optuna
 import torch
 from common import CONCURRENCY, draw_trials, run_raw, study_dict
-from probes import Probes
+from peers import run_peer
+from probes import Probes, run_process
 
 from spaces import (
     load_config,
     resolve_trial,
 )
-from trainers import build_mlp, load_splits
-
-# (b) the hand-written Ray Tune + Optuna + MLflow script
-
-
-def hand_written_trainable(config: dict[str, Any], study: dict[str, Any]) -> None:
-    """What a user writes: a DataLoader over a TensorDataset, evaluate, report every epoch.
-
-    It borrows gradsweep's model builder and data split only so that both sides train the
-    identical networks on the identical data; the loop and the orchestration are the user's.
-    """
-    from ray import tune
-    from torch.utils.data import DataLoader, TensorDataset
-
-    data = load_splits(study["data"]["name"])
-    torch.manual_seed(0)
-    model = build_mlp(
-        data.n_features,
-        data.n_classes,
-        study["model"]["depth"],
-        study["model"]["width"],
-        config["activation"],
-        None,
-        config["init"],
-        config["bn"],
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    loader = DataLoader(
-        TensorDataset(data.x_train, data.y_train),
-        batch_size=study["training"]["batch_size"],
-        shuffle=True,
-    )
-    loss_fn = torch.nn.CrossEntropyLoss()
-    for epoch in range(1, study["training"]["epochs"] + 1):
-        model.train()
-        for xb, yb in loader:
-            if len(xb) < 2:
-                continue
-            optimizer.zero_grad()
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        with torch.no_grad():
-            val_logits = model(data.x_val)
-            val_loss = loss_fn(val_logits, data.y_val).item()
-            val_acc = (val_logits.argmax(1) == data.y_val).float().mean().item()
-            test_acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
-        tune.report(
-            {
-                "epoch": epoch,
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-                "test_accuracy": test_acc,
-            }
-        )
-
-
-def run_hand_written(study: dict[str, Any], trials: list[dict[str, Any]], tmp: Path) -> float:
-    """Seconds for ``Tuner.fit()`` of the hand-written script, Ray's own start and stop included."""
-    import ray
-    from ray import tune
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
-    from ray.tune.search.optuna import OptunaSearch
-
-    space = study["search"]
-    param_space = {
-        "activation": tune.choice(space["activations"]),
-        "init": tune.choice(space["initializers"]),
-        "bn": tune.choice(space["batch_norm"]),
-        "lr": tune.loguniform(space["lr"]["low"], space["lr"]["high"]),
-    }
-    points = [{k: p[k] for k in ("activation", "init", "bn", "lr")} for p in trials]
-    t0 = time.perf_counter()
-    tuner = tune.Tuner(
-        tune.with_parameters(hand_written_trainable, study=study),
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(points_to_evaluate=points, seed=0),
-            metric="val_accuracy",
-            mode="max",
-            num_samples=len(trials),
-        ),
-        run_config=tune.RunConfig(
-            name="hand-written",
-            storage_path=str(tmp / "ray"),
-            verbose=0,
-            callbacks=[
-                MLflowLoggerCallback(
-                    tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
-                    experiment_name="hand-written",
-                )
-            ],
-        ),
-    )
-    grid = tuner.fit()
-    ray.shutdown()
-    seconds = time.perf_counter() - t0
-    ran = sorted(
-        (r.config["activation"], r.config["init"], r.config["bn"], r.config["lr"]) for r in grid
-    )
-    want = sorted((p["activation"], p["init"], p["bn"], p["lr"]) for p in points)
-    errors = [r for r in grid if r.error]
-    print(f"  (b) same configurations as (a): {ran == want}; errored trials: {len(errors)}")
-    return seconds
-
 
 # (c) gradsweep
 
@@ -206,7 +104,47 @@ def run_gradsweep(
     return seconds, figures, probes
 
 
-def part_throughput(quick: bool, out: dict[str, Any]) -> None:
+def whole_processes(
+    study: dict[str, Any], trials: list[dict[str, Any]], tmp: Path, repeats: int
+) -> dict[str, list[tuple[float, float]]]:
+    """``gradsweep run`` and the tuned script (b') as whole processes, alternated run for run:
+    (wall, CPU of the process and everything it started) of each."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    spec = tmp / "peer.json"
+    spec.write_text(json.dumps({"study": study, "trials": trials}))
+    out: dict[str, list[tuple[float, float]]] = {"c": [], "b'": []}
+    for r in range(repeats):
+        config = tmp / f"study-{r}.yaml"  # JSON is YAML
+        config.write_text(json.dumps({**study, "output_dir": str(tmp / f"cli{r}")}))
+        runs = [
+            ("c", [sys.executable, "-m", "search.cli", "run", str(config)]),
+            (
+                "b'",
+                [
+                    sys.executable,
+                    str(root / "benchmarks" / "peers.py"),
+                    "tuned",
+                    str(spec),
+                    str(tmp / f"tuned{r}"),
+                ],
+            ),
+        ]
+        for label, argv in runs if r % 2 == 0 else runs[::-1]:
+            load = os.getloadavg()[0]
+            wall, cpu, code = run_process(argv, env)
+            out[label].append((wall, cpu))
+            name = "gradsweep run" if label == "c" else "tuned script"
+            print(
+                f"  ({label}) {name}, whole process, run {r + 1}: {wall:6.1f} s wall, "
+                f"{cpu:6.1f} s CPU (exit {code}; load average {load:.1f})"
+            )
+    return out
+
+
+def part_throughput(
+    quick: bool, out: dict[str, Any], defaults_peer: bool = True, pairs: int = 3
+) -> None:
     trials_n, epochs = (4, 2) if quick else (16, 5)
     with tempfile.TemporaryDirectory(prefix="gradsweep-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -225,73 +163,63 @@ def part_throughput(quick: bool, out: dict[str, Any]) -> None:
             )
         run_raw(config, trials[:1], True)  # warm-up: imports, data cache, first-call overheads
         a = run_raw(config, trials, diagnostics=True)
+        limit = a / CONCURRENCY
         print(f"  (a) raw loop, sequential, diagnostics on (the study default): {a:7.1f} s")
-        # The default config three times (the figure is their median: one run on a shared
-        # machine moves a lot), with (b) after the first of them, so that the host's
-        # drift over the minutes this part takes falls on both sides alike; then Ray already
-        # running, as on a cluster.
-        repeats = 1 if quick else 3
-        variants = [(f"default config, run {r + 1}", [], False, a) for r in range(repeats)]
-        variants += [("Ray already running", [], True, a)]
-        results = {}
-        b = 0.0
-        for i, (label, overrides, prestart, limit_source) in enumerate(variants):
-            if i == 1 or (i == len(variants) - 1 and not b):
-                b = run_hand_written(study, trials, tmp / "b")
-                print(f"  (b) hand-written Tuner+OptunaSearch+MLflowLoggerCallback: {b:7.1f} s")
-            run_study = {**study, "output_dir": str(tmp / f"c{i}"), "name": f"bench{i}"}
-            seconds, figures, _ = run_gradsweep(run_study, trials, overrides, prestart)
-            limit = limit_source / CONCURRENCY
-            results[label] = {"seconds": seconds, "limit": limit, **figures}
-            print(
-                f"  (c) gradsweep, {label}: {seconds:7.1f} s = {seconds / limit:.2f}x the "
-                f"compute limit ((a)/{CONCURRENCY} = {limit:.1f} s); trials' own epoch time "
-                f"{figures['trial_epoch_seconds']:.1f} s"
-            )
-            print(
-                "      inside: "
-                + ", ".join(
-                    f"{k} {v:.1f} s" for k, v in figures.items() if k != "trial_epoch_seconds"
-                )
-            )
-
-        defaults = [v["seconds"] for k, v in results.items() if k.startswith("default config")]
-        c = statistics.median(defaults)
-        rows = [("(a) raw loop / concurrency", a / CONCURRENCY), ("(b) hand-written", b)]
-        rows += [(f"(c) {k}", v["seconds"]) for k, v in results.items()]
-        rows.append((f"(c) default config, median of {len(defaults)}", c))
+        # (c) in this process, once: checks the configurations, and shows where the time goes.
+        seconds, figures, _ = run_gradsweep(study, trials, [], False)
         print(
-            "\n  figure                                              wall s  trials/min  "
-            "vs (a)/concurrency"
+            f"  (c) gradsweep in this process: {seconds:7.1f} s = {seconds / limit:.2f}x the "
+            f"compute limit ((a)/{CONCURRENCY} = {limit:.1f} s); trials' own epoch time "
+            f"{figures['trial_epoch_seconds']:.1f} s"
         )
-        for label, seconds in rows:
-            print(
-                f"  {label:50s} {seconds:7.1f}  {trials_n * 60 / seconds:10.1f}  "
-                f"{seconds / (a / CONCURRENCY):6.2f}x"
-            )
-        for label, v in results.items():
-            per_trial = (v["seconds"] - v["limit"]) / trials_n
-            print(f"  (c) {label}: overhead over the limit {per_trial:.2f} s per trial")
         print(
-            f"  (b)/(c) default (median): {b / c:.2f}x   (target >= 4x; per run: "
-            + ", ".join(f"{b / x:.2f}x" for x in defaults)
-            + ")"
+            "      inside: "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in figures.items() if k != "trial_epoch_seconds")
         )
-        print(f"  (c) default vs compute limit: {c / (a / CONCURRENCY):.2f}x   (target <= 1.25x)")
+        # The headline: whole processes, as a user runs them, alternated so that the host's
+        # drift falls on both sides alike, equal repeats.
+        repeats = 1 if quick else pairs
+        pairs = whole_processes(study, trials, tmp, repeats)
+        b = run_peer(study, trials, tmp / "b", tuned=False) if defaults_peer else math.nan
+        print(f"  (b) Ray defaults script (in this process): {b:7.1f} s")
+        warm_study = {**study, "output_dir": str(tmp / "warm"), "name": "bench-warm"}
+        warm, _, _ = run_gradsweep(warm_study, trials, [], True)
+        print(f"  (c) Ray already running (in this process): {warm:7.1f} s")
+        c_wall = statistics.median(w for w, _ in pairs["c"])
+        c_cpu = statistics.median(u for _, u in pairs["c"])
+        t_wall = statistics.median(w for w, _ in pairs["b'"])
+        t_cpu = statistics.median(u for _, u in pairs["b'"])
+        print(
+            f"  (c)/(b') whole processes, medians of {repeats}: wall {c_wall:.1f} / {t_wall:.1f} s "
+            f"= {c_wall / t_wall:.2f}x (target <= 0.70x); CPU {c_cpu:.1f} / {t_cpu:.1f} s = "
+            f"{c_cpu / t_cpu:.2f}x; per pair (wall): "
+            + ", ".join(f"{c[0] / t[0]:.2f}x" for c, t in zip(pairs["c"], pairs["b'"], strict=True))
+        )
+        print(
+            f"  (b)/(c in this process): {b / seconds:.2f}x; (c)/compute limit "
+            f"{c_wall / limit:.2f}x"
+        )
         out["throughput"] = {
             "trials": trials_n,
             "epochs": epochs,
             "a_diag": a,
             "b": b,
-            "c": results,
-            "c_default_median": c,
+            "c_in_process": {"seconds": seconds, **figures},
+            "c_ray_running": warm,
+            "whole_processes": pairs,
         }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=["throughput", "long", "fused", "driver"], default=None)
+    parser.add_argument(
+        "--only", choices=["throughput", "stream", "long", "fused", "driver"], default=None
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    parser.add_argument("--pairs", type=int, default=3, help="(c)/(b') pairs in throughput")
+    parser.add_argument(
+        "--no-defaults-peer", action="store_true", help="skip (b), the ~100 s Ray-defaults script"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
         "--driver-searchers",
@@ -317,9 +245,13 @@ def main() -> None:
     from driver import part_driver
     from fused_seeds import part_fused
     from long_trials import part_long
+    from short_trials import part_stream
 
     parts = {
-        "throughput": part_throughput,
+        "throughput": functools.partial(
+            part_throughput, defaults_peer=not args.no_defaults_peer, pairs=args.pairs
+        ),
+        "stream": part_stream,
         "long": part_long,
         "fused": part_fused,
         "driver": functools.partial(part_driver, searchers=searchers),

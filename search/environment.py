@@ -25,6 +25,18 @@ _SETTINGS = {
     "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
     # Results live in MLflow; Ray's CSV/JSON/TensorBoard loggers would write every result again.
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # Tune snapshots its experiment state (every trial's last result and metric statistics, as
+    # JSON) on the driver's loop every 10 s or more, stalling every trial's report meanwhile;
+    # gradsweep never restores it (resume reads Optuna, MLflow and the checkpoints): once an
+    # hour, and always at the end.
+    "TUNE_GLOBAL_CHECKPOINT_S": "3600",
+    # A function trainable's tune.report waits until the driver's loop has taken the result and
+    # asked for the next one: with short epochs every trial idles for that round trip, and the
+    # loop handles a result at a time. Buffered, a trial trains on and the driver takes up to
+    # a second's results at once (a checkpoint or the trial's end sends them at once; ASHA sees
+    # them up to a second late).
+    "TUNE_RESULT_BUFFER_LENGTH": "100",
+    "TUNE_RESULT_BUFFER_MIN_TIME_S": "1",
     # The journal does the retrying; MLflow's own HTTP retries would hide an outage for minutes.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",

@@ -11,9 +11,11 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 from mlflow import MlflowClient
+from sqlalchemy import event
 
 from search.environment import Locations, tracking_uri
 from search.errors import UserError
@@ -40,7 +42,32 @@ def _remove(paths: list[Path]) -> None:
             with contextlib.suppress(OSError):
                 path.rmdir()  # only if still empty
         else:
-            path.unlink(missing_ok=True)
+            for sibling in (path, *(path.with_name(path.name + s) for s in SQLITE_SIDECARS)):
+                sibling.unlink(missing_ok=True)
+
+
+#: The files SQLite keeps beside a database in write-ahead-log mode.
+SQLITE_SIDECARS = ("-wal", "-shm")
+
+
+def _fast_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    """Write-ahead log, synced at checkpoints rather than at every commit: the driver's loop
+    commits to Optuna every epoch of every trial (a few ms instead of tens with a rollback
+    journal). A crash of the process loses nothing; a power cut may lose the last commits,
+    never the database's consistency."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def optuna_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study's Optuna storage; a SQLite one in write-ahead-log mode (see ``_fast_sqlite``)."""
+    storage = optuna.storages.RDBStorage(url)
+    if sqlite_file(url) is not None:
+        event.listen(storage.engine, "connect", _fast_sqlite)
+        storage.engine.dispose()  # connections opened before the listener: reopened with it
+    return storage
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -57,7 +84,7 @@ def open_stores(where: Locations, experiment: str) -> Stores:
     try:
         client = MlflowClient(tracking_uri=where.tracking_uri)
         client.get_experiment_by_name(experiment)  # creates a new store's tables
-        return Stores(client, optuna.storages.RDBStorage(where.optuna_storage), created)
+        return Stores(client, optuna_storage(where.optuna_storage), created)
     except BaseException:
         _remove(created)
         raise

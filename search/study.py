@@ -42,6 +42,7 @@ from search.stores import (
     existing_store,
     get_or_create_experiment,
     open_stores,
+    optuna_storage,
     study_exists,
 )
 from search.tracking import MlflowTracker, start_parent_run
@@ -261,7 +262,7 @@ def continue_study(
         client.log_batch(parent.info.run_id, tags=[RunTag(tag, time.strftime("%Y-%m-%dT%H:%M:%S"))])
         if parent.info.status != "RUNNING":  # children nest under an active run
             client.update_run(parent.info.run_id, status="RUNNING")
-        stores = Stores(client, optuna.storages.RDBStorage(where.optuna_storage))
+        stores = Stores(client, optuna_storage(where.optuna_storage))
         return run_trials(
             config,
             study_name,

@@ -8,6 +8,8 @@ tracker writes MLflow.
 
 from __future__ import annotations
 
+import functools
+import gc
 import os
 import tempfile
 import time
@@ -115,6 +117,16 @@ class Reporter:
         self.saved_at = time.monotonic()
 
 
+@functools.cache
+def _freeze_imports() -> None:
+    """Once per trial process: move what is alive now (Ray, Ray Tune, torch, the loaders; about
+    400 000 objects) out of the garbage collector's reach. Otherwise every full collection that
+    a trial's allocations trigger scans them all again: measured in the stream benchmark, about
+    130 ms of collections per 2 s trial."""
+    gc.collect()
+    gc.freeze()
+
+
 def run_trial(params: dict[str, Any], study: dict[str, Any], data: Splits) -> None:
     """Train one configuration; ``params`` from Optuna, ``study`` the resolved study config.
 
@@ -126,6 +138,7 @@ def run_trial(params: dict[str, Any], study: dict[str, Any], data: Splits) -> No
     (:class:`~search.seeds.SeedBook`), and Tune and Optuna see the seeds' mean under its
     divergence policy.
     """
+    _freeze_imports()
     config = StudyConfig.model_validate(study)
     spec = resolve_trial(config, params)
     torch.set_num_threads(max(1, int(config.resources.cpu)))

@@ -1,6 +1,9 @@
-"""The trainable's checkpoint schedule, without Ray: which epochs get a checkpoint."""
+"""The trainable without Ray: which epochs get a checkpoint; the heap frozen once a process."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 
@@ -48,3 +51,18 @@ def test_a_trial_stopped_for_its_gradients_keeps_its_model(clock: list[float]) -
     clock[0] += 1.0
     assert not reporter.due(3, diverged=False)
     assert reporter.due(3, diverged=False, stopping=True)
+
+
+def test_a_trial_process_freezes_its_imports_once() -> None:
+    # A fresh process, as a Ray trial process: the first trial freezes what the imports left,
+    # later trials of the process change nothing.
+    code = (
+        "import gc; from search.trainable import _freeze_imports; _freeze_imports(); "
+        "n = gc.get_freeze_count(); _freeze_imports(); print(n, gc.get_freeze_count())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    first, second = map(int, out.stdout.split())
+    assert first > 10_000  # Ray, Tune and torch: hundreds of thousands of objects
+    assert second == first
