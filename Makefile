@@ -32,7 +32,7 @@ demo: install
 	$(BIN)/gradsweep run quick
 
 test: install browser
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	GRADSWEEP_EXPECT_BROWSER=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
 	$(BIN)/ruff check .
