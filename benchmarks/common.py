@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Any
 
@@ -19,6 +20,14 @@ from spaces import (
 from trainers import TrainSettings, seed_everything, train
 
 CONCURRENCY = 2
+
+
+def quiet_libraries() -> None:
+    """Only errors from Ray, Tune, MLflow and Alembic, warnings from Optuna: the figures stay
+    readable. Call after importing mlflow and ray, which set their own loggers' levels."""
+    for name in ("ray", "ray.tune", "ray.train", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def study_dict(trials: int, epochs: int, output_dir: str) -> dict[str, Any]:

@@ -25,7 +25,6 @@ import contextlib
 import functools
 import itertools
 import json
-import logging
 import os
 import random
 import resource
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from common import study_dict
+from common import quiet_libraries, study_dict
 from ray import tune
 
 from spaces import load_config
@@ -383,9 +382,7 @@ def main() -> None:
     import mlflow
     import ray
 
-    for name in ("ray", "ray.tune", "ray.train", "mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_libraries()
     print(
         f"ray {ray.__version__}, optuna {optuna.__version__}, mlflow {mlflow.__version__}; "
         f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} before"

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import logging
 import math
 import os
 import platform
@@ -41,7 +40,7 @@ from typing import Any
 
 import optuna
 import torch
-from common import CONCURRENCY, draw_trials, run_raw, study_dict
+from common import CONCURRENCY, draw_trials, quiet_libraries, run_raw, study_dict
 from peers import run_peer
 from probes import Probes, run_process
 
@@ -230,10 +229,7 @@ def main() -> None:
     import mlflow
     import ray
 
-    # After the imports: MLflow and Ray set their own loggers' levels when imported.
-    for name in ("ray", "ray.tune", "ray.train", "mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_libraries()
 
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, ray {ray.__version__}, "

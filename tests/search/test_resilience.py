@@ -202,18 +202,23 @@ def _healthy(url: str) -> bool:
         return r.status == 200
 
 
-def test_mlflow_outage_loses_no_metric_point(tmp_path: Path) -> None:
+def _mlflow_server(tmp_path: Path) -> tuple[str, list[str], dict[str, str], Path]:
+    """URL, command, environment and log of a one-worker ``mlflow server`` (the compose stack's
+    start script) on a free loopback port, its store and artifacts in ``tmp_path``."""
     port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    server_env = {
+    env = {
         "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'server.db'}",
         "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
         "MLFLOW_PORT": str(port),
         "MLFLOW_WORKERS": "1",
         "MLFLOW_BIN": str(Path(sys.executable).parent / "mlflow"),
     }
-    server_log = tmp_path / "server.log"
     start = [str(ROOT / "deploy" / "start-mlflow.sh")]
+    return f"http://127.0.0.1:{port}", start, env, tmp_path / "server.log"
+
+
+def test_mlflow_outage_loses_no_metric_point(tmp_path: Path) -> None:
+    url, start, server_env, server_log = _mlflow_server(tmp_path)
     server = _start(start, tmp_path, server_log, server_env)
     driver = None
     try:
@@ -441,17 +446,7 @@ def test_after_an_outage_sync_logs_the_end_of_the_study(
     from search.plots import PARENT_FIGURE, TRIAL_FIGURE
     from spaces import load_config
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    server_env = {
-        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'server.db'}",
-        "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
-        "MLFLOW_PORT": str(port),
-        "MLFLOW_WORKERS": "1",
-        "MLFLOW_BIN": str(Path(sys.executable).parent / "mlflow"),
-    }
-    server_log = tmp_path / "server.log"
-    start = [str(ROOT / "deploy" / "start-mlflow.sh")]
+    url, start, server_env, server_log = _mlflow_server(tmp_path)
     servers = [_start(start, tmp_path, server_log, server_env)]
     try:
         _wait("mlflow server", lambda: _healthy(url), 90, server_log)
