@@ -237,9 +237,8 @@ class Memory(threading.Thread):
 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    import ray
-
-    from search import run_study
+    from search import ray_session, run_study
+    from search.environment import configure
 
     tag = f"gs_scale_{os.getpid()}"
     with (
@@ -257,13 +256,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         )
         study["training"]["checkpoint_every"] = 0
         config = load_config(study, ["diagnostics.enabled=false", *args.set])
-        ray.init(
-            address="local",
-            num_cpus=args.concurrent,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        # gradsweep's own embedded Ray (loopback, token), with as many logical CPUs as slots
+        configure()
+        ray_session.connect(None, num_cpus=args.concurrent)
         memory = Memory()
         try:
             with Timed() as timed:
@@ -276,7 +271,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         finally:
             memory.stop.set()
-            ray.shutdown()
+            ray_session.shutdown()
         runs = len(result.leaderboard)  # read back from the server: every trial's run arrived
     return {
         "wall": wall,

@@ -32,9 +32,10 @@ _EMBEDDED_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", ray_constants.ENABLE_RAY_CLU
 _saved: dict[str, Any] = {}
 
 
-def connect(address: str | None) -> bool:
-    """Attach to ``address`` or start an embedded local Ray. True if this call started or
-    attached a session that the study must shut down; False if one was already running."""
+def connect(address: str | None, num_cpus: int | None = None) -> bool:
+    """Attach to ``address`` or start an embedded local Ray (``num_cpus`` logical CPUs: the
+    machine's by default). True if this call started or attached a session that the study must
+    shut down; False if one was already running."""
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
@@ -47,6 +48,7 @@ def connect(address: str | None) -> bool:
                 ray.init(
                     include_dashboard=False,
                     _node_ip_address=LOOPBACK,
+                    num_cpus=num_cpus,
                     _system_config=dict(NO_PRESTART),
                     **kwargs,
                 )
