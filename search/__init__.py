@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from search.errors import UserError
     from search.leaderboard import leaderboard, render
-    from search.study import StudyResult, resume_study, run_study
+    from search.result import StudyResult
+    from search.study import resume_study, run_study
 
 _WHERE = {
     "UserError": "search.errors",
     "leaderboard": "search.leaderboard",
     "render": "search.leaderboard",
-    "StudyResult": "search.study",
+    "StudyResult": "search.result",
     "resume_study": "search.study",
     "run_study": "search.study",
 }

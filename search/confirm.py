@@ -21,8 +21,9 @@ import pandas as pd
 from search.analysis import observations
 from search.errors import UserError
 from search.leaderboard import leaderboard
+from search.result import StudyResult, study_result
 from search.schema import CONFIRMED_TAG, ROLE_CONFIRMATION, ROLE_TRIAL
-from search.study import StudyResult, continue_study, open_study, study_result
+from search.study import continue_study, open_study
 from search.trainable import run_trial
 from search.tuner import Trainable
 from spaces import StudyConfig

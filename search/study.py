@@ -15,7 +15,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,14 @@ from search import environment, preflight, ray_session
 from search.background import ReportProcess
 from search.ending import finish_study
 from search.environment import Locations, redact
-from search.errors import StudyInterrupted, UserError
+from search.errors import UserError
 from search.journal import Journal
 from search.leaderboard import find_parent_run, leaderboard
 from search.progress import ProgressCallback
+from search.result import StudyResult, interruption, study_result
 from search.resume import plan_resume
 from search.schema import OUTPUT_DIR_TAG, RESUMED_TAG, ROLE_TRIAL
-from search.searcher import ResumingOptunaSearch
-from search.spool import read_spool, spool_path
+from search.spool import spool_path
 from search.stores import (
     Stores,
     existing_store,
@@ -54,24 +53,6 @@ from trainers import Splits
 log = logging.getLogger(__name__)
 #: The MLflow journal gathers this long after a quiet spell, so epochs go out in few writes.
 JOURNAL_LINGER_S = 0.5
-
-
-@dataclass
-class StudyResult:
-    """What a finished study gives back to a script."""
-
-    study_name: str
-    parent_run_id: str
-    experiment_id: str
-    tracking_uri: str
-    optuna_storage: str
-    leaderboard: pd.DataFrame
-    output_dir: Path
-    seconds: float
-    notes: list[str] = field(default_factory=list)  # what a user should know (spooled writes, ...)
-    ran: bool = True  # False: a resume found nothing left to run and changed nothing
-    finished: int = 0  # trials Optuna holds as finished (the leaderboard may lack them: spooled)
-    spooled: int = 0  # MLflow writes waiting in the spool file for 'gradsweep sync'
 
 
 def run_study(
@@ -428,7 +409,7 @@ def run_trials(
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
-        raise _interrupted(
+        raise interruption(
             stores.optuna, optuna_study or name, searcher, num_samples, role, where
         ) from None
     finally:
@@ -450,67 +431,3 @@ def run_trials(
                 ray_session.shutdown()
             board, notes = ending.result()
     return board, notes
-
-
-def _interrupted(
-    storage: optuna.storages.BaseStorage,
-    study: str,
-    searcher: ResumingOptunaSearch | None,
-    num_samples: int,
-    role: str,
-    where: Locations,
-) -> StudyInterrupted:
-    """After Ctrl+C: no Optuna trial left RUNNING (a search's go back to WAITING, which resume
-    continues; a confirmation's end FAIL), and what to tell the user."""
-    stopped = searcher.interrupt(retry=role == ROLE_TRIAL) if searcher is not None else []
-    asked = searcher.asked if searcher is not None else 0
-    try:
-        trials = storage.get_all_trials(storage.get_study_id_from_name(study), deepcopy=False)
-        finished = sum(t.state.is_finished() for t in trials)
-    except Exception:  # the storage went away: say what is known
-        finished = asked - len(stopped)
-    interrupted = StudyInterrupted(study, finished, len(stopped), max(0, num_samples - asked))
-    interrupted.resume_flags = ["--tracking-uri", str(redact(where.tracking_uri))]
-    interrupted.resumable = role == ROLE_TRIAL
-    return interrupted
-
-
-def study_result(
-    name: str,
-    where: Locations,
-    experiment_id: str,
-    parent_run_id: str,
-    board: pd.DataFrame,
-    notes: list[str],
-    t0: float,
-) -> StudyResult:
-    """What a run, resume or confirmation of study ``name`` gives back, timed from ``t0``."""
-    return StudyResult(
-        study_name=name,
-        parent_run_id=parent_run_id,
-        experiment_id=experiment_id,
-        tracking_uri=where.tracking_uri,
-        optuna_storage=where.optuna_storage,
-        leaderboard=board,
-        output_dir=where.output,
-        seconds=time.perf_counter() - t0,
-        notes=notes,
-        finished=_finished_trials(where.optuna_storage, name),
-        spooled=_spooled(spool_path(where.output, name)),
-    )
-
-
-def _finished_trials(storage: str, study: str) -> int:
-    """Trials of ``study`` in a final state, from Optuna (which an MLflow outage leaves whole)."""
-    try:
-        trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
-    except Exception:
-        return 0
-    return sum(t.state.is_finished() for t in trials)
-
-
-def _spooled(path: Path) -> int:
-    """How many writes a spool file holds (its headers and study ends aside)."""
-    if not path.exists():
-        return 0
-    return sum("op" in line for line in read_spool(path))

@@ -6,13 +6,16 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from search.cli.interrupts import sigterm_as_ctrl_c
 from search.cli.terminal import app, err, fail, out, quiet
 from spaces import ConfigError, load_config
+
+if TYPE_CHECKING:  # imported where used: a bad flag's error must not wait for Ray and Optuna
+    from search.result import StudyResult
 
 PANEL = "Run studies"
 
@@ -69,28 +72,28 @@ def _resume_hint(address: str | None) -> Iterator[None]:
         raise typer.Exit(code=130) from None
 
 
-def _summary(result: object) -> None:
+def _summary(result: StudyResult) -> None:
     """The end of a run: leaderboard, notes, and where to look next."""
     from search.environment import redact
     from search.leaderboard import render
 
-    board = result.leaderboard  # type: ignore[attr-defined]
-    name, uri = result.study_name, redact(result.tracking_uri)  # type: ignore[attr-defined]
-    experiment = result.experiment_id  # type: ignore[attr-defined]
+    board = result.leaderboard
+    name, uri = result.study_name, redact(result.tracking_uri)
+    experiment = result.experiment_id
     if not board.empty:
         sys.stdout.write(render(board, "table", top=20, title=f"Leaderboard: {name}"))
-    for note in result.notes:  # type: ignore[attr-defined]
+    for note in result.notes:
         out.print(f"[yellow]note:[/] {note}", highlight=False)
     trials = f"{len(board)} trials"
-    spooled = result.spooled  # type: ignore[attr-defined]
+    spooled = result.spooled
     if spooled or board.empty:  # MLflow was away: Optuna knows how many finished
-        trials = f"{result.finished} trials finished"  # type: ignore[attr-defined]
-    line = f"study [bold]{name}[/] - {trials} in {result.seconds:.0f} s"  # type: ignore[attr-defined]
+        trials = f"{result.finished} trials finished"
+    line = f"study [bold]{name}[/] - {trials} in {result.seconds:.0f} s"
     if spooled:
-        output = result.output_dir  # type: ignore[attr-defined]
+        output = result.output_dir
         line += f"; {spooled} MLflow writes queued for 'gradsweep sync --output-dir {output}'"
     out.print(line, highlight=False, soft_wrap=True)
-    out.print(f"MLflow parent run {result.parent_run_id} in {uri}", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
+    out.print(f"MLflow parent run {result.parent_run_id} in {uri}", highlight=False, soft_wrap=True)
     out.print(
         "Open the MLflow UI:  " + ui_command(uri, experiment), highlight=False, soft_wrap=True
     )
