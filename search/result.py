@@ -47,10 +47,8 @@ def interruption(
     continues; a confirmation's end FAIL), and what to tell the user."""
     stopped = searcher.interrupt(retry=role == ROLE_TRIAL) if searcher is not None else []
     asked = searcher.asked if searcher is not None else 0
-    try:
-        trials = storage.get_all_trials(storage.get_study_id_from_name(study), deepcopy=False)
-        finished = sum(t.state.is_finished() for t in trials)
-    except Exception:  # the storage went away: say what is known
+    finished = _finished_trials(storage, study)
+    if finished is None:  # the storage went away: say what is known
         finished = asked - len(stopped)
     interrupted = StudyInterrupted(study, finished, len(stopped), max(0, num_samples - asked))
     interrupted.resume_flags = ["--tracking-uri", str(redact(where.tracking_uri))]
@@ -78,17 +76,18 @@ def study_result(
         output_dir=where.output,
         seconds=time.perf_counter() - t0,
         notes=notes,
-        finished=_finished_trials(where.optuna_storage, name),
+        finished=_finished_trials(where.optuna_storage, name) or 0,
         spooled=_spooled(spool_path(where.output, name)),
     )
 
 
-def _finished_trials(storage: str, study: str) -> int:
-    """Trials of ``study`` in a final state, from Optuna (which an MLflow outage leaves whole)."""
+def _finished_trials(storage: str | optuna.storages.BaseStorage, study: str) -> int | None:
+    """Trials of ``study`` in a final state, from Optuna (which an MLflow outage leaves whole);
+    None when the storage can't be read."""
     try:
         trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
     except Exception:
-        return 0
+        return None
     return sum(t.state.is_finished() for t in trials)
 
 
