@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from optuna.trial import TrialState
@@ -34,6 +37,25 @@ from search.schema import INTERRUPTED_ATTR, OUTCOMES, REASON_TAG, outcome
 log = logging.getLogger(__name__)
 #: Pauses before the retries of a failed ``tell`` (a database hiccup, a dropped connection).
 TELL_RETRIES_S = (0.2, 1.0, 3.0)
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Ctrl+C inside the block is raised when it ends. A ``KeyboardInterrupt`` between Optuna
+    creating a trial (RUNNING in storage) and this searcher recording it would leave a trial that
+    ``interrupt`` never sees, RUNNING for good. Only the main thread can hold signals; elsewhere
+    the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 class HonestOptunaSearch(OptunaSearch):
@@ -51,9 +73,17 @@ class HonestOptunaSearch(OptunaSearch):
         self._tell_retries_s = tuple(tell_retries_s)
         self._latest: dict[str, tuple[float, int]] = {}  # trial id -> (value, epoch), unwritten
 
+    def suggest(self, trial_id: str) -> dict | None:
+        with sigint_deferred():  # the asked trial is recorded before Ctrl+C can land
+            return super().suggest(trial_id)
+
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
+        with sigint_deferred():  # told and recorded as one step
+            self._complete(trial_id, result, error)
+
+    def _complete(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
@@ -176,6 +206,10 @@ class ResumingOptunaSearch(HonestOptunaSearch):
         self._resume = dict(resume)
 
     def suggest(self, trial_id: str) -> dict | None:
+        with sigint_deferred():  # claimed and recorded before Ctrl+C can land
+            return self._claim(trial_id)
+
+    def _claim(self, trial_id: str) -> dict | None:
         if self._resume and trial_id not in self._ot_trials:
             from optuna.trial import Trial
 

@@ -8,6 +8,8 @@ real storage."""
 from __future__ import annotations
 
 import math
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,26 @@ def test_ctrl_c_puts_unfinished_trials_back_to_waiting(tmp_path: Path) -> None:
     trial_id = optuna.load_study(study_name="s", storage=url).trials[1]._trial_id
     assert storage.set_trial_state_values(trial_id, TrialState.RUNNING), "claimed once"
     assert not storage.set_trial_state_values(trial_id, TrialState.RUNNING), "and only once"
+
+
+class CtrlCOnCreate(RDBStorage):
+    """SQLite storage that gets Ctrl+C just after it created a trial (RUNNING in the database),
+    before the searcher could record it: the moment the CI run of stop 22 caught."""
+
+    def _create_new_trial(self, study_id: int, template_trial: Any = None) -> Any:
+        trial = super()._create_new_trial(study_id, template_trial)  # what Optuna's cache calls
+        os.kill(os.getpid(), signal.SIGINT)
+        return trial
+
+
+def test_ctrl_c_while_a_trial_is_asked_leaves_it_known_and_waiting(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = _searcher(CtrlCOnCreate(url))
+    with pytest.raises(KeyboardInterrupt):
+        searcher.suggest("a")
+    assert searcher.interrupt() == [0], "the trial Optuna created is the searcher's to put back"
+    assert _states(url) == [TrialState.WAITING]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl+C handler restored"
 
 
 def test_an_interrupted_confirmation_closes_its_trials_fail(tmp_path: Path) -> None:
