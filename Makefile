@@ -32,7 +32,7 @@ demo: install
 	$(BIN)/gradsweep run quick
 
 test: install browser
-	GRADSWEEP_EXPECT_BROWSER=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	GRADSWEEP_EXPECT_BROWSER=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 lint: install
 	$(BIN)/ruff check .
