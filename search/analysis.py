@@ -22,7 +22,8 @@ import pandas as pd
 from scipy import stats
 
 from search.schema import CELL_FACTORS
-from search.statistics import Contrast, contrast, holm, merge_replicates
+from search.statistics import Contrast, contrast, merge_replicates
+from search.verdicts import holm
 
 ALPHA = 0.05
 #: The contrasts' test: Welch's t within strata (see :mod:`search.statistics` for why not the

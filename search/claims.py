@@ -19,7 +19,7 @@ import pandas as pd
 from search.analysis import ALPHA, NUMBERS, contrast_of, holm_of, numbers
 from search.compounds import ELU_COSTS_MORE, ELU_FEWER_EPOCHS, compound_rows
 from search.schema import CELL_FACTORS, ROLE_CONFIRMATION, ROLE_TRIAL
-from search.statistics import verdict
+from search.verdicts import verdict
 
 #: The notes' rule of thumb, best first; tested pairwise between neighbours present in a study.
 ACTIVATION_CHAIN = ["elu", "leaky_relu", "relu", "tanh", "logistic"]

@@ -1,4 +1,5 @@
-"""The stratified permutation test's machinery: the null distribution of T and its inversion.
+"""The stratified permutation test: the null distribution of T, its inversion, the smallest p a
+design can give, and the reason when it cannot decide.
 
 Used by :func:`search.statistics.contrast` with ``method="permutation"``; see that module's
 docstring for the design (Good 2005 for the test, Ernst 2004 for the CI by inversion).
@@ -10,6 +11,10 @@ import math
 from itertools import combinations
 
 import numpy as np
+
+#: Statistics closer than this (times the largest centred value) are ties: far above the
+#: rounding of a sum of a few hundred floats, far below the resolution of a logged metric.
+TIE = 1e-9
 
 
 def null_distribution(
@@ -98,3 +103,46 @@ def root(num: np.ndarray, slope: np.ndarray, side: int) -> np.ndarray:
     out = num / np.where(flat, 1.0, slope)
     holds = (-num >= 0) if side < 0 else (num >= 0)
     return np.where(flat, np.where(holds, side * math.inf, -side * math.inf), out)
+
+
+def smallest_p(na: np.ndarray, nb: np.ndarray) -> float:
+    """The smallest p an exact permutation test of this design can give: 2/N when every stratum
+    is balanced (the mirror arrangement ties with the observed one), else 1/N."""
+    arrangements = math.prod(math.comb(int(a + b), int(a)) for a, b in zip(na, nb, strict=True))
+    return (2 if bool(np.all(na == nb)) else 1) / arrangements
+
+
+def permutation_test(
+    xs: list[np.ndarray],
+    na: np.ndarray,
+    nb: np.ndarray,
+    w: np.ndarray,
+    n_resamples: int,
+    seed: int,
+    alpha: float,
+) -> tuple[float, float, float, float, float, bool]:
+    """(T, CI low, CI high, p, smallest possible p, exact) of the stratified permutation test."""
+    arrangements = math.prod(math.comb(int(a + b), int(a)) for a, b in zip(na, nb, strict=True))
+    exact = arrangements <= n_resamples
+    t, c = null_distribution(xs, na, nb, w, exact, n_resamples, seed)
+    t_obs = float(w @ np.array([x[:a].mean() - x[a:].mean() for x, a in zip(xs, na, strict=True)]))
+    tol = TIE * max(float(np.abs(x).max()) for x in xs)
+    offset, denom = (0, arrangements) if exact else (1, n_resamples + 1)
+    p, ci_low, ci_high = invert(t, c, t_obs, tol, offset, denom, alpha)
+    min_p = smallest_p(na, nb) if exact else max(smallest_p(na, nb), 1 / (n_resamples + 1))
+    return t_obs, ci_low, ci_high, p, min_p, exact
+
+
+def too_small(na: np.ndarray, nb: np.ndarray, min_p: float, alpha: float, copies: int) -> str:
+    """One line: the design, its smallest possible p, and the balanced size that would do."""
+    n = len(na)
+    where = f"{n} stratum" if n == 1 else f"{n} strata"
+    if np.all(na == na[0]) and np.all(nb == na[0]):
+        m = int(na[0])
+        design = f"{m} seed{'s' if m > 1 else ''} per side in {where}"
+    else:
+        design = f"{int(na.sum())} vs {int(nb.sum())} seeds in {where}"
+    if copies:
+        design += f" ({copies} identical run{'s' if copies > 1 else ''} merged)"
+    k = next(m for m in range(1, 64) if 2 / math.comb(2 * m, m) ** n < alpha)
+    return f"{design}: the smallest possible p is {min_p:.3g} (needs ≥ {k} seeds per side)"

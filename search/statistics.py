@@ -1,7 +1,8 @@
-"""Statistics for claims: which runs count, one contrast with its test and CI, Holm, a verdict.
+"""Statistics for claims: which runs count, and one contrast with its test and CI.
 
 Pure numpy/pandas: no Ray, MLflow, Optuna or other gradsweep module, so it is tested without
-training. Typical use, one family of claims (keep accuracy claims apart from gradient claims)::
+training. Typical use, one family of claims (keep accuracy claims apart from gradient claims;
+`holm` and `verdict` are in :mod:`search.verdicts`)::
 
     obs, merged_away = merge_replicates(obs, factors)
     cs = [contrast(obs, metric, a, b, strata) for a, b, strata in claims]
@@ -55,7 +56,9 @@ Design, and why:
   Welch–Satterthwaite degrees of freedom; Welch, Biometrika 1947) reaches any p with 2 or more
   seeds a side, at the price of assuming roughly normal seed-to-seed variation of a metric, which
   holds for accuracies away from 0 and 1 and for gradient figures on a log scale. Its CI is
-  T ± t·SE from the same statistic, so "CI excludes 0" ⇔ "p < alpha" here too.
+  T ± t·SE from the same statistic, so "CI excludes 0" ⇔ "p < alpha" here too. When no seed
+  varied on either side (every seed at chance, say) the standard error is 0 and t undefined:
+  that is "not enough data" with that reason, never p = 0 with a zero-width CI.
 - **Why not a mixed model** (cells as groups, seeds within). In these designs each side of a
   stratum is usually one cell, so a random cell effect is confounded with the claim's factor and
   cannot be estimated apart from it; and the claim is about these configurations, with seeds as
@@ -63,35 +66,28 @@ Design, and why:
 - **Several cells on one side of a stratum** (e.g. two alphas of leaky ReLU when alpha is not a
   stratum) are pooled as one side: the test then is about the side as a whole, and it assumes
   those cells are exchangeable. Put every factor that should be held equal into ``strata``.
-- **Multiplicity.** Holm (Scand. J. Statist. 1979) over one family controls the family-wise
-  error. A claim whose design cannot reach alpha even unadjusted can never be rejected, so
-  leaving it out of the family keeps that control and gives the others more power (Tarone,
-  "A Modified Bonferroni Method for Discrete Data", Biometrics 1990).
+- **Multiplicity and verdicts** are in :mod:`search.verdicts` (Holm within a family).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 import numpy as np
 import pandas as pd
 
-from search.permutation import invert, null_distribution
+from search.permutation import TIE, permutation_test, smallest_p, too_small
 
-__all__ = ["Contrast", "Side", "contrast", "holm", "merge_replicates", "verdict"]
+__all__ = ["Contrast", "Side", "contrast", "merge_replicates"]
 
 #: The test behind a contrast (see the module docstring).
 Method = Literal["permutation", "welch"]
 #: A side of a claim: a boolean mask aligned with the observations, or a function making one.
 Side: TypeAlias = pd.Series | np.ndarray | Callable[[pd.DataFrame], "pd.Series | np.ndarray"]
-
-#: Statistics closer than this (times the largest centred value) are ties: far above the
-#: rounding of a sum of a few hundred floats, far below the resolution of a logged metric.
-_TIE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -281,18 +277,23 @@ def contrast(
     if method == "welch":
         t_obs, ci_low, ci_high, p = _welch(xs, na, nb, w, alpha)
         min_p, exact, reason = 0.0, False, None
+        if math.isnan(p):
+            reason = (
+                f"no seed's {metric} differs from the others of its side in any stratum used: "
+                "the seed-to-seed variation is 0, so Welch's test and CI are undefined"
+            )
     else:
-        t_obs, ci_low, ci_high, p, min_p, exact = _permutation(
+        t_obs, ci_low, ci_high, p, min_p, exact = permutation_test(
             xs, na, nb, w, n_resamples, seed, alpha
         )
         reason = None
-        if min_p >= alpha and not exact and _smallest_p(na, nb) < alpha:
+        if min_p >= alpha and not exact and smallest_p(na, nb) < alpha:
             reason = f"n_resamples={n_resamples} cannot give p below {min_p:.3g}: use more"
         elif min_p >= alpha:
             copies = 0
             if "copies" in obs.columns:
                 copies = int(obs["copies"].to_numpy()[rows_used][keep].sum() - keep.sum())
-            reason = _too_small(na, nb, min_p, alpha, copies)
+            reason = too_small(na, nb, min_p, alpha, copies)
     return Contrast(
         metric=metric,
         strata_used=labels if strata else ["all"],
@@ -312,34 +313,6 @@ def contrast(
     )
 
 
-def _smallest_p(na: np.ndarray, nb: np.ndarray) -> float:
-    """The smallest p an exact permutation test of this design can give: 2/N when every stratum
-    is balanced (the mirror arrangement ties with the observed one), else 1/N."""
-    arrangements = math.prod(math.comb(int(a + b), int(a)) for a, b in zip(na, nb, strict=True))
-    return (2 if bool(np.all(na == nb)) else 1) / arrangements
-
-
-def _permutation(
-    xs: list[np.ndarray],
-    na: np.ndarray,
-    nb: np.ndarray,
-    w: np.ndarray,
-    n_resamples: int,
-    seed: int,
-    alpha: float,
-) -> tuple[float, float, float, float, float, bool]:
-    """(T, CI low, CI high, p, smallest possible p, exact) of the stratified permutation test."""
-    arrangements = math.prod(math.comb(int(a + b), int(a)) for a, b in zip(na, nb, strict=True))
-    exact = arrangements <= n_resamples
-    t, c = null_distribution(xs, na, nb, w, exact, n_resamples, seed)
-    t_obs = float(w @ np.array([x[:a].mean() - x[a:].mean() for x, a in zip(xs, na, strict=True)]))
-    tol = _TIE * max(float(np.abs(x).max()) for x in xs)
-    offset, denom = (0, arrangements) if exact else (1, n_resamples + 1)
-    p, ci_low, ci_high = invert(t, c, t_obs, tol, offset, denom, alpha)
-    min_p = _smallest_p(na, nb) if exact else max(_smallest_p(na, nb), 1 / (n_resamples + 1))
-    return t_obs, ci_low, ci_high, p, min_p, exact
-
-
 def _welch(
     xs: list[np.ndarray], na: np.ndarray, nb: np.ndarray, w: np.ndarray, alpha: float
 ) -> tuple[float, float, float, float]:
@@ -348,8 +321,10 @@ def _welch(
     T = Σ w_s (mean_A,s − mean_B,s) as in the permutation test; its variance is estimated from
     the seeds, Σ w_s² (s²_A,s / n_A,s + s²_B,s / n_B,s), with Welch–Satterthwaite degrees of
     freedom (Welch, Biometrika 1947; Satterthwaite 1946). The CI is T ± t_{df, 1−alpha/2}·SE and
-    the p-value the same t, so "CI excludes 0" ⇔ "p < alpha". When no seed varied at all the
-    difference is exact: p = 0 if it is not 0, else 1.
+    the p-value the same t, so "CI excludes 0" ⇔ "p < alpha". When no seed varied on either
+    side of any stratum the variance estimate is 0 and t is undefined: p and the CI are NaN (the
+    caller says "not enough data"), not a p of 0 and a zero-width CI that would claim certainty
+    from runs that merely repeated themselves (e.g. every seed stuck at chance).
     """
     from scipy import stats
 
@@ -361,9 +336,9 @@ def _welch(
             terms.append(ws**2 * side.var(ddof=1) / len(side))
             dofs.append(len(side) - 1)
     variance = float(sum(terms))
-    if variance <= 0:
-        p = 0.0 if t_obs != 0 else 1.0
-        return float(t_obs), float(t_obs), float(t_obs), p
+    scale = max(float(np.abs(x).max()) for x in xs)
+    if variance <= (TIE * scale) ** 2:
+        return float(t_obs), math.nan, math.nan, math.nan
     df = variance**2 / sum(v**2 / d for v, d in zip(terms, dofs, strict=True) if v > 0)
     se = math.sqrt(variance)
     half = float(stats.t.ppf(1 - alpha / 2, df)) * se
@@ -381,56 +356,3 @@ def _unmatched(codes: np.ndarray, is_a: np.ndarray, strata: list[str]) -> str:
         return f"no stratum has both sides ({', '.join(always)} {verb} in every pair of cells)"
     some = [f for f, d in zip(strata, differ.any(axis=(0, 1)), strict=True) if d]
     return f"no stratum has both sides (every pair of cells differs in one of {', '.join(some)})"
-
-
-def _too_small(na: np.ndarray, nb: np.ndarray, min_p: float, alpha: float, copies: int) -> str:
-    """One line: the design, its smallest possible p, and the balanced size that would do."""
-    n = len(na)
-    where = f"{n} stratum" if n == 1 else f"{n} strata"
-    if np.all(na == na[0]) and np.all(nb == na[0]):
-        m = int(na[0])
-        design = f"{m} seed{'s' if m > 1 else ''} per side in {where}"
-    else:
-        design = f"{int(na.sum())} vs {int(nb.sum())} seeds in {where}"
-    if copies:
-        design += f" ({copies} identical run{'s' if copies > 1 else ''} merged)"
-    k = next(m for m in range(1, 64) if 2 / math.comb(2 * m, m) ** n < alpha)
-    return f"{design}: the smallest possible p is {min_p:.3g} (needs ≥ {k} seeds per side)"
-
-
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values; NaN means not tested and is not counted in m.
-
-    Adjusted p_(i) = max over j ≤ i of min(1, (m − j + 1)·p_(j)) in ascending order (Holm 1979):
-    controls the family-wise error under any dependence, uniformly more powerful than Bonferroni.
-    """
-    tested = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
-    adjusted = [math.nan] * len(pvalues)
-    running = 0.0
-    for rank, (p, i) in enumerate(tested):
-        running = max(running, min(1.0, (len(tested) - rank) * p))
-        adjusted[i] = running
-    return adjusted
-
-
-def verdict(c: Contrast, p_holm: float, alpha: float = 0.05) -> tuple[str, str]:
-    """("held" | "refuted" | "not significant" | "not enough data", one-line reason).
-
-    Claims are oriented so that A is the side claimed better: held needs p_holm < alpha and a
-    positive effect, refuted the same with a negative one. "not enough data" only when the design
-    could not decide (``c.reason``, or min_p ≥ alpha even before adjustment), so "not significant"
-    always means the data could have said otherwise.
-    """
-    if c.reason is not None:
-        return "not enough data", c.reason
-    if c.min_p >= alpha:
-        return "not enough data", f"the smallest possible p is {c.min_p:.3g} ≥ {alpha:g}"
-    if math.isnan(p_holm):  # a caller's slip, not a property of the data: say so loudly
-        raise ValueError("p_holm is NaN for a decidable contrast: pass its p to holm()")
-    ci = f"{c.level:.0%} CI {c.ci_low:+.3g} to {c.ci_high:+.3g}"
-    numbers = f"effect {c.effect:+.3g} ({ci}), p = {c.p:.2g}, p_holm = {p_holm:.2g}"
-    if p_holm < alpha and c.effect > 0:
-        return "held", numbers
-    if p_holm < alpha and c.effect < 0:
-        return "refuted", numbers
-    return "not significant", numbers

@@ -14,7 +14,7 @@ import pytest
 
 from search.analysis import factor_table, observations, pairwise_tests
 from search.claims import Claim, judge_claims, notes_claims
-from search.statistics import holm
+from search.verdicts import holm
 
 _DEFAULTS = {
     "alpha": None,

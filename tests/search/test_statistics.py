@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from search.statistics import Contrast, contrast, holm, merge_replicates, verdict
+from search.statistics import Contrast, contrast, merge_replicates
+from search.verdicts import holm, verdict
 
 FACTORS = ["activation", "depth", "bn", "lr"]
 
@@ -475,34 +476,70 @@ def test_a_typical_claim_is_fast_and_deterministic() -> None:
 # -- the stratified Welch t test (what the claims use) ---------------------------------------
 
 
-def _welch_study(effect: float, strata: int, seeds: int, rng: np.random.Generator) -> pd.DataFrame:
+def _welch_study(
+    effect: float,
+    strata: int,
+    seeds: int,
+    rng: np.random.Generator,
+    seeds_b: int | None = None,
+    sd_b: float = 0.01,
+) -> pd.DataFrame:
     rows = []
     for s in range(strata):
         base = 0.5 + 0.1 * s
-        for side, shift in (("a", effect), ("b", 0.0)):
-            for seed in range(seeds):
+        for side, shift, n, sd in (("a", effect, seeds, 0.01), ("b", 0.0, seeds_b or seeds, sd_b)):
+            for seed in range(n):
                 rows.append(
                     {
                         "side": side,
                         "depth": s,
                         "seed": seed,
-                        "acc": base + shift + rng.normal(0, 0.01),
+                        "acc": base + shift + rng.normal(0, sd),
                     }
                 )
     obs, _ = merge_replicates(pd.DataFrame(rows), ["side", "depth"])
     return obs
 
 
-def test_welch_null_rejects_at_about_alpha() -> None:
+@pytest.mark.parametrize(
+    ("seeds", "seeds_b", "sd_b", "strata"),
+    [(4, 4, 0.01, 3), (4, 2, 0.03, 2)],
+    ids=["balanced", "unbalanced-unequal-variance"],
+)
+def test_welch_null_rejects_at_about_alpha(
+    seeds: int, seeds_b: int, sd_b: float, strata: int
+) -> None:
+    """Welch–Satterthwaite is approximate: with 4 v 2 seeds and the small side three times as
+    noisy its level drifts a little above 5%, still within the bound below."""
     rng = np.random.default_rng(11)
     n = 600
     rejected = 0
     for _ in range(n):
-        obs = _welch_study(0.0, strata=3, seeds=4, rng=rng)
+        obs = _welch_study(0.0, strata, seeds, rng, seeds_b=seeds_b, sd_b=sd_b)
         c = contrast(obs, "acc", obs["side"] == "a", obs["side"] == "b", ["depth"], method="welch")
         rejected += c.p < 0.05
     # 99.9% binomial upper bound for a true rate of 5% over 600 claims: 48
     assert rejected <= 48, f"{rejected}/{n} null claims rejected"
+
+
+def test_welch_without_seed_variation_is_not_enough_data() -> None:
+    """Every seed equal on both sides (e.g. all stuck at chance): no p of 0, no zero-width CI."""
+    rows = [
+        {"side": side, "depth": 20, "seed": seed, "acc": value}
+        for side, value in (("a", 0.3), ("b", 0.1))
+        for seed in range(4)
+    ]
+    obs, _ = merge_replicates(pd.DataFrame(rows), ["side", "depth"])
+    c = contrast(obs, "acc", obs["side"] == "a", obs["side"] == "b", ["depth"], method="welch")
+    assert c.effect == pytest.approx(0.2) and math.isnan(c.p) and math.isnan(c.ci_low)
+    assert not c.decidable and c.reason is not None and "variation is 0" in c.reason
+    label, why = verdict(c, math.nan)
+    assert label == "not enough data" and why == c.reason
+    one_varies = obs.assign(acc=obs["acc"] + np.where(obs["side"] == "b", obs["seed"] * 1e-3, 0))
+    d = contrast(
+        one_varies, "acc", obs["side"] == "a", obs["side"] == "b", ["depth"], method="welch"
+    )
+    assert d.decidable and d.p < 0.01 and d.ci_low < d.effect < d.ci_high
 
 
 def test_welch_holds_a_planted_effect_and_agrees_with_its_ci() -> None:
