@@ -9,7 +9,16 @@ notes' claims are in :mod:`search.claims`).
   do not.
 - **Contrasts.** Every comparison holds the other factors equal (strata): a stratified Welch
   t test whose CI comes from the same statistic (:func:`search.statistics.contrast`); a
-  comparison the design cannot decide is left out of its Holm family and says why.
+  comparison the design cannot decide is left out of its Holm family and says why. A factor
+  names the columns it frees (:data:`FREES`): activations come with their own alpha and, under
+  ``matched``, their own initializer, so comparing them holds the initialisation *rule* equal.
+- **Timings** (:func:`timings`). Time per epoch is one wall-clock figure per run: the fused
+  seeds of a trial train in one process on one clock, so they are not replicates of it. A
+  cell's timing replicates are its repeated *runs*: identical configurations are one cell for
+  accuracy (training is deterministic given the seed), but each run's wall time is a separate
+  measurement of the machine. Per-epoch times within one run are not used as replicates: they
+  share the run's process, its neighbours on the machine and their load, so they are correlated
+  and would pass one measurement off as many.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from search.schema import CELL_FACTORS
+from search.schema import CELL_FACTORS, MEAN_EPOCH_SECONDS
 from search.statistics import Contrast, contrast, merge_replicates
 from search.verdicts import holm
 
@@ -40,6 +49,22 @@ FACTORS: dict[str, list[str]] = {
     "depth": ["depth"],
     "width": ["width"],
 }
+#: Columns a factor's levels may differ in besides its own (the rest are strata): an
+#: activation's alpha and, under ``matched``, its initializer (He for ReLU, Glorot for tanh).
+FREES: dict[str, tuple[str, ...]] = {
+    "activation": ("alpha", "init_applied"),
+    "activation_bn": ("alpha", "init_applied"),
+}
+
+
+def strata_for(free: tuple[str, ...] | list[str]) -> list[str]:
+    """The columns held equal when ``free`` may differ: every cell factor but those, and the
+    initialisation rule (``init_is_matched``) whenever the initializer is free but the rule is
+    not, so that matched is compared with matched and the PyTorch default with itself."""
+    strata = [c for c in CELL_FACTORS if c not in free]
+    if "init_applied" in free and "init_is_matched" not in free:
+        strata.append("init_is_matched")
+    return strata
 
 
 # -- observations -----------------------------------------------------------------------------
@@ -67,7 +92,7 @@ def observations(trials: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         base = {**factors, "trial": trial["run_id"], "role": trial.get("role", "trial")}
         if not seeds:  # a run without per-seed figures: the trial is one observation
             seeds = {-1: {"best_val_accuracy": trial["best_val_accuracy"]}}
-        for i, (seed, figures) in enumerate(sorted(seeds.items())):
+        for seed, figures in sorted(seeds.items()):
             diverged = bool(figures.get("diverged", trial["outcome"] == "diverged"))
             score = chance if diverged else figures.get("best_val_accuracy", math.nan)
             test = chance if diverged else figures.get("test_accuracy", math.nan)
@@ -79,8 +104,6 @@ def observations(trials: pd.DataFrame) -> tuple[pd.DataFrame, int]:
                     "test_accuracy": test,
                     "diverged": float(diverged),
                     "epochs_to_95": math.nan if diverged else figures.get("epochs_to_95", math.nan),
-                    # a fused trial's seeds share one clock: one measurement per trial
-                    "epoch_seconds": trial.get("epoch_seconds", math.nan) if i == 0 else math.nan,
                     "grad_flow_init": _flow(
                         figures.get("init/diag/grad_ratio_first_last", math.nan)
                     ),
@@ -105,7 +128,6 @@ _METRICS = (
     "test_accuracy",
     "diverged",
     "epochs_to_95",
-    "epoch_seconds",
     "grad_flow_init",
     "grad_flow_final",
     "grad_ratio_init",
@@ -113,6 +135,34 @@ _METRICS = (
     "grad_rate_final",
     "dead_frac",
 )
+
+
+def timings(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per run that is evidence: its cell factors, ``epoch_seconds`` (its mean over the
+    epochs run, else the last epoch's) and ``seed`` = the run's number within its cell.
+
+    The replicates of a cell's time are its runs (see the module docstring), so rows are never
+    merged; ``seed`` numbers them only so that :func:`search.statistics.contrast` sees one row
+    per replicate. Adds ``cell`` and ``copies`` as :func:`observations` does.
+    """
+    columns = [*CELL_FACTORS, "role", "init_is_matched", "trial", "seed", "epoch_seconds"]
+    data = trials[trials["outcome"].isin(EVIDENCE)] if not trials.empty else trials
+    if data.empty:
+        empty = pd.DataFrame(columns=columns)
+        return empty.assign(cell=pd.Series(dtype=str), copies=pd.Series(dtype=int))
+    frame = pd.DataFrame({f: data.get(f) for f in CELL_FACTORS})
+    frame["role"] = data.get("role", "trial")
+    frame["init_is_matched"] = data.get("init_is_matched")
+    frame["trial"] = data["run_id"]
+    mean = data.get(MEAN_EPOCH_SECONDS, pd.Series(math.nan, index=data.index))
+    last = data.get("epoch_seconds", pd.Series(math.nan, index=data.index))
+    frame["epoch_seconds"] = pd.to_numeric(mean, errors="coerce").fillna(
+        pd.to_numeric(last, errors="coerce")
+    )
+    keys = [*CELL_FACTORS, "role"]
+    frame["seed"] = frame.groupby(keys, dropna=False, sort=False).cumcount()
+    merged, _ = merge_replicates(frame[columns].reset_index(drop=True), keys)
+    return merged
 
 
 # -- factor tables ----------------------------------------------------------------------------
@@ -172,11 +222,12 @@ def factor_table(obs: pd.DataFrame, factor: str, metric: str = "best_val_accurac
 def pairwise_tests(
     obs: pd.DataFrame, factor: str, metric: str = "best_val_accuracy"
 ) -> pd.DataFrame:
-    """Every pair of levels compared with all other factors held equal (stratified permutation,
-    Holm over the pairs the design can decide)."""
+    """Every pair of levels compared with the other factors held equal (:func:`strata_for` the
+    factor's columns and :data:`FREES`; Welch by :data:`METHOD`), Holm over the pairs the design
+    can decide."""
     data = obs[obs["role"] == "trial"] if not obs.empty else obs
     levels = _levels(data, factor)
-    strata = [c for c in CELL_FACTORS if c not in FACTORS[factor]]
+    strata = strata_for([*FACTORS[factor], *FREES.get(factor, ())])
     pairs = list(combinations(sorted(set(levels)), 2))
     contrasts = [
         contrast_of(data, metric, (levels == a).to_numpy(), (levels == b).to_numpy(), strata)
@@ -193,6 +244,58 @@ def contrast_of(
 ) -> Contrast:
     """Side A against side B on ``metric`` within strata of ``strata``, by :data:`METHOD`."""
     return contrast(obs, metric, a, b, strata, method=METHOD)
+
+
+def below(obs: pd.DataFrame, metric: str, side: np.ndarray, margin: float) -> Contrast:
+    """ "Side's ``metric`` is below ``margin``" (≈ 0 up to a stated margin): the sign test of its
+    median against ``margin`` and the median's CI from inverting that same test
+    (``scipy.stats.quantile_test``), over the side's seeds pooled across its cells.
+
+    A sign test, not a t test, because the figure it is for (the fraction of dead units) is
+    often exactly 0 in every seed, where a t test has no variance to work with while the sign
+    test is exact: n seeds all below the margin give p = 2·0.5^n. Effect and CI are reported
+    as margin − median, so a positive effect means "below", as "A beats B" elsewhere.
+    """
+    values = obs.loc[side, metric].to_numpy(dtype=float)
+    cells = obs.loc[side, "cell"][np.isfinite(values)]
+    values = values[np.isfinite(values)]
+    if not len(values):
+        nan = math.nan
+        why = f"no observation on side A has a finite {metric}"
+        return Contrast(metric, [], 0, 0, 0, 0, 0, nan, nan, nan, nan, 1.0, True, 1 - ALPHA, why)
+    ties = int(np.sum(values == margin))
+    n = len(values) - ties
+    min_p = 2 * 0.5**n if n else 1.0
+    reason = None
+    if min_p >= ALPHA:
+        need = next(k for k in range(1, 64) if 2 * 0.5**k < ALPHA)
+        reason = (
+            f"{n} seed(s) off the margin {margin:g}: a sign test's smallest p is {min_p:.3g} "
+            f"(needs ≥ {need} seeds)"
+        )
+    effect = low = high = p = math.nan
+    if n:
+        result = stats.quantile_test(values, q=margin, p=0.5)
+        ci = result.confidence_interval(1 - ALPHA)
+        effect = margin - float(np.median(values))
+        low, high, p = margin - float(ci.high), margin - float(ci.low), float(result.pvalue)
+    return Contrast(
+        metric=metric,
+        strata_used=[f"pooled over {cells.nunique()} cell(s)"],
+        strata_one_sided=0,
+        n_cells_a=int(cells.nunique()),
+        n_seeds_a=len(values),
+        n_cells_b=0,
+        n_seeds_b=0,
+        effect=effect,
+        ci_low=low,
+        ci_high=high,
+        p=p,
+        min_p=min_p,
+        exact=True,
+        level=1 - ALPHA,
+        reason=reason,
+    )
 
 
 def decides(c: Contrast) -> bool:

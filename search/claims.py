@@ -4,28 +4,35 @@ A :class:`Claim` names two sides of a study's observations (:func:`search.analys
 and the factors allowed to differ between them; every other cell factor is held equal (strata).
 :func:`judge_claims` tests each with :func:`search.analysis.contrast_of` and corrects with Holm
 within its family (accuracy, gradients, cost), so adding a gradient claim never costs an accuracy
-claim power. A claim about an activation the study never ran is left out.
+claim power. A claim about an activation the study never ran is left out, and so is an
+``optional`` one (a comparison the notes make that a design need not include) when a side has
+no run. Cost claims on time per epoch read :func:`search.analysis.timings`, whose replicates
+are a cell's repeated runs, not its seeds.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 
 import pandas as pd
 
-from search.analysis import ALPHA, NUMBERS, contrast_of, holm_of, numbers
+from search.analysis import ALPHA, NUMBERS, below, contrast_of, holm_of, numbers, strata_for
 from search.compounds import ELU_COSTS_MORE, ELU_FEWER_EPOCHS, compound_rows
-from search.schema import CELL_FACTORS, ROLE_CONFIRMATION, ROLE_TRIAL
+from search.schema import ROLE_CONFIRMATION, ROLE_TRIAL
+from search.statistics import TOO_FEW_REPLICATES, Contrast
 from search.verdicts import verdict
 
 #: The notes' rule of thumb, best first; tested pairwise between neighbours present in a study.
 ACTIVATION_CHAIN = ["elu", "leaky_relu", "relu", "tanh", "logistic"]
 FAMILIES = ("accuracy", "gradients", "cost")
-#: Metrics measured once per trial, not per seed (see :func:`search.analysis.observations`).
+#: Metrics measured once per run, not per seed: read from :func:`search.analysis.timings`.
 PER_TRIAL = ("epoch_seconds",)
+#: "≈ 0" for the fraction of dead units: under 2% of a layer's units, about one unit of a
+#: 64-wide layer (the notes' "leaky ≈ ELU ≈ 0" has no number; this is the one we test).
+DEAD_MARGIN = 0.02
 
 
 Side = Callable[[pd.DataFrame], pd.Series]
@@ -34,7 +41,8 @@ Side = Callable[[pd.DataFrame], pd.Series]
 @dataclass(frozen=True)
 class Claim:
     """ "Observations matching ``a`` beat those matching ``b`` on ``metric``" (higher is
-    better), compared within strata of every cell factor except ``free``."""
+    better), compared within :func:`search.analysis.strata_for` ``free``; with ``margin``,
+    "``a``'s ``metric`` is below ``margin``" instead (``b`` unused)."""
 
     name: str
     family: str
@@ -46,6 +54,8 @@ class Claim:
     label_b: str = ""
     needs: tuple[str, ...] = ()  # the activations it is about: left out when one never ran
     role: str = ROLE_TRIAL  # which runs it reads: the search's, or the confirmation runs
+    optional: bool = False  # left out when a side has no run (a cell a design may skip)
+    margin: float | None = None
 
 
 def _is(column: str, *values: object) -> Side:
@@ -69,11 +79,19 @@ def _leaky_alpha(low: float, high: float) -> Side:
     return select
 
 
+def _nobody(d: pd.DataFrame) -> pd.Series:
+    return pd.Series(False, index=d.index)
+
+
 _ACT = ("activation", "alpha", "init_applied", "init_is_matched")
+#: Another activation at the same initialisation rule (matched with matched, default with
+#: default): :func:`search.analysis.strata_for` holds ``init_is_matched`` equal.
+_ACT_SAME_RULE = ("activation", "alpha", "init_applied")
 
 
-def notes_claims(present: set[str], depths: int = 1) -> list[Claim]:
-    """The notes' claims that a study with these activations (and number of depths) can test."""
+def notes_claims(present: set[str], depths: int = 1, widths: int = 1) -> list[Claim]:
+    """The notes' claims that a study with these activations (and numbers of depths and
+    widths) can test."""
     claims = [
         Claim(
             f"{a} > {b} (matched init)",
@@ -108,7 +126,7 @@ def notes_claims(present: set[str], depths: int = 1) -> list[Claim]:
             acc,
             _is("activation", "prelu"),
             leaky,
-            _ACT,
+            _ACT_SAME_RULE,
             needs=("prelu", "leaky_relu"),
         ),
         Claim(
@@ -117,7 +135,7 @@ def notes_claims(present: set[str], depths: int = 1) -> list[Claim]:
             acc,
             _is("activation", "rrelu"),
             leaky,
-            _ACT,
+            _ACT_SAME_RULE,
             needs=("rrelu", "leaky_relu"),
         ),
         Claim(
@@ -139,10 +157,13 @@ def notes_claims(present: set[str], depths: int = 1) -> list[Claim]:
             needs=("selu", "relu"),
         ),
     ]
-    for activation, better, name in (
-        ("relu", ("he_normal", "he_uniform"), "He"),
-        ("logistic", ("glorot_uniform", "glorot_normal"), "Glorot"),
-        ("tanh", ("glorot_uniform", "glorot_normal"), "Glorot"),
+    he, glorot = ("he_normal", "he_uniform"), ("glorot_uniform", "glorot_normal")
+    for activation, better, name, optional in (
+        ("relu", he, "He", False),
+        ("logistic", glorot, "Glorot", False),
+        ("tanh", glorot, "Glorot", False),
+        ("logistic", he, "He", True),
+        ("tanh", he, "He", True),
     ):
         claims.append(
             Claim(
@@ -153,6 +174,7 @@ def notes_claims(present: set[str], depths: int = 1) -> list[Claim]:
                 _both(_is("activation", activation), _is("init_applied", "pytorch_default")),
                 ("init_applied", "init_is_matched"),
                 needs=(activation,),
+                optional=optional,
             )
         )
     with_bn = _is("bn", "before", "after")
@@ -209,6 +231,19 @@ def notes_claims(present: set[str], depths: int = 1) -> list[Claim]:
                 needs=("relu", other),
             )
         )
+        claims.append(
+            Claim(
+                f"dying ReLU: {other} has almost no dead units (< {DEAD_MARGIN:g})",
+                "gradients",
+                "dead_frac",
+                _matched(other),
+                _nobody,
+                _ACT,
+                f"{other} + matched",
+                needs=(other,),
+                margin=DEAD_MARGIN,
+            )
+        )
     claims += [
         Claim(
             ELU_COSTS_MORE,
@@ -231,20 +266,25 @@ def notes_claims(present: set[str], depths: int = 1) -> list[Claim]:
             ("relu", "elu"),
         ),
     ]
-    if depths > 1:
-        claims.append(
-            Claim(
-                "deeper networks are slower per epoch",
-                "cost",
-                "epoch_seconds",
-                lambda d: d["depth"] == d["depth"].max(),
-                lambda d: d["depth"] == d["depth"].min(),
-                ("depth",),
-                "deepest",
-                "shallowest",
+    for shape, count, more in (("depth", depths, "deeper"), ("width", widths, "wider")):
+        if count > 1:
+            claims.append(
+                Claim(
+                    f"{more} networks are slower per epoch",
+                    "cost",
+                    "epoch_seconds",
+                    _extreme(shape, "max"),
+                    _extreme(shape, "min"),
+                    (shape,),
+                    f"largest {shape}",
+                    f"smallest {shape}",
+                )
             )
-        )
     return [c for c in claims if set(c.needs) <= present]
+
+
+def _extreme(column: str, which: str) -> Side:
+    return lambda d: d[column] == d[column].agg(which)
 
 
 _WHEN = {"init": "at initialisation", "final": "after the last epoch"}
@@ -270,23 +310,48 @@ def confirmation_claims(present: set[str]) -> list[Claim]:
     ]
 
 
-def judge_claims(obs: pd.DataFrame, claims: list[Claim] | None = None) -> pd.DataFrame:
+def judge_claims(
+    obs: pd.DataFrame, claims: list[Claim] | None = None, timings: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Verdicts for ``claims`` (default: :func:`notes_claims` of what the study ran): one row
     per claim with its strata, cells x seeds per side, effect and CI, raw and Holm p (within the
-    claim's family), the verdict and why."""
+    claim's family), the verdict and why. Claims on :data:`PER_TRIAL` metrics read ``timings``
+    (:func:`search.analysis.timings` of the same trials); without it they say so."""
     if claims is None:
         claims = []
         for role, make in ((ROLE_TRIAL, notes_claims), (ROLE_CONFIRMATION, confirmation_claims)):
             runs = obs[obs["role"] == role] if not obs.empty else obs
             present = set(runs["activation"].dropna()) if not runs.empty else set()
-            extra = {"depths": runs["depth"].nunique()} if make is notes_claims and present else {}
+            extra = {}
+            if make is notes_claims and present:
+                extra = {"depths": runs["depth"].nunique(), "widths": runs["width"].nunique()}
             claims += make(present, **extra) if present else []
-    contrasts = []
+    judged: list[tuple[Claim, Contrast]] = []
     for claim in claims:
-        data = obs[obs["role"] == claim.role] if not obs.empty else obs
-        strata = [c for c in CELL_FACTORS if c not in claim.free]
+        per_run = claim.metric in PER_TRIAL
+        source = timings if per_run else obs
+        if source is None:
+            why = f"{claim.metric} is read from the runs' timings, and none were given"
+            judged.append((claim, _missing(claim.metric, why)))
+            continue
+        data = source[source["role"] == claim.role] if not source.empty else source
         a, b = claim.a(data).to_numpy(bool), claim.b(data).to_numpy(bool)
-        contrasts.append(contrast_of(data, claim.metric, a, b, strata))
+        if claim.optional and not (a.any() and b.any()):
+            continue
+        if claim.margin is not None:
+            c = below(data, claim.metric, a, claim.margin)
+        else:
+            c = contrast_of(data, claim.metric, a, b, strata_for(claim.free))
+        if per_run and c.reason is not None and c.reason.startswith(TOO_FEW_REPLICATES):
+            why = (
+                f"{claim.metric} is one wall-clock figure per run (fused seeds share one clock), "
+                "so a cell's replicates are its repeated runs, and no stratum has 2 or more "
+                "runs on both sides: run the configurations again to time them"
+            )
+            c = replace(c, reason=why)
+        judged.append((claim, c))
+    claims = [claim for claim, _ in judged]
+    contrasts = [c for _, c in judged]
     p_holm = [math.nan] * len(claims)
     for family in FAMILIES:
         members = [i for i, c in enumerate(claims) if c.family == family]
@@ -295,11 +360,6 @@ def judge_claims(obs: pd.DataFrame, claims: list[Claim] | None = None) -> pd.Dat
     rows = []
     for claim, c, p in zip(claims, contrasts, p_holm, strict=True):
         label, why = verdict(c, p, ALPHA)
-        if claim.metric in PER_TRIAL and not c.decidable:
-            why = (
-                f"{claim.metric} is one measurement per trial (its fused seeds share one clock), "
-                "and no stratum has 2 or more trials a side"
-            )
         rows.append(
             {
                 "claim": claim.name,
@@ -316,3 +376,8 @@ def judge_claims(obs: pd.DataFrame, claims: list[Claim] | None = None) -> pd.Dat
     rows += compound_rows(rows)
     columns = ["claim", "family", "metric", "a", "b", *NUMBERS, "p_holm", "verdict", "why"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _missing(metric: str, why: str) -> Contrast:
+    nan = math.nan
+    return Contrast(metric, [], 0, 0, 0, 0, 0, nan, nan, nan, nan, 1.0, True, 1 - ALPHA, why)

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from search.analysis import FACTORS, factor_table, observations, pairwise_tests
+from search.analysis import FACTORS, factor_table, observations, pairwise_tests, timings
 from search.claims import judge_claims
 from search.figures import (
     depth_by_activation_figure,
@@ -128,7 +128,7 @@ def build_report(
         )
     factors = {f: factor_table(obs, f, metric) for f in FACTORS} if used else {}
     pairwise = {f: pairwise_tests(obs, f, metric) for f in FACTORS} if used else {}
-    claims = judge_claims(obs) if used else pd.DataFrame()
+    claims = judge_claims(obs, timings=timings(trials)) if used else pd.DataFrame()
     for f, table in factors.items():
         table.to_csv(directory / f"leaderboard_by_{f}.csv", index=False)
         (directory / f"leaderboard_by_{f}.md").write_text(markdown(table))

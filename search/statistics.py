@@ -84,6 +84,9 @@ from search.permutation import TIE, permutation_test, smallest_p, too_small
 
 __all__ = ["Contrast", "Side", "contrast", "merge_replicates"]
 
+#: How the reason starts when Welch lacks replicates (callers whose replicates are not seeds
+#: say it in their own words).
+TOO_FEW_REPLICATES = "no stratum has 2 or more seeds on both sides"
 #: The test behind a contrast (see the module docstring).
 Method = Literal["permutation", "welch"]
 #: A side of a claim: a boolean mask aligned with the observations, or a function making one.
@@ -259,7 +262,7 @@ def contrast(
             )
             merged = f" ({copies} identical runs merged)" if copies else ""
             return empty(
-                f"no stratum has 2 or more seeds on both sides{merged}: the seed-to-seed "
+                f"{TOO_FEW_REPLICATES}{merged}: the seed-to-seed "
                 "variation can't be estimated (run each configuration with training.seeds >= 2)",
                 one_sided,
             )

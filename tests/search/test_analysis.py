@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search.analysis import factor_table, observations, pairwise_tests
+from search.analysis import factor_table, observations, pairwise_tests, timings
 from search.claims import Claim, judge_claims, notes_claims
 from search.verdicts import holm
 
@@ -231,7 +231,7 @@ def timed(activation: str, seed: int, seconds: float, epochs: float) -> dict:
 
 def trade_off(trials: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
     obs, _ = observations(trials)
-    claims = judge_claims(obs).set_index("claim")
+    claims = judge_claims(obs, timings=timings(trials)).set_index("claim")
     return claims.loc[TRADE_OFF], claims
 
 
@@ -269,3 +269,108 @@ def test_trade_off_without_replicates_says_which_part_lacks_data() -> None:
     assert row["verdict"] == "not enough data"
     assert "ELU costs more per epoch than ReLU: not enough data" in row["why"]
     assert "\n" not in row["why"]
+
+
+def test_pairwise_activations_compare_at_the_same_init_rule() -> None:
+    """Under ``matched`` ReLU gets He, tanh Glorot and leaky ReLU an alpha: their pairs still
+    share a stratum (the rule), and matched is never compared with the PyTorch default."""
+    rng = np.random.default_rng(7)
+    trials = frame(
+        trial("relu", list(rng.normal(0.90, 0.01, 4)), init_applied="he_normal"),
+        trial("tanh", list(rng.normal(0.80, 0.01, 4)), init_applied="glorot_uniform"),
+        trial("leaky_relu", list(rng.normal(0.92, 0.01, 4)), alpha=0.01),
+        trial("tanh", list(rng.normal(0.60, 0.01, 4)), init_applied="pytorch_default",
+              init_is_matched="false"),
+    )  # fmt: skip
+    obs, _ = observations(trials)
+    tests = pairwise_tests(obs, "activation").set_index(["a", "b"])
+    for pair in [("relu", "tanh"), ("leaky_relu", "relu"), ("leaky_relu", "tanh")]:
+        row = tests.loc[pair]
+        assert row["reason"] == "" and row["strata"] == 1, (pair, row["reason"])
+        assert "init_is_matched=true" in row["strata_used"]
+    relu_tanh = tests.loc[("relu", "tanh")]  # the default-init tanh (0.60) is not pooled in
+    assert relu_tanh["effect"] == pytest.approx(0.10, abs=0.02) and relu_tanh["p_holm"] < 0.05
+    assert (relu_tanh["seeds_a"], relu_tanh["seeds_b"]) == (4, 4)
+    by_bn = pairwise_tests(obs, "activation_bn").set_index(["a", "b"])
+    assert by_bn.loc[("relu + none", "tanh + none"), "reason"] == ""
+
+
+def test_prelu_against_leaky_holds_the_init_rule_equal() -> None:
+    rng = np.random.default_rng(8)
+    trials = frame(
+        trial("prelu", list(rng.normal(0.9, 0.01, 4))),
+        trial("leaky_relu", list(rng.normal(0.8, 0.01, 4)), alpha=0.01,
+              init_applied="pytorch_default", init_is_matched="false"),
+    )  # fmt: skip
+    claims = judge_claims(observations(trials)[0]).set_index("claim")
+    row = claims.loc["PReLU > leaky ReLU"]
+    assert row["verdict"] == "not enough data" and "init_is_matched" in row["why"]
+
+
+def test_time_replicates_are_repeated_runs_of_a_cell() -> None:
+    """Repeated trials of a cell are one cell for accuracy (same seeds, merged) but separate
+    timing measurements: three runs a side decide the cost claim."""
+    rng = np.random.default_rng(9)
+    rows = []
+    for activation, seconds in (("elu", 0.20), ("relu", 0.10)):
+        for _ in range(3):
+            row = trial(activation, [0.9, 0.91])
+            row["mean_epoch_seconds"] = seconds + rng.normal(0, 0.005)
+            rows.append(row)
+    trials = frame(*rows)
+    obs, merged = observations(trials)
+    assert merged == 8 and obs["cell"].nunique() == 2
+    times = timings(trials)
+    assert len(times) == 6 and times.groupby("cell").size().eq(3).all()
+    claims = judge_claims(obs, timings=times).set_index("claim")
+    cost = claims.loc["ELU costs more per epoch than ReLU"]
+    assert cost["verdict"] == "held" and (cost["seeds_a"], cost["seeds_b"]) == (3, 3)
+    alone = judge_claims(obs, timings=timings(frame(rows[0], rows[3]))).set_index("claim")
+    why = alone.loc["ELU costs more per epoch than ReLU", "why"]
+    assert "repeated runs" in why and "no stratum has 2 or more runs" in why
+    missing = judge_claims(obs).set_index("claim").loc["ELU costs more per epoch than ReLU"]
+    assert missing["verdict"] == "not enough data" and "timings" in missing["why"]
+
+
+def test_wider_networks_are_slower_is_a_claim_when_width_varies() -> None:
+    rows = []
+    for width, seconds in ((32.0, 0.1), (64.0, 0.2), (32.0, 0.11), (64.0, 0.21)):
+        row = trial("relu", [0.9, 0.92], width=width)
+        row["mean_epoch_seconds"] = seconds
+        rows.append(row)
+    trials = frame(*rows)
+    claims = judge_claims(observations(trials)[0], timings=timings(trials)).set_index("claim")
+    row = claims.loc["wider networks are slower per epoch"]
+    assert (row["cells_a"], row["seeds_a"]) == (1, 2) and row["effect"] == pytest.approx(0.1)
+    assert "deeper networks are slower per epoch" not in claims.index
+
+
+def test_he_for_tanh_is_judged_only_when_the_design_ran_it() -> None:
+    rng = np.random.default_rng(10)
+    base = [
+        trial("tanh", list(rng.normal(0.8, 0.01, 3)), init_applied="glorot_uniform"),
+        trial("tanh", list(rng.normal(0.7, 0.01, 3)), init_applied="pytorch_default",
+              init_is_matched="false"),
+    ]  # fmt: skip
+    he = trial("tanh", list(rng.normal(0.75, 0.01, 3)), init_applied="he_normal",
+               init_is_matched="false")  # fmt: skip
+    without = judge_claims(observations(frame(*base))[0])["claim"]
+    assert "tanh: Glorot init > PyTorch default" in set(without)
+    assert "tanh: He init > PyTorch default" not in set(without)
+    with_he = judge_claims(observations(frame(*base, he))[0]).set_index("claim")
+    assert with_he.loc["tanh: He init > PyTorch default", "verdict"] == "held"
+
+
+@pytest.mark.parametrize(("seeds", "expected"), [(8, "held"), (4, "not enough data")])
+def test_leaky_has_almost_no_dead_units(seeds: int, expected: str) -> None:
+    """ "leaky ≈ 0": every seed at 0 dead units is evidence for a sign test (a t test would have
+    no variance), and 4 seeds can't give p below 0.05, which the reason says."""
+    rows = [trial("relu", [0.9] * seeds), trial("leaky_relu", [0.9] * seeds, alpha=0.01)]
+    for row, dead in zip(rows, (0.3, 0.0), strict=True):
+        for figures in row["per_seed"].values():
+            figures["diag/dead_frac_max"] = dead
+    claims = judge_claims(observations(frame(*rows))[0]).set_index("claim")
+    row = claims.loc["dying ReLU: leaky_relu has almost no dead units (< 0.02)"]
+    assert row["verdict"] == expected and (row["seeds_a"], row["effect"]) == (seeds, 0.02)
+    if expected == "not enough data":
+        assert "sign test" in row["why"] and "6 seeds" in row["why"]
