@@ -68,3 +68,27 @@ def test_confirm_refuses_a_bad_factor_before_anything(tmp_path) -> None:
     with pytest.raises(UserError, match="--factor: 'colour'"):
         confirm_study("nope", factor="colour", tracking_uri=f"sqlite:///{tmp_path / 'x.db'}")
     assert not (tmp_path / "x.db").exists()
+
+
+def test_a_confirm_block_confirms_at_the_end_of_the_study(local_ray: None, tmp_path) -> None:
+    """``confirm:`` in the config runs the same confirmation once the search is done."""
+    config = load_config(
+        {
+            "name": "block",
+            "search": {"activations": ["relu", "tanh"], "initializers": ["matched"], "lr": 0.01},
+            "design": [{"activation": "relu"}, {"activation": "tanh"}],
+            "model": {"depth": 2, "width": 8},
+            "training": {"epochs": 1, "seeds": 2},
+            "confirm": {"seeds": 2},
+            "output_dir": str(tmp_path),
+        }
+    )
+    result = run_study(config)
+    assert any(n.startswith("confirmed: the best configuration of each of 2") for n in result.notes)
+    client = mlflow.MlflowClient(tracking_uri=result.tracking_uri)
+    board = leaderboard(client, result.study_name)
+    confirmations = board[board["role"] == "confirmation"]
+    assert sorted(confirmations["activation"]) == ["relu", "tanh"]
+    assert all(set(seeds) == {2, 3} for seeds in confirmations["per_seed"])
+    claims = judge_claims(observations(board)[0])
+    assert "relu > tanh (each tuned, confirmation runs, test)" in set(claims["claim"])
