@@ -1,6 +1,6 @@
 """The notes' claims on a real designed study: verdicts reached where the data are clear.
 
-The ``seed-notes`` design (17 configurations at depth 20, 4 fused seeds each), shortened to a few
+The ``seed-notes`` design (17 configurations at depth 20, 4 fused seeds each, ELU and ReLU run 3 times), shortened to a few
 epochs. Each claim the report decided on one stratum is checked against an independent Welch
 test (``scipy.stats.ttest_ind``) on the per-seed values MLflow holds, restricted to that same
 stratum (the cells that share every held-equal factor): where it finds p < 0.01, the report must
