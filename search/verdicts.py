@@ -12,23 +12,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from statsmodels.stats.multitest import multipletests
+
 from search.statistics import Contrast
 
 __all__ = ["holm", "verdict"]
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values; NaN means not tested and is not counted in m.
-
-    Adjusted p_(i) = max over j ≤ i of min(1, (m − j + 1)·p_(j)) in ascending order (Holm 1979):
-    controls the family-wise error under any dependence, uniformly more powerful than Bonferroni.
-    """
-    tested = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    """Holm–Bonferroni adjusted p-values (statsmodels' ``multipletests``); NaN means not tested
+    and is not counted in m. Holm (1979) controls the family-wise error under any dependence
+    between the claims and is uniformly more powerful than Bonferroni."""
+    tested = [i for i, p in enumerate(pvalues) if not math.isnan(p)]
     adjusted = [math.nan] * len(pvalues)
-    running = 0.0
-    for rank, (p, i) in enumerate(tested):
-        running = max(running, min(1.0, (len(tested) - rank) * p))
-        adjusted[i] = running
+    if tested:
+        corrected = multipletests([pvalues[i] for i in tested], method="holm")[1]
+        for i, p in zip(tested, corrected, strict=True):
+            adjusted[i] = float(p)
     return adjusted
 
 
