@@ -298,9 +298,11 @@ def test_runs_table_nests_the_trials_under_the_study(
     # the saved view's columns (the table draws only those in sight: the first few are enough)
     for column in ("best_val_accuracy", "test_accuracy", "activation", "init"):
         assert column in seen["columns"], seen["columns"]
-    seen["status"] = {
-        r["run_name"]: r["status"] for r in study.leaderboard.to_dict("records")
-    }  # KILLED / FINISHED, to read beside the icons in 03-runs-expanded.png
+    seen["status"] = {  # to read beside the icons in 03-runs-expanded.png
+        r["run_name"]: f"{r['status']} {r['outcome']}" for r in study.leaderboard.to_dict("records")
+    }
+    stopped = study.leaderboard[study.leaderboard["outcome"] == "early_stopped"]
+    assert set(stopped["status"]) <= {"FINISHED"}  # a green tick, not a failure's red cross
 
 
 def test_a_trial_page_shows_val_accuracy(
@@ -356,3 +358,25 @@ def test_the_study_run_holds_leaderboard_and_pictures(
     expect(page.get_by_role("img", name="optimization_history.png")).to_be_visible()
     _shot(page, out, "09-study-report-picture")
     seen["screenshots"] = str(out)
+
+
+def test_the_study_page_shows_its_headline(
+    page: Any, server: str, study: StudyResult, out: Path, seen: dict[str, Any]
+) -> None:
+    """The parent's own page: the study's headline figures, and a breadcrumb that leads back
+    to the training runs, not to MLflow 3's GenAI "Evaluations" (what the issue saw)."""
+    page.goto(ui_url(server, study.experiment_id, study.parent_run_id))
+    best = page.get_by_role("row").filter(
+        has=page.get_by_text("study/best_val_accuracy", exact=True)
+    )
+    expect(best).to_be_visible()
+    value = float(best.inner_text().split()[-1])
+    assert value == pytest.approx(study.leaderboard["best_val_accuracy"].max(), abs=1e-3)
+    for metric in ("study/test_accuracy_of_best", "study/trials", "study/wall_seconds"):
+        expect(page.get_by_text(metric, exact=True)).to_be_visible()
+    name = parent_run_name(study.study_name, load_config({"name": "ui"}))
+    text = page.locator("body").inner_text().split("\n")
+    seen["study_page_header"] = text[text.index(name) - 2 : text.index(name) + 1]  # breadcrumb
+    seen["study_page_text"] = text[:80]
+    _shot(page, out, "10-study-overview")
+    assert "Evaluations" not in seen["study_page_header"], seen["study_page_header"]
