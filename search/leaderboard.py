@@ -190,20 +190,25 @@ def leaderboard(client: MlflowClient, study: str) -> pd.DataFrame:
     if frame.empty:
         frame.insert(0, "rank", pd.Series(dtype=int))
         return frame
-    # Ranked by score whatever the outcome (an early-stopped trial can beat a finished one; the
-    # outcome column says which is which); trials without a score (diverged, failed) come last.
-    frame["_score"] = frame["best_val_accuracy"].fillna(-1.0)
-    frame = frame.sort_values(
-        ["_score", "test_accuracy", "run_name"], ascending=[False, False, True]
-    ).drop(columns=["_score"])
-    frame.insert(0, "rank", range(1, len(frame) + 1))
-    frame = frame.reset_index(drop=True)
+    frame = rank(frame)
     if objectives:
         told = (frame["outcome"] == "completed") & (frame["role"] == ROLE_TRIAL)
         values = frame[[m for m, _ in objectives]].to_numpy(dtype=float)
         values[~told.to_numpy()] = np.nan
         frame["pareto"] = pareto_front(values, [mode for _, mode in objectives])
     return frame
+
+
+def rank(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` sorted and numbered (``rank`` 1..n): best validation accuracy first whatever
+    the outcome (an early-stopped trial can beat a finished one; the outcome column says which
+    is which), trials without a score (diverged, failed) last; ties by test accuracy, then name."""
+    scored = frame.assign(_score=frame["best_val_accuracy"].fillna(-1.0))
+    ranked = scored.sort_values(
+        ["_score", "test_accuracy", "run_name"], ascending=[False, False, True]
+    ).drop(columns=["_score"])
+    ranked.insert(0, "rank", range(1, len(ranked) + 1))
+    return ranked.reset_index(drop=True)
 
 
 def render(

@@ -161,11 +161,15 @@ def divergence_tags(result: dict[str, Any]) -> dict[str, str]:
 class MlflowTracker(tune.Callback):
     """Ray Tune callback that mirrors every trial into a nested MLflow child run.
 
-    Child run name ``t007 elu α=1.0 he_normal bn=before``; params are the trial's configuration
-    plus the study's fixed settings; tags ``activation``, ``init``, ``bn`` for filtering in the UI
-    and ``node_id`` for where it ran; per-epoch metrics with step = epoch; final
-    ``test_accuracy``, ``best_val_accuracy``, ``epochs_run``; status FINISHED, KILLED (stopped
-    early) or FAILED (diverged, crashed). All writes go through the journal, keyed by trial id.
+    Child run name ``t007 elu`` (short enough for the UI's runs table), the full description
+    (``elu α=1.0 he_normal bn=before``) in the label tag and the run's note; params are the
+    trial's configuration plus the study's fixed settings; tags ``activation``, ``init``, ``bn``
+    for filtering in the UI and ``node_id`` for where it ran; per-epoch metrics with step =
+    epoch; final ``test_accuracy``, ``best_val_accuracy``, ``epochs_run``. Start and end times
+    are the trial's own (as the driver saw them). Status and outcome tag come from
+    :data:`~search.schema.OUTCOMES`: FINISHED for completed and early-stopped trials (stopping
+    is a search's normal work), FAILED for diverged or crashed ones, KILLED for a trial that
+    never reported. All writes go through the journal, keyed by trial id.
     """
 
     def __init__(
@@ -312,12 +316,15 @@ class MlflowTracker(tune.Callback):
         self._finish(trial, "FAILED", "error", self.last.get(trial.trial_id), reason)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """Trials Tune stopped without completing them (the time budget) end KILLED."""
+        """Trials Tune stopped without completing them (the time budget) end ``stopped``:
+        FINISHED, as gradient-health stops are, not a failure. (Ctrl+C never gets here: Tune's
+        SIGINT handler is off, so the interrupt skips Tune's cleanup and the study closes those
+        runs ``interrupted``.)"""
         for trial in trials:
             if trial.trial_id in self.started and trial.trial_id not in self.finished:
                 self._finish(
                     trial,
-                    "KILLED",
+                    OUTCOMES["stopped"][0],
                     "stopped",
                     self.last.get(trial.trial_id),
                     "stopped when the search ended (time budget)",

@@ -196,13 +196,18 @@ def sync(
 
 
 def ui_command(tracking_uri: str, experiment_id: str) -> str:
-    """How to open the MLflow UI on ``tracking_uri`` from any folder, on the study's runs."""
-    from search.stores import ui_url
+    """How to open the MLflow UI on ``tracking_uri`` from any folder, on the study's runs:
+    absolute paths for the ``mlflow`` of this installation and for a SQLite store."""
+    from search.stores import sqlite_file, ui_url
 
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {ui_url(tracking_uri, experiment_id)}"
+    database = sqlite_file(tracking_uri)
+    if database is not None and not database.is_absolute():  # --tracking-uri sqlite:///x.db
+        tracking_uri = f"sqlite:///{database.resolve()}"
     mlflow = Path(sys.executable).parent / "mlflow"  # this installation's, wherever you are
+    launcher = str(mlflow) if mlflow.is_file() else f"{sys.executable} -m mlflow"
     return (
-        f"{mlflow} ui --backend-store-uri {tracking_uri} --port 5000\n"
+        f"{launcher} ui --backend-store-uri {tracking_uri} --port 5000\n"
         f"                     then open {ui_url('http://127.0.0.1:5000', experiment_id)}"
     )

@@ -7,6 +7,9 @@ sides see one MLflow store: an absolute SQLite path in the test's temp dir.
 
 from __future__ import annotations
 
+import copy
+import gzip
+import json
 import os
 import re
 import secrets
@@ -20,16 +23,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import jsonschema
 import mlflow
 import optuna
 import pytest
 import yaml
+from jsonschema.protocols import Validator
 from ray_nodes import (
     ROOT,
     Service,
     base_env,
     free_ports,
-    reload_ray_auth,
     start_ray_nodes,
     stop_all,
     wait_for,
@@ -168,6 +172,10 @@ def test_submit_wait_runs_the_study_on_the_cluster(laptop: JobCluster, finished)
     study, job_id, text = finished
     assert f"study {study}" in text and f"gradsweep logs {job_id}" in text
     assert f"study {study} - {TRIALS} trials in" in text  # the head's summary, followed here
+    # The whole log of `gradsweep run` on the head (stdout and stderr): no library chatter. The
+    # job created the SQLite store, so MLflow's "Creating initial ... tables" would be here.
+    for chatter in ("Creating initial", "View run", "INFO mlflow", "alembic.runtime"):
+        assert chatter not in text, chatter
     runs = _runs(laptop.tracking_uri, study)
     parents = [r for r in runs if PARENT_TAG not in r.data.tags]
     children = [r for r in runs if PARENT_TAG in r.data.tags]
@@ -188,19 +196,37 @@ def test_jobs_lists_the_study(laptop: JobCluster, finished, capsys) -> None:
     assert study in row and "SUCCEEDED" in row and f"{TRIALS}/{TRIALS}" in row
 
 
+def test_jobs_reads_ray_address(
+    laptop: JobCluster, finished, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --address: RAY_ADDRESS, as the README's laptop exports it."""
+    _, job_id, _ = finished
+    monkeypatch.setenv("RAY_ADDRESS", laptop.url)
+    assert main(["jobs"]) == 0
+    assert job_id in capsys.readouterr().out
+
+
 def test_logs_by_study_name(laptop: JobCluster, finished, capsys) -> None:
     study, _, _ = finished
     assert main(["logs", study, "--address", laptop.url]) == 0
     assert f"{study}: {TRIALS}/{TRIALS} trials done" in capsys.readouterr().out
 
 
+def test_logs_follow_of_an_ended_job_prints_it_and_returns(
+    laptop: JobCluster, finished, capsys
+) -> None:
+    study, job_id, _ = finished
+    assert main(["logs", job_id, "--follow", "--address", laptop.url]) == 0
+    said = capsys.readouterr().out
+    assert f"{study}: {TRIALS}/{TRIALS} trials done" in said
+    assert f"study {study} - {TRIALS} trials in" in said  # to the log's end
+
+
 # ---------------------------------------------------------------------------------------------
 # Stopped mid-run, then resumed
 
 
-def test_stop_ends_the_study_as_ctrl_c_and_resume_finishes_it(
-    laptop: JobCluster, capsys, monkeypatch
-) -> None:
+def test_stop_ends_the_study_as_ctrl_c_and_resubmit_finishes_it(laptop: JobCluster, capsys) -> None:
     study = f"jobs-b-{secrets.token_hex(2)}"
     # One trial at a time, each a few seconds without early stops: the stop lands while the
     # study still has trials to run (with 2-epoch trials the last three could finish between
@@ -226,24 +252,25 @@ def test_stop_ends_the_study_as_ctrl_c_and_resume_finishes_it(
     parent = next(r for r in runs if PARENT_TAG not in r.data.tags)
     assert parent.info.status == "KILLED"
     assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
-    for run in runs:
+    for run in runs:  # FIFO: no early stops; an early-stopped trial would be FINISHED anyway
         if run.info.status == "KILLED" and PARENT_TAG in run.data.tags:
-            assert run.data.tags["gradsweep.outcome"] in ("interrupted", "early_stopped")
+            assert run.data.tags["gradsweep.outcome"] == "interrupted"
     storage = f"sqlite:///{laptop.root / f'out-{study}' / 'optuna.db'}"
     states = [t.state for t in optuna.load_study(study_name=study, storage=storage).trials]
     assert 1 <= states.count(optuna.trial.TrialState.COMPLETE) < TRIALS, states
 
-    # `gradsweep resume --study NAME`, a driver attached to the cluster (this process, to save
-    # a Python start), finishes it.
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    reload_ray_auth()
-    try:
-        argv = ["resume", "--study", study, "--tracking-uri", laptop.tracking_uri]
-        assert main([*argv, "--address", laptop.gcs_address]) == 0, capsys.readouterr()
-    finally:
-        monkeypatch.delenv("RAY_AUTH_MODE")
-        reload_ray_auth()
-    assert f"study {study} - {TRIALS} trials in" in capsys.readouterr().out
+    # The command `stop` printed: `gradsweep resubmit`, i.e. `gradsweep resume --study NAME` run
+    # on the head as a job, finishes it.
+    argv = ["resubmit", "--study", study, "--tracking-uri", laptop.tracking_uri, "--wait"]
+    assert main([*argv, "--address", laptop.url]) == 0, capsys.readouterr()
+    said = capsys.readouterr().out
+    resumed = _job_id(said)
+    assert resumed != job_id and f"study {study}" in said
+    assert f"study {study} - {TRIALS} trials in" in said  # the resumed study's summary
+    info = client.get_job_info(resumed)
+    assert info.entrypoint == f"gradsweep resume --study {study} --address auto"
+    assert info.metadata[jobs.STUDY_KEY] == study
+    assert info.metadata[jobs.TRIALS_KEY] == str(TRIALS)  # carried over from the first job
     runs = _runs(laptop.tracking_uri, study)
     parent = next(r for r in runs if PARENT_TAG not in r.data.tags)
     assert parent.info.status == "FINISHED"
@@ -327,11 +354,67 @@ def test_trials_done_from_a_log() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Kubernetes on paper: deploy/kuberay-rayjob.yaml (no cluster here: structure only)
+# Kubernetes on paper: deploy/kuberay-rayjob.yaml (no Kubernetes here: the CRD's schema, then
+# what gradsweep needs of it)
+
+#: KubeRay releases whose RayJob schema is in tests/search/data (README there): the oldest the
+#: manifest works with (authOptions.secretName came in v1.6.0) and the newest.
+KUBERAY = ("v1.6.0", "v1.7.0")
+
+
+def _manifest() -> dict:
+    return yaml.safe_load((ROOT / "deploy" / "kuberay-rayjob.yaml").read_text())
+
+
+def _strict(schema: object) -> object:
+    """Unknown fields made errors, as ``kubectl apply`` (strict field validation) makes them:
+    an object schema that lists its properties allows no others, unless the CRD keeps unknown
+    fields (``x-kubernetes-preserve-unknown-fields``) or says what else it takes itself
+    (``additionalProperties``, e.g. labels and resource quantities). The top-level ``metadata``
+    lists none (the API server checks it as ObjectMeta) and stays open."""
+    if isinstance(schema, dict):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            schema["additionalProperties"] = False
+        for value in schema.values():
+            _strict(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _strict(value)
+    return schema
+
+
+def _problems(validator: Validator, manifest: dict) -> set[str]:
+    return {
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(manifest)
+    }
+
+
+@pytest.mark.parametrize("release", KUBERAY)
+def test_kuberay_manifest_fits_the_crd(release: str) -> None:
+    path = Path(__file__).parent / "data" / f"kuberay-{release}-rayjob-v1.schema.json.gz"
+    schema = _strict(json.loads(gzip.decompress(path.read_bytes())))
+    validator = jsonschema.Draft4Validator(schema)  # OpenAPI 3.0's dialect (boolean exclusives)
+    manifest = _manifest()
+    assert _problems(validator, manifest) == set()
+    # The check bites: a misspelt key at the top and deep in a pod template, a wrong enum value.
+    typo = copy.deepcopy(manifest)
+    typo["spec"]["submisionMode"] = "K8sJobMode"
+    worker = typo["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    worker["template"]["spec"]["containers"][0]["volumeMount"] = []
+    typo["spec"]["rayClusterSpec"]["authOptions"]["mode"] = "tokens"
+    problems = " | ".join(sorted(_problems(validator, typo)))
+    assert "'submisionMode' was unexpected" in problems, problems
+    assert "containers.0: Additional properties are not allowed ('volumeMount'" in problems
+    assert "authOptions.mode: 'tokens' is not one of" in problems
 
 
 def test_kuberay_rayjob_manifest() -> None:
-    manifest = yaml.safe_load((ROOT / "deploy" / "kuberay-rayjob.yaml").read_text())
+    manifest = _manifest()
     assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayJob"
     spec = manifest["spec"]
     assert spec["submissionMode"] in ("K8sJobMode", "HTTPMode", "SidecarMode", "InteractiveMode")

@@ -12,7 +12,13 @@ import optuna
 import pytest
 
 from search import run_study
-from search.schema import OUTCOME_TAG, PARENT_TAG
+from search.schema import (
+    MEAN_EPOCH_SECONDS,
+    OUTCOME_TAG,
+    OUTCOMES,
+    PARENT_TAG,
+    STUDY_METRICS_PREFIX,
+)
 from spaces import load_config
 
 pytestmark = pytest.mark.slow
@@ -68,6 +74,52 @@ def test_one_parent_and_n_nested_children(study) -> None:
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert [m.step for m in history] == list(range(1, EPOCHS + 1))
         assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
+
+
+def _ms(run) -> int:
+    return run.info.end_time - run.info.start_time
+
+
+def test_runs_last_as_long_as_the_trials_did(study) -> None:
+    """Start and end are the trial's own (not when its writes reached MLflow): a child's run
+    lasts at least its epochs (``epochs_run`` x ``mean_epoch_seconds``, measured in the trial),
+    and the study's run spans all of its trials."""
+    result, client, children = study
+    parent = client.get_run(result.parent_run_id)
+    for run in children:
+        metrics = run.data.metrics
+        trained_ms = metrics["epochs_run"] * metrics[MEAN_EPOCH_SECONDS] * 1000
+        assert metrics["epochs_run"] == EPOCHS and trained_ms > 0
+        assert _ms(run) >= trained_ms, (run.info.run_name, _ms(run), trained_ms)
+        assert parent.info.start_time <= run.info.start_time
+        assert run.info.end_time <= parent.info.end_time
+    assert _ms(parent) >= max(_ms(run) for run in children)
+
+
+def test_the_study_run_logs_its_headline(study) -> None:
+    """What the parent's page shows first: best val accuracy and that trial's test accuracy,
+    trials by outcome, wall time."""
+    result, client, children = study
+    parent = client.get_run(result.parent_run_id)
+    headline = {
+        k.removeprefix(STUDY_METRICS_PREFIX): v
+        for k, v in parent.data.metrics.items()
+        if k.startswith(STUDY_METRICS_PREFIX)
+    }
+    best = max(r.data.metrics["best_val_accuracy"] for r in children)
+    assert headline["best_val_accuracy"] == pytest.approx(best)
+    of_best = [
+        r.data.metrics["test_accuracy"]
+        for r in children
+        if r.data.metrics["best_val_accuracy"] == pytest.approx(best)
+    ]
+    assert any(headline["test_accuracy_of_best"] == pytest.approx(t) for t in of_best)
+    assert headline["trials"] == N_TRIALS
+    assert {o: headline[f"trials_{o}"] for o in OUTCOMES} == {
+        o: (N_TRIALS if o == "completed" else 0) for o in OUTCOMES
+    }
+    wall_ms = round(headline["wall_seconds"] * 1000)
+    assert max(_ms(run) for run in children) <= wall_ms <= _ms(parent)
 
 
 def test_optuna_study_matches_child_runs(study) -> None:
@@ -190,14 +242,19 @@ def test_short_trials_checkpoint_their_last_epoch_only(study) -> None:
         assert int(torch.load(checkpoint, weights_only=False)["epoch"]) == EPOCHS
 
 
-def _states_and_outcomes(result) -> tuple[list[str], list[str]]:
-    """The study's Optuna trial states and its child runs' outcomes, both sorted."""
+def _states_and_outcomes(result) -> tuple[list[str], list[str], dict[str, set[str]]]:
+    """The study's Optuna trial states and its child runs' outcomes, both sorted, and the MLflow
+    statuses of each outcome's runs."""
     trials = optuna.load_study(study_name=result.study_name, storage=result.optuna_storage).trials
     client = mlflow.MlflowClient(tracking_uri=result.tracking_uri)
     children = client.search_runs(
         [result.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'"
     )
-    return sorted(t.state.name for t in trials), sorted(r.data.tags[OUTCOME_TAG] for r in children)
+    statuses: dict[str, set[str]] = {}
+    for run in children:
+        statuses.setdefault(run.data.tags[OUTCOME_TAG], set()).add(run.info.status)
+    outcomes = sorted(r.data.tags[OUTCOME_TAG] for r in children)
+    return sorted(t.state.name for t in trials), outcomes, statuses
 
 
 def test_trials_asha_stops_are_pruned_in_optuna(local_ray: None, tmp_path: Path) -> None:
@@ -222,10 +279,11 @@ def test_trials_asha_stops_are_pruned_in_optuna(local_ray: None, tmp_path: Path)
             "output_dir": str(tmp_path / "out"),
         }
     )
-    states, outcomes = _states_and_outcomes(run_study(config))
+    states, outcomes, statuses = _states_and_outcomes(run_study(config))
     assert "PRUNED" in states and "RUNNING" not in states, states
     assert states.count("PRUNED") == outcomes.count("early_stopped"), (states, outcomes)
     assert states.count("COMPLETE") == outcomes.count("completed")
+    assert statuses["early_stopped"] == {"FINISHED"}  # a search's normal work, not a failure
 
 
 def test_trials_the_time_budget_stops_are_pruned_in_optuna(local_ray: None, tmp_path: Path) -> None:
@@ -242,6 +300,7 @@ def test_trials_the_time_budget_stops_are_pruned_in_optuna(local_ray: None, tmp_
             "output_dir": str(tmp_path / "out"),
         }
     )
-    states, outcomes = _states_and_outcomes(run_study(config))
+    states, outcomes, statuses = _states_and_outcomes(run_study(config))
     assert states and set(states) == {"PRUNED"}, "stopped by the budget, never left RUNNING"
     assert outcomes == ["stopped"] * len(outcomes) and outcomes, outcomes
+    assert statuses == {"stopped": {OUTCOMES["stopped"][0]}} == {"stopped": {"FINISHED"}}
