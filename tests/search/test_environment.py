@@ -115,15 +115,3 @@ def test_configure_applies_every_setting_and_keeps_a_users_own(
     assert all(
         os.environ[k] == v for k, v in _SETTINGS.items() if k != "MLFLOW_HTTP_REQUEST_TIMEOUT"
     )
-
-
-@pytest.mark.parametrize("module", ["search.leaderboard", "search.report", "search.resume"])
-def test_the_read_side_imports_neither_ray_nor_the_writer(module: str) -> None:
-    """leaderboard, report and resume read MLflow and Optuna: Ray Tune and the tracker (which
-    is a Tune callback) are not needed to read a study."""
-    out = _run(
-        f"import sys, {module}; "
-        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.') "
-        "or m == 'search.tracking'))"
-    )
-    assert out.strip() == "[]"
