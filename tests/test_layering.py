@@ -62,6 +62,19 @@ def test_no_module_is_longer_than_the_limit() -> None:
     assert {k: n for k, n in lengths.items() if n > MAX_LINES} == {}
 
 
+def test_the_readme_names_every_module_once() -> None:
+    """README's "How it is built" gives each module one line: a new module gets its line."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## How it is built", 1)[1].split("\n## ", 1)[0]
+    paths = [
+        str(path.relative_to(ROOT))
+        for package in PACKAGES
+        for path in _modules(package)
+        if path.name not in ("__init__.py", "__main__.py")
+    ]
+    assert {p: section.count(f"`{p}`") for p in paths if section.count(f"`{p}`") != 1} == {}
+
+
 @pytest.mark.parametrize(
     "module", ["search.leaderboard", "search.report", "search.resume", "search.cli"]
 )
