@@ -22,36 +22,11 @@ import statistics
 import time
 
 import torch
+from probes import Probes
 
 import trainers
 from spaces import load_config, model_builder, resolve_trial, train_settings
 from trainers.diagnostics import GradientProbe
-
-
-class ProbeTimer:
-    """Accumulates the wall time spent inside the probe's per-epoch calls."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._measure, self._start = GradientProbe.measure, GradientProbe.start_epoch
-
-    def __enter__(self) -> ProbeTimer:
-        def timed(original):
-            def call(probe, *args, **kwargs):
-                t0 = time.perf_counter()
-                try:
-                    return original(probe, *args, **kwargs)
-                finally:
-                    self.seconds += time.perf_counter() - t0
-
-            return call
-
-        GradientProbe.measure = timed(self._measure)  # type: ignore[method-assign]
-        GradientProbe.start_epoch = timed(self._start)  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        GradientProbe.measure, GradientProbe.start_epoch = self._measure, self._start  # type: ignore[method-assign]
 
 
 def run(
@@ -66,11 +41,13 @@ def run(
     settings = dataclasses.replace(
         train_settings(config, spec), epochs=epochs, diagnostics=diagnostics
     )
-    with ProbeTimer() as timer:
+    with Probes(standard=False) as timer:
+        for name in ("measure", "start_epoch"):
+            timer.wrap(GradientProbe, name, "probe")
         t0 = time.perf_counter()
         trainers.train(model, data, settings)
         total = time.perf_counter() - t0
-    return total / epochs, timer.seconds / epochs
+    return total / epochs, timer.seconds.get("probe", 0.0) / epochs
 
 
 def study_cost(pairs: int, pictures: bool = True) -> None:

@@ -1,16 +1,19 @@
-"""Timing probes for the benchmarks: wall seconds inside library entry points and gradsweep's
-public functions, Tune trial events, and the CPU of the framework's processes."""
+"""Timing probes for the benchmarks: wall and CPU seconds inside library entry points and
+gradsweep's functions, Tune trial events, and the CPU of the framework's processes."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import itertools
 import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import optuna
@@ -19,60 +22,126 @@ from spaces import (
     TRIAL_NUMBER_KEY,
 )
 
-# timing probes: wrap library entry points (never search/ internals that may move)
+#: The packages whose functions are probed where they are defined (see :meth:`Probes.wrap`).
+OURS = ("search", "spaces", "trainers")
+#: A label, or a function of a call's (args, kwargs) that returns the label to add it under.
+Label = str | Callable[[tuple[Any, ...], dict[str, Any]], str]
 
 
 class Probes:
-    """Accumulate wall seconds spent inside chosen functions, from any thread, while active.
+    """Accumulate wall and CPU (of the calling thread) seconds and calls inside chosen functions,
+    from any thread, while active; ``standard`` wraps the study's usual stages on entry.
 
-    Only Ray, Optuna and MLflow entry points and gradsweep's public functions (the study's
-    end, the Ray session, the pre-flight checks) are wrapped; a name that no longer exists is
-    skipped.
+    A probe on a name that no longer exists fails (a renamed function must not turn a figure
+    into a silent zero), and gradsweep's functions are probed in the module that defines them:
+    the study calls its stages through their modules (``ending.finish_study``), so a wrap there
+    sees every call.
     """
 
-    def __init__(self, on_first_trial: Any = None) -> None:
+    def __init__(self, on_first_trial: Any = None, *, standard: bool = True) -> None:
         self.on_first_trial = on_first_trial  # called when the first trial starts
+        self.standard = standard
         self.cpu_at_last_completion: dict[str, float] = {}
         self.last_completion = 0.0
         self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
         self.stamps: list[float] = []  # perf_counter() at each trial completion
         self.events: list[tuple[str, str, float, float]] = []  # (kind, trial, time, epoch_s)
         self.numbers: dict[str, int] = {}  # Tune trial id -> gradsweep trial number
         self.marks: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._saved: list[tuple[Any, str, Any]] = []
+        self._saved: list[tuple[Any, str, Any, bool]] = []
 
-    def _add(self, label: str, seconds: float) -> None:
+    def add(self, label: str, seconds: float, cpu: float | None = None) -> None:
+        """Add ``seconds`` of wall (and ``cpu`` seconds, if given) and one call to ``label``."""
         with self._lock:
             self.seconds[label] = self.seconds.get(label, 0.0) + seconds
+            self.calls[label] = self.calls.get(label, 0) + 1
+            if cpu is not None:
+                self.cpu[label] = self.cpu.get(label, 0.0) + cpu
 
-    def wrap(self, owner: Any, name: str, label: str) -> None:
-        original = getattr(owner, name, None)
-        if original is None:
-            return
+    def cpu_now(self) -> dict[str, float]:
+        """A copy of the CPU seconds so far, by label (safe while other threads add)."""
+        with self._lock:
+            return dict(self.cpu)
+
+    def reset(self) -> None:
+        """Forget the seconds, CPU and calls added so far; the wraps stay."""
+        with self._lock:
+            self.seconds.clear()
+            self.cpu.clear()
+            self.calls.clear()
+
+    def wrapped(self) -> bool:
+        """Whether any wrap is in place."""
+        return bool(self._saved)
+
+    def wrap(self, owner: Any, name: str, label: Label, *, imported: bool = False) -> None:
+        """Time every call of ``owner.name`` under ``label`` until :meth:`restore`.
+
+        Raises AttributeError when ``owner`` has no ``name``. A function of gradsweep's packages
+        must be wrapped in its defining module (ValueError otherwise), unless ``imported``: then
+        it must be an import, and only the calls ``owner`` makes through it are timed (for a
+        stage no public seam reaches, such as the trainable's call of its training loop).
+        """
+        static = inspect.getattr_static(owner, name)  # AttributeError: the name is gone
+        if isinstance(owner, ModuleType) and owner.__name__.split(".")[0] in OURS:
+            defined_in = getattr(static, "__module__", owner.__name__)
+            if imported != (defined_in != owner.__name__):
+                where = f"{owner.__name__}.{name}"
+                raise ValueError(
+                    f"{where} is defined in {defined_in}: probe it there"
+                    if not imported
+                    else f"{where} is not an import: wrap it without imported=True"
+                )
+        method = isinstance(static, classmethod)
+        original = static.__func__ if method else getattr(owner, name)
         probes = self
 
         @functools.wraps(original)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 return original(*args, **kwargs)
             finally:
-                probes._add(label, time.perf_counter() - t0)
+                key = label if isinstance(label, str) else label(args, kwargs)
+                probes.add(key, time.perf_counter() - t0, time.thread_time() - c0)
 
-        self._saved.append((owner, name, original))
-        setattr(owner, name, timed)
+        self._swap(owner, name, classmethod(timed) if method else timed)
+
+    def _swap(self, owner: Any, name: str, replacement: Any) -> None:
+        """Set ``owner.name`` to ``replacement``, remembering what :meth:`restore` puts back."""
+        self._saved.append((owner, name, inspect.getattr_static(owner, name), name in vars(owner)))
+        setattr(owner, name, replacement)
+
+    def restore(self) -> None:
+        """Put every wrapped name back as it was."""
+        for owner, name, static, own in reversed(self._saved):
+            if own:
+                setattr(owner, name, static)
+            else:  # inherited: the subclass's wrap goes, the base's stays
+                delattr(owner, name)
+        self._saved.clear()
 
     def __enter__(self) -> Probes:
+        if self.standard:
+            self.install()
+        return self
+
+    def install(self) -> None:
+        """The study's usual stages: Optuna's ask and tell, MLflow's calls and tracker, Ray's
+        start, ``Tuner.fit`` and shutdown, the pre-flight checks, the data set and the end."""
         from mlflow import MlflowClient
         from ray import tune
         from ray.tune.search.search_generator import SearchGenerator
 
+        import search.background
         import search.ending
         import search.preflight
         import search.ray_session
-        import search.study as study_module
-        from search.tracking import MlflowTracker
+        import search.stores
+        import search.tracking
 
         self.wrap(SearchGenerator, "create_trial_if_possible", "optuna: ask + suggest (driver)")
         self.wrap(SearchGenerator, "on_trial_complete", "optuna: tell (driver)")
@@ -89,29 +158,27 @@ class Probes:
             "get_metric_history",
         ):
             self.wrap(MlflowClient, name, "mlflow: client calls (any thread)")
-        tracker = MlflowTracker
+        tracker = search.tracking.MlflowTracker
         for name in ("on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error"):
             self.wrap(tracker, name, "mlflow: tracker callbacks (driver)")
         self.wrap(tune.Tuner, "fit", "ray: Tuner.fit")
-        self.wrap(search.ending, "log_pictures", "pictures (matplotlib)")
-        self.wrap(study_module, "finish_study", "end: flush, leaderboard, pictures, report")
-        reporter = getattr(study_module, "ReportProcess", None)
-        if reporter is not None:
-            self.wrap(reporter, "wait", "report: waited for after the pictures")
-        self.wrap(search.ending, "leaderboard", "leaderboard query")
+        # The end's own imports: no seam times the pictures and the query inside finish_study.
+        self.wrap(search.ending, "log_pictures", "pictures (matplotlib)", imported=True)
+        self.wrap(search.ending, "leaderboard", "leaderboard query", imported=True)
+        self.wrap(search.ending, "finish_study", "end: flush, leaderboard, pictures, report")
+        self.wrap(search.background.ReportProcess, "wait", "report: waited for after the pictures")
         self.wrap(search.ray_session, "connect", "ray: start (connect)")
         self.wrap(search.ray_session, "shutdown", "ray: shutdown")
         self.wrap(search.preflight, "check", "preflight (URIs)")
         self.wrap(search.preflight, "load_data", "data set")
-        self.wrap(study_module, "get_or_create_experiment", "mlflow: experiment + parent run")
-        self.wrap(study_module, "start_parent_run", "mlflow: experiment + parent run")
+        self.wrap(search.stores, "get_or_create_experiment", "mlflow: experiment + parent run")
+        self.wrap(search.tracking, "start_parent_run", "mlflow: experiment + parent run")
         self.wrap(optuna.storages.RDBStorage, "__init__", "optuna: open storage")
         for name in ("on_trial_start", "on_trial_result", "on_trial_complete"):
             self._record(tracker, name)
         for name in ("setup", "on_experiment_end"):
             self._mark(tracker, name)
         self._mark(tune.Tuner, "fit", end=True)
-        return self
 
     def _mark(self, owner: Any, name: str, end: bool = False) -> None:
         """Record when ``name`` is entered (and left, with ``end``) in ``self.marks``."""
@@ -125,8 +192,7 @@ class Probes:
                 if end:
                     self.marks[f"{name} end"] = time.perf_counter()
 
-        self._saved.append((owner, name, original))
-        setattr(owner, name, mark)
+        self._swap(owner, name, mark)
 
     def fit_timeline(self) -> dict[str, float]:
         """Seconds of ``Tuner.fit`` before the first trial starts, while trials run, after."""
@@ -172,8 +238,7 @@ class Probes:
                     self.stamps.append(now)
             return original(*args, **kwargs)
 
-        self._saved.append((owner, name, original))
-        setattr(owner, name, record)
+        self._swap(owner, name, record)
 
     def trial_spans(self) -> dict[int, tuple[float, float]]:
         """Trial number -> (start, completion) as the driver saw them."""
@@ -227,9 +292,7 @@ class Probes:
         return out
 
     def __exit__(self, *exc: object) -> None:
-        for owner, name, original in reversed(self._saved):
-            setattr(owner, name, original)
-        self._saved.clear()
+        self.restore()
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import itertools
 import json
 import os
@@ -41,6 +40,7 @@ from typing import Any
 
 import optuna
 from common import quiet_libraries, study_dict
+from probes import Probes
 from ray import tune
 
 from spaces import load_config
@@ -149,38 +149,14 @@ def mlflow_server(backend: str, artifacts: Path, workers: int) -> Iterator[str]:
 # what the driver does, per component
 
 
-class Timed:
-    """Wall and CPU (of the calling thread) seconds inside chosen methods, by label."""
+class DriverProbes(Probes):
+    """The driver's components: Optuna's ask, intermediate values and tell, the tracker's
+    callbacks, and the journal's MLflow writes (its thread is the only caller of ``apply``)."""
 
-    def __init__(self) -> None:
-        self.wall: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._saved: list[tuple[Any, str, Any]] = []
-
-    def wrap(self, owner: Any, name: str, label: str) -> None:
-        original = getattr(owner, name)
-        me = self
-
-        @functools.wraps(original)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0, c0 = time.perf_counter(), time.thread_time()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                with me._lock:
-                    me.wall[label] = me.wall.get(label, 0.0) + time.perf_counter() - t0
-                    me.cpu[label] = me.cpu.get(label, 0.0) + time.thread_time() - c0
-                    me.calls[label] = me.calls.get(label, 0) + 1
-
-        self._saved.append((owner, name, original))
-        setattr(owner, name, timed)
-
-    def __enter__(self) -> Timed:
+    def install(self) -> None:
         from ray.tune.search.search_generator import SearchGenerator
 
-        from search.journal import Journal
+        import search.journal
         from search.tracking import MlflowTracker
 
         self.wrap(SearchGenerator, "create_trial_if_possible", "ask + suggest")
@@ -188,12 +164,7 @@ class Timed:
         self.wrap(SearchGenerator, "on_trial_complete", "tell")
         for name in ("on_trial_start", "on_trial_result", "on_trial_complete"):
             self.wrap(MlflowTracker, name, "tracker callbacks")
-        self.wrap(Journal, "_deliver", "MLflow writes (journal thread)")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for owner, name, original in reversed(self._saved):
-            setattr(owner, name, original)
+        self.wrap(search.journal, "apply", "MLflow writes (journal thread)")
 
 
 def rss_mib() -> float:
@@ -202,22 +173,21 @@ def rss_mib() -> float:
 
 
 class Completions(tune.Callback):
-    """Each completion's time, the driver's CPU and ``Timed`` CPU at that moment."""
+    """Each completion's time, the driver's CPU and the probes' CPU at that moment."""
 
-    def __init__(self, timed: Timed) -> None:
+    def __init__(self, timed: Probes) -> None:
         self.timed = timed
         self.rows: list[tuple[float, float, dict[str, float]]] = []
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        with self.timed._lock:
-            cpu = dict(self.timed.cpu)
+        cpu = self.timed.cpu_now()
         self.rows.append((time.perf_counter(), time.process_time(), cpu))
 
     def __getstate__(self) -> dict[str, Any]:
         return {}  # Tune pickles its callbacks with the experiment; the driver keeps this one
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.timed, self.rows = Timed(), []
+        self.timed, self.rows = Probes(standard=False), []
 
 
 class Memory(threading.Thread):
@@ -261,7 +231,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         ray_session.connect(None, num_cpus=args.concurrent)
         memory = Memory()
         try:
-            with Timed() as timed:
+            with DriverProbes() as timed:
                 done = Completions(timed)
                 memory.start()
                 cpu0, t0 = time.process_time(), time.perf_counter()
@@ -279,7 +249,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "t0": t0,
         "cpu0": cpu0,
         "rows": done.rows,
-        "timed_wall": timed.wall,
+        "timed_wall": timed.seconds,
         "timed_cpu": timed.cpu,
         "calls": timed.calls,
         "memory": memory.samples,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import functools
 import itertools
 import json
 import logging
@@ -75,35 +74,15 @@ def stream_dict(trials: int, output_dir: str, searcher: str = "random") -> dict[
 
 # --- the trial side: runs in Ray's trial processes ----------------------------------------------
 
-_TIMES: dict[str, float] = {}  # wall seconds by part, this trial
-_CPU: dict[str, float] = {}  # CPU seconds of the trial's thread by part, this trial
+#: Wall seconds (``seconds``) and CPU seconds of the trial's thread (``cpu``) by part, this trial.
+_PARTS = Probes(standard=False)
 
 
-def _timed(owner: Any, name: str, label: str, static: bool = False) -> None:
-    """Wrap ``owner.name`` so that its wall seconds add to ``_TIMES[label]`` (once a process)."""
-    original = getattr(owner, name)
-    if getattr(original, "_bench_timed", False):
-        return
-
-    @functools.wraps(original)
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        t0, c0 = time.perf_counter(), time.thread_time()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            key = label
-            if label == "report" and kwargs.get("checkpoint") is not None:
-                key = "report with checkpoint (upload)"
-            _TIMES[key] = _TIMES.get(key, 0.0) + time.perf_counter() - t0
-            _CPU[key] = _CPU.get(key, 0.0) + time.thread_time() - c0
-            if label == "report":
-                metrics = args[0] if args else kwargs.get("metrics", {})
-                _TIMES["compute"] = _TIMES.get("compute", 0.0) + float(
-                    metrics.get("epoch_seconds", 0.0)
-                )
-
-    timed._bench_timed = True  # type: ignore[attr-defined]
-    setattr(owner, name, classmethod(timed) if static else timed)
+def _report_label(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """``tune.report``'s part (with a checkpoint: the upload); adds the epoch's own compute."""
+    metrics = args[0] if args else kwargs.get("metrics", {})
+    _PARTS.add("compute", float(metrics.get("epoch_seconds", 0.0)))
+    return "report with checkpoint (upload)" if kwargs.get("checkpoint") is not None else "report"
 
 
 _GC: dict[str, float] = {}
@@ -114,13 +93,14 @@ def _gc_timer(phase: str, info: dict[str, int]) -> None:
     if phase == "start":
         _GC["t0"] = time.perf_counter()
     elif "t0" in _GC:
-        _TIMES["garbage collection (any thread)"] = (
-            _TIMES.get("garbage collection (any thread)", 0.0) + time.perf_counter() - _GC["t0"]
-        )
-        _TIMES["collections"] = _TIMES.get("collections", 0) + 1
+        _PARTS.add("garbage collection (any thread)", time.perf_counter() - _GC["t0"])
+        _PARTS.add("collections", 1)
 
 
 def _instrument() -> None:
+    """Wrap the trial's parts, once a process (trial processes are reused)."""
+    if _PARTS.wrapped():
+        return
     import gc
 
     import torch
@@ -131,30 +111,18 @@ def _instrument() -> None:
     import spaces
     import trainers
 
-    _timed(tune, "report", "report")
+    _PARTS.wrap(tune, "report", _report_label)
     if _gc_timer not in gc.callbacks:
         gc.callbacks.append(_gc_timer)
-    _timed(trainers.GradientProbe, "measure", "probe (diagnostics)")
-    _timed(trainers.FusedGradientProbe, "measure", "probe (diagnostics)")
-    _timed(torch, "save", "checkpoint write (torch.save)")
-    _timed(tune, "get_checkpoint", "checkpoint lookup (tune.get_checkpoint)")
-    _timed(search.seeds.SeedBook, "record", "seed book (per epoch)")
+    _PARTS.wrap(trainers.GradientProbe, "measure", "probe (diagnostics)")
+    _PARTS.wrap(trainers.FusedGradientProbe, "measure", "probe (diagnostics)")
+    _PARTS.wrap(torch, "save", "checkpoint write (torch.save)")
+    _PARTS.wrap(tune, "get_checkpoint", "checkpoint lookup (tune.get_checkpoint)")
+    _PARTS.wrap(search.seeds.SeedBook, "record", "seed book (per epoch)")
+    # The trainable's own imports of the loops: no seam times the loop inside a trial.
     for name in ("train", "train_fused"):
-        _timed(search.trainable, name, "loop call (train / train_fused)")
-    validate = spaces.StudyConfig.model_validate.__func__  # type: ignore[attr-defined]
-    if not getattr(validate, "_bench_timed", False):
-        _TIMES_KEY = "config validation"
-
-        @functools.wraps(validate)
-        def model_validate(cls: Any, *args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return validate(cls, *args, **kwargs)
-            finally:
-                _TIMES[_TIMES_KEY] = _TIMES.get(_TIMES_KEY, 0.0) + time.perf_counter() - t0
-
-        model_validate._bench_timed = True  # type: ignore[attr-defined]
-        spaces.StudyConfig.model_validate = classmethod(model_validate)  # type: ignore[assignment]
+        _PARTS.wrap(search.trainable, name, "loop call (train / train_fused)", imported=True)
+    _PARTS.wrap(spaces.StudyConfig, "model_validate", "config validation")
 
 
 def timed_trial(params: dict[str, Any], study: dict[str, Any], data: Any) -> None:
@@ -166,8 +134,7 @@ def timed_trial(params: dict[str, Any], study: dict[str, Any], data: Any) -> Non
     entered, cpu0 = time.time(), time.thread_time()
     first_in_process = "torch._dynamo" not in _sys.modules
     _instrument()
-    _TIMES.clear()
-    _CPU.clear()
+    _PARTS.reset()
     try:
         run_trial(params, study, data)
     finally:
@@ -176,10 +143,10 @@ def timed_trial(params: dict[str, Any], study: dict[str, Any], data: Any) -> Non
             "entered": entered,
             "left": time.time(),
             "cpu": time.thread_time() - cpu0,
-            "cpu parts": dict(_CPU),
+            "cpu parts": dict(_PARTS.cpu),
             "process cpu": time.process_time(),
             "first_in_process": first_in_process,
-            **_TIMES,
+            **_PARTS.seconds,
         }
         with open(Path(os.environ[LOG_ENV]) / f"{os.getpid()}.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from search.schema import CELL_FACTORS, MEAN_EPOCH_SECONDS
+from search.schema import CELL_FACTORS, FACTORS, MEAN_EPOCH_SECONDS
 from search.statistics import Contrast, contrast, merge_replicates
 from search.verdicts import holm
 
@@ -40,15 +40,6 @@ ALPHA = 0.05
 METHOD = "welch"
 #: Outcomes whose trials are evidence (a diverged seed counts at chance accuracy).
 EVIDENCE = ("completed", "diverged")
-#: Factor tables: name -> the columns that make a level.
-FACTORS: dict[str, list[str]] = {
-    "activation": ["activation"],
-    "init": ["init_applied"],
-    "bn": ["bn"],
-    "activation_bn": ["activation", "bn"],
-    "depth": ["depth"],
-    "width": ["width"],
-}
 #: Columns a factor's levels may differ in besides its own (the rest are strata): an
 #: activation's alpha and, under ``matched``, its initializer (He for ReLU, Glorot for tanh).
 FREES: dict[str, tuple[str, ...]] = {

@@ -71,6 +71,11 @@ def ray_address(flag: str | None) -> str | None:
     return flag or os.environ.get("RAY_ADDRESS") or None
 
 
+def ray_auth_token() -> str:
+    """``RAY_AUTH_TOKEN``, the token a job server wants, else ``""`` (Ray's own lookup then)."""
+    return os.environ.get("RAY_AUTH_TOKEN", "")
+
+
 def with_driver(url: str) -> str:
     """``postgresql://`` -> ``postgresql+psycopg2://``: SQLAlchemy 2.1 would pick psycopg 3,
     which gradsweep does not install; psycopg2 is what it ships with."""

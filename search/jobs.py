@@ -21,7 +21,6 @@ applies.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shlex
 import tempfile
@@ -36,7 +35,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from search import preflight
+from search import environment, preflight
 from search.environment import redact
 from search.errors import UserError
 from spaces import StudyConfig
@@ -96,7 +95,7 @@ def _talking_to(address: str) -> Iterator[None]:
 
 def job_server_address(address: str | None) -> str:
     """The job server's URL: ``--address``, else ``RAY_ADDRESS``; it must be http(s)://HOST:PORT."""
-    value = address or os.environ.get("RAY_ADDRESS") or ""
+    value = environment.ray_address(address) or ""
     if not value:
         raise UserError("--address: give the head's job server, e.g. http://127.0.0.1:8265")
     parsed = urlparse(value)
@@ -121,7 +120,7 @@ def connect(address: str | None, token: str | None = None) -> Any:
     for name in _CHATTY:
         logging.getLogger(name).setLevel(logging.WARNING)
     url = job_server_address(address)
-    token = token if token is not None else os.environ.get("RAY_AUTH_TOKEN", "")
+    token = token if token is not None else environment.ray_auth_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
     with _talking_to(url):
         return JobSubmissionClient(url, headers=headers)

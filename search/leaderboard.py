@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -31,11 +30,10 @@ from search.schema import (
     ROLE_TAG,
     ROLE_TRIAL,
     STUDY_TAG,
+    Format,
     parse_objectives_tag,
 )
 
-Format = Literal["table", "csv", "markdown", "json"]
-FORMATS: tuple[Format, ...] = get_args(Format)
 COLUMNS = [
     "rank",
     "run_name",

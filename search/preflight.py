@@ -6,7 +6,6 @@ is allowed, so bad input never leaves a half-made run, database or directory beh
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import tempfile
@@ -17,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
-from search.environment import redact
+from search.environment import ray_address, redact
 from search.errors import UserError
 from spaces import StudyConfig
 from trainers import DataError, Splits
@@ -111,7 +110,7 @@ def check_address(address: str) -> None:
     """Fail fast when ``address`` names a Ray cluster that isn't there."""
     if address == "auto":
         current = Path("/tmp/ray/ray_current_cluster")
-        found = os.environ.get("RAY_ADDRESS", "")
+        found = ray_address(None) or ""
         if found in ("", "auto"):
             found = current.read_text().strip() if current.is_file() else ""
         if not found:

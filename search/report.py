@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from search.analysis import FACTORS, factor_table, observations, pairwise_tests, timings
+from search.analysis import factor_table, observations, pairwise_tests, timings
 from search.claims import judge_claims
 from search.figures import (
     depth_by_activation_figure,
@@ -36,7 +36,7 @@ from search.leaderboard import find_parent_run, leaderboard, markdown, render
 from search.plots import (
     FAST_PNG,
 )
-from search.schema import OBJECTIVES_TAG, OPTUNA_STORAGE_TAG, parse_objectives_tag
+from search.schema import FACTORS, OBJECTIVES_TAG, OPTUNA_STORAGE_TAG, parse_objectives_tag
 from search.tradeoffs import FRONT_FIGURE, pareto_figure
 
 DEPTH_FIGURE = "depth_by_activation.png"

@@ -1,4 +1,5 @@
-"""The run schema: every tag, role, outcome and metric name a study writes to MLflow and Optuna.
+"""The run schema: every tag, role, outcome and metric name a study writes to MLflow and Optuna,
+and the formats and factor tables it is read back in.
 
 Writers (the tracker, the study, resume) and readers (leaderboard, report, resume) import the
 names from here, so a renamed tag cannot silently stop being read somewhere. It imports nothing
@@ -7,7 +8,7 @@ heavier than Optuna's ``TrialState``: the read side stays free of Ray and of the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from optuna.trial import TrialState
 
@@ -153,3 +154,18 @@ def outcome(result: dict[str, Any] | None, epochs: int, error: bool = False) -> 
     if int(result.get("epoch", 0)) < epochs:
         return "early_stopped"
     return "completed"
+
+
+# -- reading --------------------------------------------------------------------------------------
+#: How ``gradsweep leaderboard`` prints a board (:func:`search.leaderboard.render`).
+Format = Literal["table", "csv", "markdown", "json"]
+FORMATS: tuple[Format, ...] = get_args(Format)
+#: Factor tables (:mod:`search.analysis`): name -> the leaderboard columns that make a level.
+FACTORS: dict[str, list[str]] = {
+    "activation": ["activation"],
+    "init": ["init_applied"],
+    "bn": ["bn"],
+    "activation_bn": ["activation", "bn"],
+    "depth": ["depth"],
+    "width": ["width"],
+}

@@ -1,22 +1,19 @@
 """A study from start to end: run a new one, resume an interrupted one, and finish either.
 
 :func:`run_study` checks what a user can get wrong before it creates anything
-(:mod:`search.preflight`), starts Ray while the data set loads and the stores open, runs one Tuner
-(:mod:`search.tuner`) recorded by the MLflow tracker, and always finishes: leaderboard, report,
-pictures, parent status, Ray stopped if it started it.
+(:mod:`search.preflight`), then hands the trials to :mod:`search.trials`: Ray started while the
+data set loads and the stores open, one Tuner (:mod:`search.tuner`) recorded by the MLflow
+tracker, and always the end: leaderboard, report, pictures, parent status, Ray stopped if it
+started it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pandas as pd
@@ -24,35 +21,18 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, RunTag
 from ray import tune
 
-from search import environment, preflight, ray_session
+from search import environment, preflight, ray_session, stores, tracking, trials
 from search.background import ReportProcess
-from search.ending import finish_study
 from search.environment import Locations, redact
 from search.errors import UserError
-from search.journal import Journal
 from search.leaderboard import find_parent_run, leaderboard
-from search.progress import ProgressCallback
-from search.result import StudyResult, interruption, study_result
+from search.result import StudyResult, study_result
 from search.resume import plan_resume
 from search.schema import OUTPUT_DIR_TAG, RESUMED_TAG, ROLE_TRIAL
 from search.spool import spool_path
-from search.stores import (
-    Stores,
-    existing_store,
-    get_or_create_experiment,
-    open_stores,
-    optuna_storage,
-    study_exists,
-)
-from search.tracking import MlflowTracker, start_parent_run
 from search.trainable import run_trial
-from search.tuner import Trainable, build_tuner
+from search.tuner import Trainable
 from spaces import StudyConfig, grid_size
-from trainers import Splits
-
-log = logging.getLogger(__name__)
-#: The MLflow journal gathers this long after a quiet spell, so epochs go out in few writes.
-JOURNAL_LINGER_S = 0.5
 
 
 def run_study(
@@ -82,19 +62,21 @@ def run_study(
     name = _new_name(config, where, study_name)
     # Forked first, while this process runs no Ray, journal or helper thread of this study.
     with ReportProcess() as reporter:
-        data, stores, owns_ray = _start(config, where, address)
-        client = stores.client
+        data, opened, owns_ray = trials.start(config, where, address)
+        client = opened.client
         artifact_root = None if _remote(where.tracking_uri) else where.output / "artifacts"
-        experiment_id = get_or_create_experiment(client, config.tracking.experiment, artifact_root)
-        parent_run_id = start_parent_run(client, experiment_id, name, config, where)
+        experiment_id = stores.get_or_create_experiment(
+            client, config.tracking.experiment, artifact_root
+        )
+        parent_run_id = tracking.start_parent_run(client, experiment_id, name, config, where)
         num_samples = config.num_samples
         if config.searcher.name == "grid":  # each distinct configuration once
             num_samples = min(num_samples, grid_size(config))
-        board, notes = run_trials(
+        board, notes = trials.run_trials(
             config,
             name,
             where,
-            stores,
+            opened,
             experiment_id,
             parent_run_id,
             owns_ray,
@@ -200,7 +182,7 @@ def open_study(
     preflight.check_study_name(study_name)
     environment.configure()
     address = environment.ray_address(address)
-    client = existing_store(tracking_uri)
+    client = stores.existing_store(tracking_uri)
     if address:
         preflight.check_address(address)
     parent = find_parent_run(client, study_name)
@@ -224,18 +206,21 @@ def continue_study(
     close_patience_s: float,
     trainable: Trainable,
     callbacks: Sequence[tune.Callback] = (),
-    **more: Any,
+    resume: dict[int, dict[str, str]] | None = None,
+    resumed_tags: dict[int, dict[str, str]] | None = None,
+    optuna_study: str | None = None,
+    role: str = ROLE_TRIAL,
 ) -> tuple[pd.DataFrame, list[str]]:
     """More trials under an existing study's parent run (a resume, a confirmation): Ray
     connected and checked, the parent marked with ``tag`` (when) and RUNNING again, then
-    :func:`run_trials` with ``more`` (its ``resume``, ``optuna_study``, ``role``, ...)."""
+    :func:`~search.trials.run_trials` (see there for ``resume``, ``optuna_study``, ``role``)."""
     client = MlflowClient(tracking_uri=where.tracking_uri)
     data = preflight.load_data(config)
     with ReportProcess() as reporter:  # forked before Ray and the journal start (run_study)
         owns_ray = ray_session.connect(address) if num_samples > 0 else False
         if num_samples > 0:
             try:
-                _check_resources(config)
+                trials.check_resources(config)
             except BaseException:
                 if owns_ray:
                     ray_session.shutdown()
@@ -243,12 +228,12 @@ def continue_study(
         client.log_batch(parent.info.run_id, tags=[RunTag(tag, time.strftime("%Y-%m-%dT%H:%M:%S"))])
         if parent.info.status != "RUNNING":  # children nest under an active run
             client.update_run(parent.info.run_id, status="RUNNING")
-        stores = Stores(client, optuna_storage(where.optuna_storage))
-        return run_trials(
+        opened = stores.Stores(client, stores.optuna_storage(where.optuna_storage))
+        return trials.run_trials(
             config,
             study_name,
             where,
-            stores,
+            opened,
             parent.info.experiment_id,
             parent.info.run_id,
             owns_ray,
@@ -260,7 +245,10 @@ def continue_study(
             close_patience_s=close_patience_s,
             trainable=trainable,
             callbacks=callbacks,
-            **more,
+            resume=resume,
+            resumed_tags=resumed_tags,
+            optuna_study=optuna_study,
+            role=role,
         )
 
 
@@ -268,7 +256,7 @@ def _new_name(config: StudyConfig, where: Locations, chosen: str | None) -> str:
     """``chosen`` if no study has it yet, else NAME-timestamp (suffixed if that is taken)."""
     uri, storage = where.tracking_uri, where.optuna_storage
     if chosen is not None:
-        if study_exists(uri, storage, chosen):
+        if stores.study_exists(uri, storage, chosen):
             raise UserError(
                 f"--study: {chosen!r} exists already; 'gradsweep resume --study "
                 f"{chosen}' continues it, or choose another name"
@@ -276,57 +264,7 @@ def _new_name(config: StudyConfig, where: Locations, chosen: str | None) -> str:
         return chosen
     stem = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     candidates = (stem, *(f"{stem}-{i}" for i in range(2, 1000)))
-    return next(n for n in candidates if not study_exists(uri, storage, n))
-
-
-def _start(
-    config: StudyConfig, where: Locations, address: str | None
-) -> tuple[Splits, Stores, bool]:
-    """Start Ray while the data set loads and the stores open (all three mostly wait).
-
-    Returns the data, the stores and whether this study owns its Ray session. If either side
-    fails, the other is undone: Ray stopped, or what opening the stores created removed.
-    """
-
-    def prepare() -> tuple[Splits, Stores]:
-        data = preflight.load_data(config)
-        return data, open_stores(where, config.tracking.experiment)
-
-    with ray_session.no_gc(), ThreadPoolExecutor(1, thread_name_prefix="gradsweep-start") as pool:
-        prepared = pool.submit(prepare)
-        try:
-            owns_ray = ray_session.connect(address)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                prepared.result()[1].remove_created()
-            raise
-        try:
-            data, stores = prepared.result()
-        except BaseException:
-            if owns_ray:
-                ray_session.shutdown()
-            raise
-        try:
-            _check_resources(config)
-        except BaseException:
-            stores.remove_created()
-            if owns_ray:
-                ray_session.shutdown()
-            raise
-    return data, stores, owns_ray
-
-
-def _check_resources(config: StudyConfig) -> None:
-    """A trial's request against the cluster Ray is now connected to (see preflight)."""
-    wanted = config.resources
-    preflight.await_resources(
-        wanted.cpu,
-        wanted.gpu,
-        ray_session.node_resources,
-        autoscaling=ray_session.autoscaling(),
-        say=lambda line: log.warning("%s", line),
-        request=ray_session.request_resources,
-    )
+    return next(n for n in candidates if not stores.study_exists(uri, storage, n))
 
 
 def _remote(uri: str) -> bool:
@@ -343,91 +281,3 @@ def saved_config(client: MlflowClient, parent_run_id: str, study_name: str) -> S
             return StudyConfig.model_validate(json.loads(Path(path).read_text()))
     except Exception as exc:
         raise UserError(f"--study {study_name}: its saved config can't be read ({exc})") from None
-
-
-def run_trials(
-    config: StudyConfig,
-    name: str,
-    where: Locations,
-    stores: Stores,
-    experiment_id: str,
-    parent_run_id: str,
-    owns_ray: bool,
-    reporter: ReportProcess,
-    *,
-    data: Splits,
-    num_samples: int,
-    run_name: str,
-    progress: bool,
-    close_patience_s: float,
-    trainable: Trainable,
-    callbacks: Sequence[tune.Callback],
-    resume: dict[int, dict[str, str]] | None = None,
-    resumed_tags: dict[int, dict[str, str]] | None = None,
-    optuna_study: str | None = None,
-    role: str = ROLE_TRIAL,
-) -> tuple[pd.DataFrame, list[str]]:
-    """One Tuner over the study, then always the end: leaderboard, report, parent status, Ray
-    stopped if the study owns it. ``optuna_study`` (default: the study's name) is where the
-    trials are asked and told; ``role`` tags their runs."""
-    journal = Journal(
-        stores.client,
-        spool_path(where.output, name),
-        run_ids={"parent": parent_run_id},
-        linger_s=JOURNAL_LINGER_S,
-    )
-    tracker = MlflowTracker(
-        journal,
-        experiment_id,
-        parent_run_id,
-        name,
-        config,
-        extra_tags={str(k): v for k, v in (resumed_tags or {}).items()},
-        role=role,
-    )
-    status = "FAILED"
-    searcher = None
-    try:
-        if num_samples > 0:
-            extra: list[tune.Callback] = [tracker, *callbacks]
-            if progress:
-                extra.append(ProgressCallback(num_samples, run_name))
-            tuner, searcher = build_tuner(
-                config,
-                study_name=optuna_study or name,
-                run_name=run_name,
-                output=where.output,
-                storage=stores.optuna,
-                data=data,
-                num_samples=num_samples,
-                callbacks=extra,
-                trainable=trainable,
-                resume=resume,
-            )
-            tuner.fit()
-            searcher.close_unfinished()  # stopped by the time budget: PRUNED, not left RUNNING
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise interruption(
-            stores.optuna, optuna_study or name, searcher, num_samples, role, where
-        ) from None
-    finally:
-        # Ray's processes stop (mostly waiting) while the leaderboard and pictures are made.
-        with ray_session.no_gc(), ThreadPoolExecutor(1, thread_name_prefix="gradsweep-end") as pool:
-            ending = pool.submit(
-                finish_study,
-                config,
-                name,
-                where,
-                stores.client,
-                journal,
-                tracker,
-                status,
-                close_patience_s,
-                reporter,
-            )
-            if owns_ray:
-                ray_session.shutdown()
-            board, notes = ending.result()
-    return board, notes

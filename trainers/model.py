@@ -8,15 +8,16 @@ hidden layer by name (``layer_01`` ... ``layer_NN``).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Literal, cast
+from typing import Literal, cast, get_args
 
 from torch import nn
 
 from trainers.activations import ACTIVATIONS, build_activation
 from trainers.initializers import INITIALIZERS, initialize
 
+#: Where batch norm goes in a hidden block (see :func:`build_mlp`); configs are checked against it.
 BatchNorm = Literal["none", "before", "after"]
-BATCH_NORM_PLACEMENTS: tuple[str, ...] = ("none", "before", "after")
+BATCH_NORM_PLACEMENTS: tuple[BatchNorm, ...] = get_args(BatchNorm)
 
 
 class MLP(nn.Sequential):
@@ -71,7 +72,8 @@ def build_mlp(
     if init not in INITIALIZERS:
         raise ValueError(f"unknown initializer {init!r}; allowed: {', '.join(INITIALIZERS)}")
     if batch_norm not in BATCH_NORM_PLACEMENTS:
-        raise ValueError(f"unknown batch_norm {batch_norm!r}; allowed: none, before, after")
+        allowed = ", ".join(BATCH_NORM_PLACEMENTS)
+        raise ValueError(f"unknown batch_norm {batch_norm!r}; allowed: {allowed}")
     if depth < 1 or width < 1:
         raise ValueError("depth and width must be >= 1")
 

@@ -10,15 +10,17 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from search.cli.options import (
+    ConfigArg,
+    HeadTrackingUri,
+    JobAddress,
+    JobArg,
+    NewStudy,
+    Overrides,
+    Wait,
+)
 from search.cli.terminal import app, err, fail, out, quiet
 from spaces import ConfigError, load_config
-
-JobAddress = Annotated[
-    str | None,
-    typer.Option(
-        "--address", help="The head's job server, http://HEAD:8265 (default: RAY_ADDRESS)."
-    ),
-]
 
 PANEL = "Studies on a cluster (Ray jobs)"
 
@@ -70,23 +72,16 @@ def _await_job(client: object, job_id: str, address: str) -> None:
 
 @app.command(rich_help_panel=PANEL)
 def submit(
-    config: Annotated[str, typer.Argument(help="A YAML study config, or a preset name.")],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config key: --set training.epochs=3 (repeatable)."),
-    ] = None,
+    config: ConfigArg,
+    set_: Overrides = None,
     address: JobAddress = None,
-    tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking URI as the head sees it.")
-    ] = None,
-    study: Annotated[str | None, typer.Option(help="Study name (default: NAME-timestamp).")] = None,
+    tracking_uri: HeadTrackingUri = None,
+    study: NewStudy = None,
     output_dir: Annotated[
         str | None,
         typer.Option(help="Output dir on the cluster, seen by every node (default: /app/OUTPUT)."),
     ] = None,
-    wait: Annotated[
-        bool, typer.Option(help="Follow the log to the end; exit 1 unless it succeeded.")
-    ] = False,
+    wait: Wait = False,
 ) -> None:
     """Run a search on a Ray cluster as a job: checked here, run there, this machine free."""
     try:
@@ -115,12 +110,8 @@ def submit(
 def resubmit(
     study: Annotated[str, typer.Option(help="The study to finish, as 'gradsweep submit' printed.")],
     address: JobAddress = None,
-    tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking URI as the head sees it.")
-    ] = None,
-    wait: Annotated[
-        bool, typer.Option(help="Follow the log to the end; exit 1 unless it succeeded.")
-    ] = False,
+    tracking_uri: HeadTrackingUri = None,
+    wait: Wait = False,
 ) -> None:
     """Finish a stopped study on the cluster: 'gradsweep resume' as a job."""
     quiet()
@@ -170,7 +161,7 @@ def list_jobs(
 
 @app.command(rich_help_panel=PANEL)
 def logs(
-    job: Annotated[str, typer.Argument(help="A job id, or a study name (its newest job).")],
+    job: JobArg,
     address: JobAddress = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing until it ends.")
@@ -195,7 +186,7 @@ def logs(
 
 @app.command(rich_help_panel=PANEL)
 def stop(
-    job: Annotated[str, typer.Argument(help="A job id, or a study name (its newest job).")],
+    job: JobArg,
     address: JobAddress = None,
 ) -> None:
     """Stop a job as Ctrl+C stops a study: trials closed, resumable with 'gradsweep resubmit'."""

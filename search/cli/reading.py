@@ -5,36 +5,38 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from search.cli.options import StudyTrackingUri
 from search.cli.terminal import app, fail, out, quiet
+from search.schema import FACTORS, FORMATS
 from spaces import presets
 
 PANEL = "Read results"
 
 
+def _or(names: Iterable[str]) -> str:
+    """``a, b or c``: a registry's names in a help text."""
+    *most, last = names
+    return f"{', '.join(most)} or {last}" if most else last
+
+
 @app.command(rich_help_panel=PANEL)
 def leaderboard(
     study: Annotated[str, typer.Option(help="Study name, as printed by 'gradsweep run'.")],
-    tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking URI (default: the default run's).")
-    ] = None,
+    tracking_uri: StudyTrackingUri = None,
     top: Annotated[int | None, typer.Option(min=1, help="Show the best N only.")] = None,
-    format: Annotated[
-        str, typer.Option("--format", help="table, csv, markdown or json.")
-    ] = "table",
+    format: Annotated[str, typer.Option("--format", help=f"{_or(FORMATS)}.")] = "table",
     by: Annotated[
         str | None,
-        typer.Option(help="Factor table instead: activation, init, bn or activation_bn."),
+        typer.Option(help=f"Factor table instead: {_or(FACTORS)}."),
     ] = None,
 ) -> None:
     """Print a study's leaderboard (or a factor table with CIs and tests), read from MLflow."""
-    from search.analysis import FACTORS
-    from search.leaderboard import FORMATS
-
     if format not in FORMATS:
         raise fail(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
     if by is not None and by not in FACTORS:
@@ -98,7 +100,7 @@ def _tracking_client(tracking_uri: str | None):
 @app.command(rich_help_panel=PANEL)
 def report(
     study: Annotated[str, typer.Option(help="Study name, as printed by 'gradsweep run'.")],
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    tracking_uri: StudyTrackingUri = None,
     out_dir: Annotated[
         Path | None, typer.Option(help="Where to write (default: OUTPUT/reports/STUDY).")
     ] = None,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from search.cli.interrupts import sigterm_as_ctrl_c
+from search.cli.options import ConfigArg, NewStudy, Overrides, RayAddress, StudyTrackingUri
 from search.cli.terminal import app, err, fail, out, quiet
 from spaces import ConfigError, load_config
 
@@ -22,18 +23,15 @@ PANEL = "Run studies"
 
 @app.command(rich_help_panel=PANEL)
 def run(
-    config: Annotated[str, typer.Argument(help="A YAML study config, or a preset name.")],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config key: --set training.epochs=3 (repeatable)."),
-    ] = None,
+    config: ConfigArg,
+    set_: Overrides = None,
     address: Annotated[
         str | None,
         typer.Option(help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: local)."),
     ] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
     num_samples: Annotated[int | None, typer.Option(help="Number of trials.")] = None,
-    study: Annotated[str | None, typer.Option(help="Study name (default: NAME-timestamp).")] = None,
+    study: NewStudy = None,
 ) -> None:
     """Run a search and print its leaderboard."""
     overrides = list(set_ or [])
@@ -107,10 +105,8 @@ def _summary(result: StudyResult) -> None:
 @app.command(rich_help_panel=PANEL)
 def resume(
     study: Annotated[str, typer.Option(help="The study to finish, as printed by 'gradsweep run'.")],
-    tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking URI of the study.")
-    ] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster (default: local).")] = None,
+    tracking_uri: StudyTrackingUri = None,
+    address: RayAddress = None,
 ) -> None:
     """Finish a study whose driver died: finished trials stay, interrupted ones resume."""
     quiet()
@@ -135,10 +131,8 @@ def confirm(
     factor: Annotated[
         str, typer.Option(help="Confirm the best configuration of each level of this factor.")
     ] = "activation",
-    tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking URI of the study.")
-    ] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster (default: local).")] = None,
+    tracking_uri: StudyTrackingUri = None,
+    address: RayAddress = None,
 ) -> None:
     """Retrain each level's best configuration with fresh seeds, scored on the test split."""
     quiet()

@@ -1,10 +1,10 @@
 """The notes' claims on a real designed study: verdicts reached where the data are clear.
 
-The ``seed-notes`` design (17 configurations at depth 20, 4 fused seeds each, ELU and ReLU run 3 times), shortened to a few
-epochs. Each claim the report decided on one stratum is checked against an independent Welch
-test (``scipy.stats.ttest_ind``) on the per-seed values MLflow holds, restricted to that same
-stratum (the cells that share every held-equal factor): where it finds p < 0.01, the report must
-reach a verdict of the same sign.
+The ``seed-notes`` design (17 configurations at depth 20, 4 fused seeds each, ELU and ReLU run
+3 times), shortened to a few epochs. Each claim the report decided on one stratum is checked
+against an independent Welch test (``scipy.stats.ttest_ind``) on the per-seed values MLflow
+holds, restricted to that same stratum (the cells that share every held-equal factor): where it
+finds p < 0.01, the report must reach a verdict of the same sign.
 
 Deviation from the issue's plain p < 0.01: the threshold is min(0.01, 0.05 / m), m the claims in
 the family. The report corrects with Holm at 0.05 within a family, and any raw p < 0.05 / m is

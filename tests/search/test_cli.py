@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from search.cli import main
+from search.schema import FACTORS, FORMATS
 from spaces import presets
 from trainers import ACTIVATIONS
 
@@ -24,3 +25,12 @@ def test_presets_lists_every_bundled_preset(capsys: pytest.CaptureFixture[str]) 
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert all(f"{name}:" in out for name in presets())
+
+
+def test_leaderboard_help_lists_every_format_and_factor_table(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # one row per option: names are not wrapped apart
+    assert main(["leaderboard", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in (*FORMATS, *FACTORS))

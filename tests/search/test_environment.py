@@ -42,6 +42,28 @@ def test_flag_beats_environment_beats_config(monkeypatch: pytest.MonkeyPatch) ->
     assert locate(config).optuna_storage == "sqlite:///c.db"
 
 
+def test_ray_address_flag_beats_environment_for_studies_and_jobs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from search.environment import ray_address
+    from search.jobs import job_server_address
+
+    monkeypatch.setenv("RAY_ADDRESS", "http://env-head:8265")
+    assert ray_address(None) == job_server_address(None) == "http://env-head:8265"
+    assert ray_address("http://flag:8265") == job_server_address("http://flag:8265/")
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert ray_address(None) is None
+
+
+def test_auto_address_falls_back_to_ray_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    from search.errors import UserError
+    from search.preflight import check_address
+
+    monkeypatch.setenv("RAY_ADDRESS", "bad://x")  # what 'auto' resolves to, then checked
+    with pytest.raises(UserError, match="'bad://x' must be auto"):
+        check_address("auto")
+
+
 def test_postgres_urls_get_the_installed_driver_and_lose_passwords() -> None:
     assert with_driver("postgresql://a:b@h/db") == "postgresql+psycopg2://a:b@h/db"
     assert with_driver("sqlite:///x.db") == "sqlite:///x.db"
@@ -93,15 +115,3 @@ def test_configure_applies_every_setting_and_keeps_a_users_own(
     assert all(
         os.environ[k] == v for k, v in _SETTINGS.items() if k != "MLFLOW_HTTP_REQUEST_TIMEOUT"
     )
-
-
-@pytest.mark.parametrize("module", ["search.leaderboard", "search.report", "search.resume"])
-def test_the_read_side_imports_neither_ray_nor_the_writer(module: str) -> None:
-    """leaderboard, report and resume read MLflow and Optuna: Ray Tune and the tracker (which
-    is a Tune callback) are not needed to read a study."""
-    out = _run(
-        f"import sys, {module}; "
-        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.') "
-        "or m == 'search.tracking'))"
-    )
-    assert out.strip() == "[]"

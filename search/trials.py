@@ -1,0 +1,172 @@
+"""Trials under a study's parent run: start Ray beside the data and the stores, run one Tuner,
+and always end (leaderboard, report, pictures, parent status, Ray stopped if the study started it).
+
+:mod:`search.study` decides *which* trials a study runs (new, resumed, confirmed); this module
+runs them, so a new kind of study reuses the start and the end as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import pandas as pd
+from ray import tune
+
+from search import ending, preflight, ray_session
+from search.background import ReportProcess
+from search.environment import Locations
+from search.journal import Journal
+from search.progress import ProgressCallback
+from search.result import interruption
+from search.schema import ROLE_TRIAL
+from search.spool import spool_path
+from search.stores import Stores, open_stores
+from search.tracking import MlflowTracker
+from search.tuner import Trainable, build_tuner
+from spaces import StudyConfig
+from trainers import Splits
+
+log = logging.getLogger(__name__)
+#: The MLflow journal gathers this long after a quiet spell, so epochs go out in few writes.
+JOURNAL_LINGER_S = 0.5
+
+
+def start(
+    config: StudyConfig, where: Locations, address: str | None
+) -> tuple[Splits, Stores, bool]:
+    """Start Ray while the data set loads and the stores open (all three mostly wait).
+
+    Returns the data, the stores and whether this study owns its Ray session. If either side
+    fails, the other is undone: Ray stopped, or what opening the stores created removed.
+    """
+
+    def prepare() -> tuple[Splits, Stores]:
+        data = preflight.load_data(config)
+        return data, open_stores(where, config.tracking.experiment)
+
+    with ray_session.no_gc(), ThreadPoolExecutor(1, thread_name_prefix="gradsweep-start") as pool:
+        prepared = pool.submit(prepare)
+        try:
+            owns_ray = ray_session.connect(address)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                prepared.result()[1].remove_created()
+            raise
+        try:
+            data, stores = prepared.result()
+        except BaseException:
+            if owns_ray:
+                ray_session.shutdown()
+            raise
+        try:
+            check_resources(config)
+        except BaseException:
+            stores.remove_created()
+            if owns_ray:
+                ray_session.shutdown()
+            raise
+    return data, stores, owns_ray
+
+
+def check_resources(config: StudyConfig) -> None:
+    """A trial's request against the cluster Ray is now connected to (see preflight)."""
+    wanted = config.resources
+    preflight.await_resources(
+        wanted.cpu,
+        wanted.gpu,
+        ray_session.node_resources,
+        autoscaling=ray_session.autoscaling(),
+        say=lambda line: log.warning("%s", line),
+        request=ray_session.request_resources,
+    )
+
+
+def run_trials(
+    config: StudyConfig,
+    name: str,
+    where: Locations,
+    stores: Stores,
+    experiment_id: str,
+    parent_run_id: str,
+    owns_ray: bool,
+    reporter: ReportProcess,
+    *,
+    data: Splits,
+    num_samples: int,
+    run_name: str,
+    progress: bool,
+    close_patience_s: float,
+    trainable: Trainable,
+    callbacks: Sequence[tune.Callback],
+    resume: dict[int, dict[str, str]] | None = None,
+    resumed_tags: dict[int, dict[str, str]] | None = None,
+    optuna_study: str | None = None,
+    role: str = ROLE_TRIAL,
+) -> tuple[pd.DataFrame, list[str]]:
+    """One Tuner over the study, then always the end: leaderboard, report, parent status, Ray
+    stopped if the study owns it. ``optuna_study`` (default: the study's name) is where the
+    trials are asked and told; ``role`` tags their runs."""
+    journal = Journal(
+        stores.client,
+        spool_path(where.output, name),
+        run_ids={"parent": parent_run_id},
+        linger_s=JOURNAL_LINGER_S,
+    )
+    tracker = MlflowTracker(
+        journal,
+        experiment_id,
+        parent_run_id,
+        name,
+        config,
+        extra_tags={str(k): v for k, v in (resumed_tags or {}).items()},
+        role=role,
+    )
+    status = "FAILED"
+    searcher = None
+    try:
+        if num_samples > 0:
+            extra: list[tune.Callback] = [tracker, *callbacks]
+            if progress:
+                extra.append(ProgressCallback(num_samples, run_name))
+            tuner, searcher = build_tuner(
+                config,
+                study_name=optuna_study or name,
+                run_name=run_name,
+                output=where.output,
+                storage=stores.optuna,
+                data=data,
+                num_samples=num_samples,
+                callbacks=extra,
+                trainable=trainable,
+                resume=resume,
+            )
+            tuner.fit()
+            searcher.close_unfinished()  # stopped by the time budget: PRUNED, not left RUNNING
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise interruption(
+            stores.optuna, optuna_study or name, searcher, num_samples, role, where
+        ) from None
+    finally:
+        # Ray's processes stop (mostly waiting) while the leaderboard and pictures are made.
+        with ray_session.no_gc(), ThreadPoolExecutor(1, thread_name_prefix="gradsweep-end") as pool:
+            end = pool.submit(
+                ending.finish_study,
+                config,
+                name,
+                where,
+                stores.client,
+                journal,
+                tracker,
+                status,
+                close_patience_s,
+                reporter,
+            )
+            if owns_ray:
+                ray_session.shutdown()
+            board, notes = end.result()
+    return board, notes
