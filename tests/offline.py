@@ -39,9 +39,9 @@ def refusing(refused: Callable[[object], object]) -> tuple[Callable[..., Any], C
 
 def sitecustomize(folder: Path, log: Path) -> Path:
     """Write ``folder/sitecustomize.py``: with ``folder`` first on ``PYTHONPATH``, every Python
-    process installs :func:`refusing` at start, appends ``loaded <pid>\t<its command line>`` to
-    ``log``, and ``<host>\t<its command line>`` for each host it was refused. Returns
-    ``folder``."""
+    process installs :func:`refusing` at start and appends to ``log`` a line ``loaded <pid>``,
+    then one per host it was refused; each line ends in a tab and the process's command line.
+    Returns ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sitecustomize.py").write_text(
         "import os, socket, sys\n"
