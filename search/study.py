@@ -1,10 +1,10 @@
 """A study from start to end: run a new one, resume an interrupted one, and finish either.
 
 :func:`run_study` checks what a user can get wrong before it creates anything
-(:mod:`search.preflight`), then hands the trials to :mod:`search.trials`: Ray started while the
-data set loads and the stores open, one Tuner (:mod:`search.tuner`) recorded by the MLflow
-tracker, and always the end: leaderboard, report, pictures, parent status, Ray stopped if it
-started it.
+(:mod:`search.preflight`), then hands the trials to :mod:`search.trials`: the data set loaded
+(bad data refused before anything exists), Ray started while the stores open, one Tuner
+(:mod:`search.tuner`) recorded by the MLflow tracker, and always the end: leaderboard, report,
+pictures, parent status, Ray stopped if it started it.
 """
 
 from __future__ import annotations

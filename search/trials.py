@@ -1,4 +1,4 @@
-"""Trials under a study's parent run: start Ray beside the data and the stores, run one Tuner,
+"""Trials under a study's parent run: load the data, start Ray beside the stores, run one Tuner,
 and always end (leaderboard, report, pictures, parent status, Ray stopped if the study started it).
 
 :mod:`search.study` decides *which* trials a study runs (new, resumed, confirmed); this module
@@ -37,26 +37,23 @@ JOURNAL_LINGER_S = 0.5
 def start(
     config: StudyConfig, where: Locations, address: str | None
 ) -> tuple[Splits, Stores, bool]:
-    """Start Ray while the data set loads and the stores open (all three mostly wait).
+    """Load the data set, then start Ray while the stores open (both mostly wait).
 
-    Returns the data, the stores and whether this study owns its Ray session. If either side
-    fails, the other is undone: Ray stopped, or what opening the stores created removed.
+    The data comes first, so bad data is refused before Ray or a store exists. Returns the data,
+    the stores and whether this study owns its Ray session. If Ray or the stores fail, the other
+    is undone: Ray stopped, or what opening the stores created removed.
     """
-
-    def prepare() -> tuple[Splits, Stores]:
-        data = preflight.load_data(config)
-        return data, open_stores(where, config.tracking.experiment)
-
+    data = preflight.load_data(config)
     with ray_session.no_gc(), ThreadPoolExecutor(1, thread_name_prefix="gradsweep-start") as pool:
-        prepared = pool.submit(prepare)
+        opened = pool.submit(open_stores, where, config.tracking.experiment)
         try:
             owns_ray = ray_session.connect(address)
         except BaseException:
             with contextlib.suppress(Exception):
-                prepared.result()[1].remove_created()
+                opened.result().remove_created()
             raise
         try:
-            data, stores = prepared.result()
+            stores = opened.result()
         except BaseException:
             if owns_ray:
                 ray_session.shutdown()

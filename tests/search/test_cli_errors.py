@@ -1,4 +1,5 @@
-"""Every user error the CLI knows: one line naming the key or value, exit 2, nothing written.
+"""Every user error the CLI knows: one line naming the key or value, exit 2, nothing written,
+and no Ray started.
 
 The cases mirror the README's table of user errors.
 """
@@ -119,6 +120,37 @@ CASES = [
         [],
         "non-numeric feature columns",
     ),
+    (
+        "file-empty-cells",
+        "data: {name: file, options: {path: GAPS_TABLE, target: y}}\n",
+        [],
+        "gaps.csv has 2 rows with empty, NaN or infinite feature values (columns 'a', 'b')",
+    ),
+    (
+        "file-single-class",
+        "data: {name: file, options: {path: ONE_CLASS_TABLE, target: y}}\n",
+        [],
+        "one_class.csv has only one class ('1'); classification needs at least 2",
+    ),
+    (
+        "file-only-target",
+        "data: {name: file, options: {path: TARGET_TABLE, target: y}}\n",
+        [],
+        "target.csv has no feature columns, only the target",
+    ),
+    (
+        "file-too-few-rows",
+        "data: {name: file, options: {path: TINY_TABLE, target: y}}\n",
+        [],
+        "the stratified split with val_fraction 0.2 and test_fraction 0.2 needs at least 3 rows "
+        "per class",
+    ),
+    (
+        "synthetic-one-class",
+        "data: {name: synthetic, options: {n_classes: 1, n_informative: 2}}\n",
+        [],
+        "data.name: 'synthetic' has only one class ('0')",
+    ),
     ("options-for-bundled", "data: {name: digits, options: {n: 3}}\n", [], "takes no options"),
     (
         "address-unreachable",
@@ -207,24 +239,36 @@ CASES = [
 ]
 
 
+def _rows(row: str, n: int = 20) -> str:
+    return "\n".join(row.format(i=i, j=i * 2, y=i % 2) for i in range(n))
+
+
+# The tables a config names by placeholder: placeholder -> (file name, CSV text).
+TABLES = {
+    "TABLE": ("table.csv", "a,b,y\n" + _rows("{i},{j},{y}")),
+    "TEXT_TABLE": ("text.csv", "a,b,y\n" + _rows("{i},x{i},{y}")),
+    "GAPS_TABLE": ("gaps.csv", "a,b,y\n,1,0\n2,inf,1\n" + _rows("{i},{j},{y}")),
+    "ONE_CLASS_TABLE": ("one_class.csv", "a,b,y\n" + _rows("{i},{j},1")),
+    "TARGET_TABLE": ("target.csv", "y\n" + _rows("{y}")),
+    "TINY_TABLE": ("tiny.csv", "a,b,y\n" + _rows("{i},{j},{y}", 3)),
+}
+INPUTS = {"study.yaml", *(name for name, _ in TABLES.values())}
+
+
 def _prepare(tmp_path: Path, config: str | None, argv: list[str]) -> list[str]:
-    (tmp_path / "table.csv").write_text(
-        "a,b,y\n" + "\n".join(f"{i},{i * 2},{i % 2}" for i in range(20))
-    )
-    (tmp_path / "text.csv").write_text(
-        "a,b,y\n" + "\n".join(f"{i},x{i},{i % 2}" for i in range(20))
-    )
+    for name, text in TABLES.values():
+        (tmp_path / name).write_text(text)
     source = "quick"
     if config is not None:
-        text = config.replace("TEXT_TABLE", str(tmp_path / "text.csv"))
-        text = text.replace("TABLE", str(tmp_path / "table.csv"))
-        (tmp_path / "study.yaml").write_text(text)
+        for placeholder in sorted(TABLES, key=len, reverse=True):  # TEXT_TABLE before TABLE
+            config = config.replace(placeholder, str(tmp_path / TABLES[placeholder][0]))
+        (tmp_path / "study.yaml").write_text(config)
         source = str(tmp_path / "study.yaml")
     return ["run", source, *[a.replace("TMP", str(tmp_path)) for a in argv]]
 
 
 def _nothing_written(tmp_path: Path) -> None:
-    made = {p.name for p in tmp_path.iterdir()} - {"table.csv", "text.csv", "study.yaml"}
+    made = {p.name for p in tmp_path.iterdir()} - INPUTS
     assert made == set(), f"bad input wrote {made}"
 
 
@@ -239,13 +283,23 @@ def test_run_bad_input(
     argv: list[str],
     expected: str,
 ) -> None:
+    import search.ray_session
+
+    started: list[str | None] = []
+
+    def connect(address: str | None, num_cpus: int | None = None) -> bool:
+        started.append(address)
+        raise RuntimeError("Ray was started for bad input")
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(search.ray_session, "connect", connect)
     if "name=RAYDEAD" in argv:  # 'auto' finds its cluster through RAY_ADDRESS: a dead one here
         monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     code = main(_prepare(tmp_path, config, argv))
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert started == [], "bad input is refused before Ray starts"
     assert code == 2
     assert len(lines) == 1, captured.err
     assert expected in lines[0]

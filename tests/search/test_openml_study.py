@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+from offline import refusing
 from openml_cache import write_openml_cache
 
 from search import run_study
@@ -19,7 +20,6 @@ from spaces import load_config
 from trainers import datasets, openml
 
 pytestmark = pytest.mark.slow
-LOOPBACK = ("127.0.0.1", "localhost", "::1", "")
 REFUSED: list[object] = []  # every outside connection refused below
 
 
@@ -27,21 +27,7 @@ REFUSED: list[object] = []  # every outside connection refused below
 def _outside_network_blocked(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No host but this one: Ray (loopback) works, openml.org is unreachable, and every attempt
     to reach it is recorded."""
-    resolve, connect = socket.getaddrinfo, socket.socket.connect
-
-    def getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
-        if host not in LOOPBACK and host is not None:
-            REFUSED.append(host)
-            raise socket.gaierror(f"network blocked by the test: {host}")
-        return resolve(host, *args, **kwargs)  # type: ignore[arg-type]
-
-    def guarded(self: socket.socket, address: object) -> None:
-        host = address[0] if isinstance(address, tuple) else ""
-        if host not in LOOPBACK:
-            REFUSED.append(host)
-            raise OSError(f"network blocked by the test: {host}")
-        connect(self, address)  # type: ignore[arg-type]
-
+    getaddrinfo, guarded = refusing(REFUSED.append)
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     monkeypatch.setattr(socket.socket, "connect", guarded)
     monkeypatch.setattr(openml, "OPENML_RETRIES", 1)

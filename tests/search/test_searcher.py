@@ -1,9 +1,9 @@
 """The searcher's bookkeeping with Optuna: a failed ``tell`` is retried, else closed FAIL with a
-reason; only a stopped trial's last epoch value is written; after Ctrl+C the handed-out trials go
-back to WAITING; with several objectives, both values on COMPLETE, FAIL when one is missing or
-not finite, PRUNED with none when stopped early, and no intermediate values (Optuna refuses
-them). Real Optuna storage (SQLite); the only fake is the database hiccup, injected into that
-real storage."""
+reason, and not told again when the failed try's write got through; only a stopped trial's last
+epoch value is written; after Ctrl+C the handed-out trials go back to WAITING; with several
+objectives, both values on COMPLETE, FAIL when one is missing or not finite, PRUNED with none
+when stopped early, and no intermediate values (Optuna refuses them). Real Optuna storage
+(SQLite); the only fake is the database hiccup, injected into that real storage."""
 
 from __future__ import annotations
 
@@ -78,6 +78,43 @@ def test_a_tell_that_keeps_failing_closes_the_trial_fail_with_the_reason(tmp_pat
     (trial,) = optuna.load_study(study_name="s", storage=url).trials
     assert trial.state == TrialState.FAIL, "never left RUNNING, which resume would re-run"
     assert trial.user_attrs[REASON_TAG].startswith("Optuna refused COMPLETE: OperationalError")
+
+
+class LostReply(RDBStorage):
+    """SQLite storage whose first write of COMPLETE commits and then raises, as a connection
+    dropped after the database's commit but before its reply does."""
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        written = super().set_trial_state_values(trial_id, state, values)
+        if state == TrialState.COMPLETE:
+            raise OperationalError("UPDATE trials", {}, Exception("connection lost after commit"))
+        return written
+
+
+def test_a_tell_whose_write_got_through_is_not_told_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The failed tell's write landed: the searcher sees the trial finished and stops there,
+    rather than retrying a tell Optuna refuses and then trying to close the trial FAIL."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = _searcher(LostReply(url))
+    searcher.suggest("a")
+    study = searcher._ot_study
+    tells: list[Any] = []
+
+    def tell(*args: Any, **kwargs: Any) -> Any:
+        tells.append(kwargs.get("state"))
+        return optuna.Study.tell(study, *args, **kwargs)
+
+    monkeypatch.setattr(study, "tell", tell)
+    with caplog.at_level("WARNING", logger="search.searcher"):
+        searcher.on_trial_complete("a", {OBJECTIVE: 0.7, "epoch": 2})
+    assert tells == [TrialState.COMPLETE], "told once, not retried"
+    (trial,) = optuna.load_study(study_name="s", storage=url).trials
+    assert (trial.state, trial.value) == (TrialState.COMPLETE, 0.7)
+    assert REASON_TAG not in trial.user_attrs
+    warned = [r.getMessage() for r in caplog.records if r.name == "search.searcher"]
+    assert warned == [], "nothing to warn about: the trial was told"
 
 
 def test_ctrl_c_puts_unfinished_trials_back_to_waiting(tmp_path: Path) -> None:
