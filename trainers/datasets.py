@@ -358,7 +358,8 @@ def _split(
         if small:
             small.sort()
             count, code = small[0]
-            others = f" ({len(small) - 1} other classes too)" if len(small) > 1 else ""
+            n = len(small) - 1
+            others = f" ({n} other class{'es' if n > 1 else ''} too)" if n else ""
             raise DataError(
                 f"{source}: class {_label(code, classes)!r} has {count} "
                 f"row{'s' if count != 1 else ''}{others}; the stratified split with {fractions} "
