@@ -33,6 +33,11 @@ FIGSIZE, DPI = (10.0, 4.0), 100  # 1000 x 400 pixels
 #: zlib level 1: PNG encoding is a quarter of a picture's cost at the default 6, for files
 #: about a third larger; a study's pictures are drawn while the user waits for its end.
 FAST_PNG = {"pil_kwargs": {"compress_level": 1}}
+#: The gradient pictures are drawn at the study's end, on its critical path: fixed margins instead
+#: of the house style's constrained layout, which costs a second layout pass and about half of a
+#: picture's time (benchmarks/README.md). Sized for these two layouts; a test checks nothing
+#: is clipped.
+TRIAL_MARGINS = {"left": 0.07, "right": 0.985, "bottom": 0.125, "top": 0.85, "wspace": 0.22}
 _LAYER = re.compile(r"^diag/(grad_norm|act_std)/layer_(\d+)$")
 
 History = dict[int, dict[str, float]]  # epoch -> metrics
@@ -142,7 +147,9 @@ def integer_ticks(axis: Axis) -> None:
 @house_style
 def trial_figure(history: History, title: str) -> Figure:
     """Heatmap of log10 gradient norm (layer x epoch) and activation std by layer."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=FIGSIZE, dpi=DPI)
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=FIGSIZE, dpi=DPI, layout="none", gridspec_kw=TRIAL_MARGINS
+    )
     epochs, layers, norms = per_layer(history, "grad_norm")
     if norms.size:
         with np.errstate(divide="ignore"):
@@ -175,7 +182,12 @@ def trial_figure(history: History, title: str) -> Figure:
 @house_style
 def depth_figure(curves: dict[str, list[float]], title: str) -> Figure:
     """Gradient norm by depth (one line per activation), log scale."""
-    fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
+    # the legend sits right of the axes: room for its longest label (about 0.6 em per character)
+    longest = max((len(label) for label in curves), default=0)
+    em = float(STYLE["legend.fontsize"]) / 72 / FIGSIZE[0]  # of the figure's width
+    legend = (longest * 0.6 + 4) * em
+    margins = {"left": 0.08, "right": 0.97 - legend, "bottom": 0.125, "top": 0.91}
+    fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI, layout="none", gridspec_kw=margins)
     for label, norms in curves.items():
         ax.plot(range(1, len(norms) + 1), norms, marker="o", label=label)
     ax.set_yscale("log")

@@ -39,8 +39,11 @@ LABEL_TAG = "gradsweep.label"  # a trial's full description; its run name is kep
 NOTE_TAG = "mlflow.note.content"  # MLflow's run description
 RAY_TRIAL_ID_TAG = "ray.trial_id"
 RAY_TRIAL_PATH_TAG = "ray.trial_path"
-#: Where a trial ran (tags on its child run, reported by the trainable with its first epoch).
-PLACEMENT_TAGS = ("node_id", "device")
+#: The seed whose per-layer figures (``diag/<figure>/layer_NN``) a trial logs: its first seed.
+LAYERS_SEED_TAG = "diag.layers_seed"
+#: Tags on a child run that the trainable reports with its first epoch (result key = tag name):
+#: where the trial ran, and which seed its per-layer figures follow.
+PLACEMENT_TAGS = ("node_id", "device", LAYERS_SEED_TAG)
 #: The parent run's description of the study (tags, for filtering in the UI).
 STUDY_DESCRIPTION_TAGS = ("searcher", "scheduler", "dataset")
 #: A trial's factors, as tags for filtering in the UI and as params.

@@ -12,7 +12,11 @@ them by seed value for the whole run, so a seed that diverges is never silently 
   validation accuracy, the gradient summary figures and flags (and for how many epochs each flag
   was raised), and the same figures at initialisation (``init/seed/<seed>/diag/...``, logged at
   step 0).
-- **The first live seed's** per-layer figures (``diag/<figure>/layer_NN``) for the pictures.
+- **One fixed seed's** per-layer figures (``diag/<figure>/layer_NN``) for the pictures: the
+  trial's first seed (tag ``diag.layers_seed``), for the whole run. Once it diverges there are no
+  more per-layer figures, rather than the same names silently continuing with another seed.
+- **Initialisation** (``init/...``): kept in the book, so a resumed trial reports them again
+  with its first epoch (its new run gets the step-0 figures and ``diag.at_init.*`` tags too).
 
 Pure Python over :class:`trainers.EpochReport`: no Ray, so it is tested without a cluster.
 """
@@ -25,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from search.schema import LAYERS_SEED_TAG
 from trainers import FLAGS, EpochReport
 
 #: Prefix of the figures measured before the first update; the tracker logs them at step 0.
@@ -70,6 +75,13 @@ class SeedBook:
         self.diverged_at: dict[int, int] = {}
         self.flagged: dict[int, dict[str, int]] = {s: dict.fromkeys(FLAGS, 0) for s in self.seeds}
         self.seconds: dict[int, float] = {}  # epoch -> its wall time (shared by fused seeds)
+        self.initial: dict[int, dict[str, float]] = {}  # seed -> its figures at initialisation
+        self._initial_reported = False  # by this process: a resumed trial reports them again
+
+    @property
+    def layers_seed(self) -> int:
+        """The seed whose per-layer figures the trial logs (see the module docstring)."""
+        return self.seeds[0]
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -81,6 +93,7 @@ class SeedBook:
             "diverged_at": self.diverged_at,
             "flagged": self.flagged,
             "seconds": self.seconds,
+            "initial": self.initial,
         }
 
     def restore(self, state: dict[str, Any] | None) -> None:
@@ -92,6 +105,8 @@ class SeedBook:
         """Take one epoch's reports (the seeds that ran it) and return the trial's metrics."""
         live: dict[int, EpochReport] = {}
         for seed, report in reports.items():
+            if report.initial:
+                self.initial[seed] = report.initial
             if report.diverged:
                 self.diverged_at.setdefault(seed, report.epoch)
                 continue
@@ -111,6 +126,7 @@ class SeedBook:
             "seeds_diverged": float(len(self.diverged_at)),
             "chance_accuracy": self.chance,
             "diverged": float(len(self.diverged_at) == len(self.seeds)),
+            LAYERS_SEED_TAG: self.layers_seed,
         }
         for name in _LOSSES:
             values = [getattr(r, name) for r in live.values()]
@@ -121,13 +137,17 @@ class SeedBook:
         scores = self._scores()
         out["best_val_accuracy"] = float(np.mean(scores))
         out.update(_spread(scores))
+        initial = {} if self._initial_reported else self.initial
+        self._initial_reported = True
         for seed in self.seeds:
-            out.update(self._seed_metrics(seed, reports.get(seed)))
-        first = next(iter(live.values()), None) or any_report
-        out.update(
-            {k: v for k, v in first.diagnostics.items() if k.startswith(("diag/", "prelu/"))}
-        )
-        out.update({INIT + k: v for k, v in first.initial.items() if k.startswith("diag/")})
+            out.update(self._seed_metrics(seed, reports.get(seed), initial.get(seed, {})))
+        fixed = reports.get(self.layers_seed)  # absent once it diverged: no per-layer figures
+        if fixed is not None:
+            out.update(
+                {k: v for k, v in fixed.diagnostics.items() if k.startswith(("diag/", "prelu/"))}
+            )
+        figures = initial.get(self.layers_seed, {})
+        out.update({INIT + k: v for k, v in figures.items() if k.startswith("diag/")})
         return out
 
     def _scores(self) -> list[float]:
@@ -147,7 +167,9 @@ class SeedBook:
             )
         )
 
-    def _seed_metrics(self, seed: int, report: EpochReport | None) -> dict[str, float]:
+    def _seed_metrics(
+        self, seed: int, report: EpochReport | None, initial: dict[str, float]
+    ) -> dict[str, float]:
         out = {
             seed_key(seed, "diverged"): float(seed in self.diverged_at),
             seed_key(seed, "best_val_accuracy"): self.best.get(seed, math.nan),
@@ -162,9 +184,7 @@ class SeedBook:
         if report is not None and not report.diverged:
             out[seed_key(seed, "val_accuracy")] = report.val_accuracy
             out.update({seed_key(seed, k): v for k, v in summary(report.diagnostics).items()})
-        if report is not None and report.initial:
-            initial = summary(report.initial)
-            out.update({INIT + seed_key(seed, k): v for k, v in initial.items()})
+        out.update({INIT + seed_key(seed, k): v for k, v in summary(initial).items()})
         return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
 
 

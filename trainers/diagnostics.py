@@ -32,8 +32,8 @@ Flags (see :func:`summarize`), judged on the measurement given:
 chi is fitted only for nets with at least ``MIN_RATE_LAYERS`` (5) hidden layers: with fewer, the
 layers next to the input and the head dominate the fit and its seed-to-seed spread is as large as
 the distance between the thresholds. Shallower nets get no ``diag/grad_rate`` and are flagged
-vanishing or exploding only by the norm rules. ``docs-diagnostics.md`` gives the definitions,
-why the thresholds sit where they do, and the literature.
+vanishing or exploding only by the norm rules. README.md, section "Gradient diagnostics", gives
+the definitions, why the thresholds sit where they do, and the literature.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import math
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
 
 from search.plots import (
     PALETTE,
@@ -18,6 +19,7 @@ from search.plots import (
     text_colour,
     trial_figure,
 )
+from trainers import ACTIVATIONS
 
 
 def _history(scale: float) -> dict[int, dict[str, float]]:
@@ -86,8 +88,33 @@ def test_every_picture_uses_the_house_style() -> None:
     ax = fig.axes[0]
     assert [to_hex(line.get_color()) for line in ax.get_lines()] == [p.lower() for p in PALETTE[:2]]
     assert ax.xaxis.label.get_fontsize() >= 10 and ax.title.get_fontsize() >= 11
-    assert fig.get_layout_engine() is not None  # constrained: no clipped labels
     assert plt.rcParams["axes.prop_cycle"] != STYLE["axes.prop_cycle"]  # a user's plots untouched
+    plt.close(fig)
+
+
+def _inside_the_canvas(fig: Figure) -> bool:
+    """Every drawn artist (titles, labels, tick labels, legend, colour bar) lies on the figure."""
+    fig.canvas.draw()
+    box = fig.get_tightbbox(fig.canvas.get_renderer())
+    width, height = fig.get_size_inches()
+    return box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height
+
+
+def test_the_fixed_margins_clip_nothing() -> None:
+    """The gradient pictures trade the constrained layout for fixed margins (speed at the study's
+    end): at depth 50, with a long title and long legend labels, nothing may fall off."""
+    depth = 50
+    history = {
+        epoch: {f"diag/grad_norm/layer_{i:02d}": 10.0 ** (i - epoch) for i in range(1, depth + 1)}
+        | {f"diag/act_std/layer_{i:02d}": 1e3 / i for i in range(1, depth + 1)}
+        for epoch in range(0, 101)
+    }
+    fig = trial_figure(history, "t123 leaky_relu pytorch_default bn=before lr=0.00123 (5 seeds)")
+    assert _inside_the_canvas(fig)
+    plt.close(fig)
+    curves = {f"{a} (t{i:03d})": [10.0**-i] * depth for i, a in enumerate(ACTIVATIONS)}
+    fig = depth_figure(curves, "gradient norm by depth, best trial per activation")
+    assert _inside_the_canvas(fig)
     plt.close(fig)
 
 

@@ -167,3 +167,17 @@ def test_allowed_names_come_from_the_registries() -> None:
         with pytest.raises(ConfigError) as info:
             load_config(bad)
         assert all(repr(n) in str(info.value) for n in allowed_names)
+
+
+def test_width_as_a_list_is_a_searched_factor() -> None:
+    config = load_config({"model": {"depth": 3, "width": [16, 64]}})
+    assert config.model.choices("width") == [16, 64] and config.model.choices("depth") == [3]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    widths = set()
+    for _ in range(20):
+        trial, params = _ask(config, study)
+        assert "depth" not in trial.params  # fixed: a constant, not a factor
+        widths.add(params["width"])
+        spec = resolve_trial(config, params)
+        assert spec.width == params["width"] and spec.depth == 3
+    assert widths == {16, 64}
