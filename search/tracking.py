@@ -317,16 +317,19 @@ class MlflowTracker(tune.Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Trials Tune stopped without completing them (the time budget) end ``stopped``:
-        FINISHED, as gradient-health stops are, not a failure. (Ctrl+C never gets here: Tune's
-        SIGINT handler is off, so the interrupt skips Tune's cleanup and the study closes those
-        runs ``interrupted``.)"""
+        FINISHED, as gradient-health stops are, not a failure; one stopped before its first
+        report ends ``no_result``, as everywhere else. (Ctrl+C never gets here: Tune's SIGINT
+        handler is off, so the interrupt skips Tune's cleanup and the study closes those runs
+        ``interrupted``.)"""
         for trial in trials:
             if trial.trial_id in self.started and trial.trial_id not in self.finished:
+                last = self.last.get(trial.trial_id)
+                ended = "stopped" if last else "no_result"
                 self._finish(
                     trial,
-                    OUTCOMES["stopped"][0],
-                    "stopped",
-                    self.last.get(trial.trial_id),
+                    OUTCOMES[ended][0],
+                    ended,
+                    last,
                     "stopped when the search ended (time budget)",
                 )
 
