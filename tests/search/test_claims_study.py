@@ -41,7 +41,8 @@ def notes_study(local_ray: None, tmp_path_factory: pytest.TempPathFactory):
 
 def test_every_cell_gives_its_four_seeds(notes_study) -> None:
     obs, merged, _ = notes_study
-    assert merged == 0
+    # ELU and ReLU run 3 times with the same 4 seeds: 2 repeats x 2 cells x 4 seeds merge away.
+    assert merged == 2 * 2 * 4
     assert obs.groupby("cell").size().eq(4).all() and obs["cell"].nunique() == 17
 
 
