@@ -50,10 +50,12 @@ FREES: dict[str, tuple[str, ...]] = {
 
 def strata_for(free: tuple[str, ...] | list[str]) -> list[str]:
     """The columns held equal when ``free`` may differ: every cell factor but those, and the
-    initialisation rule (``init_is_matched``) whenever the initializer is free but the rule is
-    not, so that matched is compared with matched and the PyTorch default with itself."""
+    initialisation rule (``init_is_matched``) when the activation and its initializer are both
+    free but the rule is not, so that matched is compared with matched and the PyTorch default
+    with itself. Within one activation the rule follows from the initializer, so a comparison of
+    initializers frees it too (else He for ReLU would never meet the default)."""
     strata = [c for c in CELL_FACTORS if c not in free]
-    if "init_applied" in free and "init_is_matched" not in free:
+    if {"activation", "init_applied"} <= set(free) and "init_is_matched" not in free:
         strata.append("init_is_matched")
     return strata
 

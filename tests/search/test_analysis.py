@@ -295,6 +295,21 @@ def test_pairwise_activations_compare_at_the_same_init_rule() -> None:
     assert by_bn.loc[("relu + none", "tanh + none"), "reason"] == ""
 
 
+def test_pairwise_initializers_compare_matched_with_the_default() -> None:
+    """Comparing initializers holds the activation equal, so He (matched for ReLU) meets
+    PyTorch's default (not matched) in one stratum."""
+    rng = np.random.default_rng(11)
+    trials = frame(
+        trial("relu", list(rng.normal(0.90, 0.01, 4)), init_applied="he_normal"),
+        trial("relu", list(rng.normal(0.30, 0.01, 4)), init_applied="pytorch_default",
+              init_is_matched="false"),
+    )  # fmt: skip
+    obs, _ = observations(trials)
+    row = pairwise_tests(obs, "init").set_index(["a", "b"]).loc[("he_normal", "pytorch_default")]
+    assert row["reason"] == "" and row["strata"] == 1, row["reason"]
+    assert row["effect"] == pytest.approx(0.60, abs=0.03) and row["p_holm"] < 0.05
+
+
 def test_prelu_against_leaky_holds_the_init_rule_equal() -> None:
     rng = np.random.default_rng(8)
     trials = frame(
