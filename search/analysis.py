@@ -268,7 +268,8 @@ def below(obs: pd.DataFrame, metric: str, side: np.ndarray, margin: float) -> Co
         )
     effect = low = high = p = math.nan
     if n:
-        result = stats.quantile_test(values, q=margin, p=0.5)
+        # the sign test drops ties with the margin, as min_p above does
+        result = stats.quantile_test(values[values != margin], q=margin, p=0.5)
         ci = result.confidence_interval(1 - ALPHA)
         effect = margin - float(np.median(values))
         low, high, p = margin - float(ci.high), margin - float(ci.low), float(result.pvalue)
