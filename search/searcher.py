@@ -54,8 +54,8 @@ def sigint_deferred() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
+    if caught:  # delivered again to the handler it was meant for (ignored where it was ignored)
+        signal.raise_signal(signal.SIGINT)
 
 
 class HonestOptunaSearch(OptunaSearch):

@@ -156,6 +156,18 @@ def test_ctrl_c_while_a_trial_is_asked_leaves_it_known_and_waiting(tmp_path: Pat
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl+C handler restored"
 
 
+def test_an_ignored_ctrl_c_stays_ignored_while_a_trial_is_asked(tmp_path: Path) -> None:
+    """A process started in the background ignores SIGINT: holding it must not turn it into a
+    KeyboardInterrupt."""
+    searcher = _searcher(CtrlCOnCreate(f"sqlite:///{tmp_path / 'optuna.db'}"))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert searcher.suggest("a") is not None
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert searcher.asked == 1
+
+
 def test_an_interrupted_confirmation_closes_its_trials_fail(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = _searcher(RDBStorage(url))
