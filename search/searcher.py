@@ -54,8 +54,15 @@ def sigint_deferred() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if caught:  # delivered again to the handler it was meant for (ignored where it was ignored)
+    if not caught:
+        return
+    if previous is signal.default_int_handler:  # Ctrl+C as usual
+        raise KeyboardInterrupt
+    if callable(previous):  # someone else's handler gets it
+        previous(signal.SIGINT, None)
+    elif previous == signal.SIG_DFL:  # the default: end the process, as it would have
         signal.raise_signal(signal.SIGINT)
+    # SIG_IGN (started in the background): ignored, as it would have been
 
 
 class HonestOptunaSearch(OptunaSearch):
