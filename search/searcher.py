@@ -159,6 +159,11 @@ class HonestOptunaSearch(OptunaSearch):
                 self._completed_trials.add(trial_id)
 
     @property
+    def told(self) -> set[str]:
+        """Tune trial ids whose end this searcher has told Optuna (or closed)."""
+        return set(self._completed_trials)
+
+    @property
     def asked(self) -> int:
         """How many trials this searcher has handed out."""
         return len(self._ot_trials)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
+from types import SimpleNamespace
 from typing import Any
 
 from mlflow import MlflowClient
@@ -332,6 +334,17 @@ class MlflowTracker(tune.Callback):
                     last,
                     "stopped when the search ended (time budget)",
                 )
+
+    def finish_told(self, trial_ids: Iterable[str]) -> None:
+        """After Ctrl+C: trials Optuna was already told of end as they ended, not
+        ``interrupted``. Tune tells its searcher of a completion before its callbacks hear of
+        it (the trial's actor stops in between), so Ctrl+C there would leave a finished trial
+        whose run the study closes as interrupted: resume would not run it again, and the
+        leaderboard would lose it."""
+        for key in trial_ids:
+            result = self.last.get(key)
+            ended = outcome(result, self.config.training.epochs)
+            self._finish(SimpleNamespace(trial_id=key), OUTCOMES[ended][0], ended, result)
 
     def _finish(
         self, trial: Any, status: str, outcome: str, result: dict[str, Any] | None, reason: str = ""

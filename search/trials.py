@@ -145,6 +145,8 @@ def run_trials(
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
+        if searcher is not None:  # before interrupt() closes the rest
+            tracker.finish_told(searcher.told)
         raise interruption(
             stores.optuna, optuna_study or name, searcher, num_samples, role, where
         ) from None
