@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import stats
 
 from search.schema import CELL_FACTORS, FACTORS, MEAN_EPOCH_SECONDS
-from search.statistics import Contrast, contrast, merge_replicates
+from search.statistics import Contrast, contrast, merge_replicates, undecided
 from search.verdicts import holm
 
 ALPHA = 0.05
@@ -253,9 +253,7 @@ def below(obs: pd.DataFrame, metric: str, side: np.ndarray, margin: float) -> Co
     cells = obs.loc[side, "cell"][np.isfinite(values)]
     values = values[np.isfinite(values)]
     if not len(values):
-        nan = math.nan
-        why = f"no observation on side A has a finite {metric}"
-        return Contrast(metric, [], 0, 0, 0, 0, 0, nan, nan, nan, nan, 1.0, True, 1 - ALPHA, why)
+        return undecided(metric, f"no observation on side A has a finite {metric}", alpha=ALPHA)
     ties = int(np.sum(values == margin))
     n = len(values) - ties
     min_p = 2 * 0.5**n if n else 1.0

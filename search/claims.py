@@ -22,7 +22,7 @@ import pandas as pd
 from search.analysis import ALPHA, NUMBERS, below, contrast_of, holm_of, numbers, strata_for
 from search.compounds import ELU_COSTS_MORE, ELU_FEWER_EPOCHS, compound_rows
 from search.schema import ROLE_CONFIRMATION, ROLE_TRIAL
-from search.statistics import TOO_FEW_REPLICATES, Contrast
+from search.statistics import TOO_FEW_REPLICATES, Contrast, undecided
 from search.verdicts import verdict
 
 #: The notes' rule of thumb, best first; tested pairwise between neighbours present in a study.
@@ -332,7 +332,7 @@ def judge_claims(
         source = timings if per_run else obs
         if source is None:
             why = f"{claim.metric} is read from the runs' timings, and none were given"
-            judged.append((claim, _missing(claim.metric, why)))
+            judged.append((claim, undecided(claim.metric, why, alpha=ALPHA)))
             continue
         data = source[source["role"] == claim.role] if not source.empty else source
         a, b = claim.a(data).to_numpy(bool), claim.b(data).to_numpy(bool)
@@ -376,8 +376,3 @@ def judge_claims(
     rows += compound_rows(rows)
     columns = ["claim", "family", "metric", "a", "b", *NUMBERS, "p_holm", "verdict", "why"]
     return pd.DataFrame(rows, columns=columns)
-
-
-def _missing(metric: str, why: str) -> Contrast:
-    nan = math.nan
-    return Contrast(metric, [], 0, 0, 0, 0, 0, nan, nan, nan, nan, 1.0, True, 1 - ALPHA, why)

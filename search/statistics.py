@@ -124,6 +124,14 @@ class Contrast:
         return self.reason is None
 
 
+def undecided(metric: str, reason: str, one_sided: int = 0, alpha: float = 0.05) -> Contrast:
+    """A contrast the data cannot decide: no numbers, p = 1, and ``reason`` in one line."""
+    nan = math.nan
+    return Contrast(
+        metric, [], one_sided, 0, 0, 0, 0, nan, nan, nan, nan, 1.0, True, 1 - alpha, reason
+    )
+
+
 def merge_replicates(obs: pd.DataFrame, factors: list[str]) -> tuple[pd.DataFrame, int]:
     """Collapse runs with identical factor values and seed into one row; add ``cell``, ``copies``.
 
@@ -224,9 +232,7 @@ def contrast(
     in_a, in_b = in_a & finite, in_b & finite
 
     def empty(reason: str, one_sided: int = 0) -> Contrast:
-        nan = math.nan
-        counts = (one_sided, 0, 0, 0, 0)
-        return Contrast(metric, [], *counts, nan, nan, nan, nan, 1.0, True, 1 - alpha, reason)
+        return undecided(metric, reason, one_sided, alpha)
 
     for name, mask in (("A", in_a), ("B", in_b)):
         if not ran[name]:
