@@ -12,7 +12,8 @@ them by seed value for the whole run, so a seed that diverges is never silently 
   validation accuracy, the gradient summary figures and flags (and for how many epochs each flag
   was raised), and the same figures at initialisation (``init/seed/<seed>/diag/...``, logged at
   step 0).
-- **One fixed seed's** per-layer figures (``diag/<figure>/layer_NN``) for the pictures: the
+- **One fixed seed's** per-layer figures (``diag/<figure>/layer_NN``) for the pictures and the
+  layer table (:class:`~search.tracking.MlflowTracker` decides which become MLflow metrics): the
   trial's first seed (tag ``diag.layers_seed``), for the whole run. Once it diverges there are no
   more per-layer figures, rather than the same names silently continuing with another seed.
 - **Initialisation** (``init/...``): kept in the book, so a resumed trial reports them again

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
 
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Param
 from ray import tune
@@ -123,8 +125,37 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-#: Per-layer figures the pictures draw (kept in the driver's memory per trial and epoch).
-PICTURED = ("diag/grad_norm/", "diag/act_std/")
+#: Per-layer figures (``diag/<figure>/layer_NN``, and ``init/...`` copies at initialisation).
+_LAYER = re.compile(r"^(?:init/)?diag/(\w+)/layer_(\d+)$")
+#: The one per-layer figure logged as an MLflow metric each epoch: the gradient norm, the notes'
+#: quantity, charted per layer across runs in the UI. Every per-layer figure (this one too) goes
+#: into one table per trial, :data:`LAYER_TABLE`, written when the trial ends: five figures x
+#: depth as metrics were most of a trial's MLflow rows (100 of 172 per epoch at depth 20), the
+#: driver's largest per-epoch cost (benchmarks/README.md), for charts nobody reads one by one.
+CHARTED_LAYER_FIGURE = "diag/grad_norm/"
+LAYER_TABLE = "diagnostics/layers.csv"
+#: A seed's count of epochs with a flag up: logged when it changes, so its latest value is the
+#: count, without one row per seed, flag and epoch that repeats it.
+_COUNTER = re.compile(r"^seed/[^/]+/diag/\w+_epochs$")
+
+
+def charted(key: str) -> bool:
+    """Whether a per-epoch figure is an MLflow metric: per-layer figures only the gradient norm
+    (at initialisation it is the step-0 value, so no ``init/`` copy)."""
+    match = _LAYER.match(key)
+    return match is None or (not key.startswith(INIT) and key.startswith(CHARTED_LAYER_FIGURE))
+
+
+def layer_table(history: dict[int, dict[str, float]]) -> str:
+    """Every per-layer figure of a trial as CSV, a row per epoch (0 = at initialisation) and
+    layer, a column per figure."""
+    rows: dict[tuple[int, int], dict[str, float]] = {}
+    for epoch, figures in history.items():
+        for key, value in figures.items():
+            if match := _LAYER.match(key):
+                rows.setdefault((epoch, int(match[2])), {})[match[1]] = value
+    table = pd.DataFrame([{"epoch": e, "layer": layer, **f} for (e, layer), f in rows.items()])
+    return table.sort_values(["epoch", "layer"]).to_csv(index=False)
 
 
 def _per_seed(result: dict[str, Any], name: str) -> dict[str, float]:
@@ -196,8 +227,10 @@ class MlflowTracker(tune.Callback):
         self.last: dict[str, dict[str, Any]] = {}
         #: trial id -> the figures measured at initialisation (epoch 0)
         self.initial: dict[str, dict[str, float]] = {}
-        #: trial id -> epoch -> the per-layer figures the pictures need
+        #: trial id -> epoch -> its per-layer figures (the pictures and the layer table)
         self.history: dict[str, dict[int, dict[str, float]]] = {}
+        #: trial id -> the flag counters last logged (:data:`_COUNTER`)
+        self.counted: dict[str, dict[str, float]] = {}
         self._fixed = {
             "dataset": config.data.name,
             "epochs": str(config.training.epochs),
@@ -277,18 +310,26 @@ class MlflowTracker(tune.Callback):
             for k, v in numbers.items()
             if k in EPOCH_METRICS or k.startswith(EPOCH_METRIC_PREFIXES)
         }
-        history = self.history.setdefault(trial.trial_id, {})
         for step, figures in ((0, initial), (epoch, values)):
-            if figures:
-                history[step] = {k: v for k, v in figures.items() if k.startswith(PICTURED)}
+            layers = {
+                k: v for k, v in figures.items() if _LAYER.match(k) and not k.startswith(INIT)
+            }
+            if layers:
+                self.history.setdefault(trial.trial_id, {})[step] = layers
         if initial:
             self.initial[trial.trial_id] = initial
         tags = {}
         if trial.trial_id not in self.last and PLACEMENT_TAGS[0] in result:
             tags = {k: str(result.get(k)) for k in PLACEMENT_TAGS}
         self.last[trial.trial_id] = dict(result)
-        metrics = [(k, v, now, 0) for k, v in initial.items()]
-        metrics += [(k, v, now, epoch) for k, v in values.items()]
+        counted = self.counted.setdefault(trial.trial_id, {})
+        for key in [k for k in values if _COUNTER.match(k)]:
+            if counted.get(key) == values[key]:
+                del values[key]
+            else:
+                counted[key] = values[key]
+        metrics = [(k, v, now, 0) for k, v in initial.items() if charted(k)]
+        metrics += [(k, v, now, epoch) for k, v in values.items() if charted(k)]
         metrics += [(CURVES[k], v, now, epoch) for k, v in values.items() if k in CURVES]
         self.journal.log_batch(trial.trial_id, metrics=metrics, tags=tags)
 
@@ -377,4 +418,6 @@ class MlflowTracker(tune.Callback):
         if reason:
             tags[REASON_TAG] = reason
         self.journal.log_batch(key, metrics=metrics, tags=tags)
+        if self.history.get(key):
+            self.journal.log_text(key, layer_table(self.history[key]), LAYER_TABLE)
         self.journal.set_terminated(key, status, _now_ms())

@@ -5,11 +5,13 @@ from __future__ import annotations
 import matplotlib.image
 import mlflow
 import optuna
+import pandas as pd
 import pytest
 
 from search import run_study
 from search.plots import DPI, FIGSIZE, PARENT_FIGURE, TRIAL_FIGURE
 from search.schema import OUTCOME_TAG, PARENT_TAG
+from search.tracking import LAYER_TABLE
 from spaces import load_config
 
 pytestmark = pytest.mark.slow
@@ -75,18 +77,30 @@ def test_leaderboard_lists_diverged_last_with_reason(diverging_study) -> None:
     assert (board.iloc[:-1]["outcome"] == "completed").all()
 
 
-def test_diagnostic_metrics_and_flags_reach_mlflow(diverging_study) -> None:
+def test_diagnostic_metrics_and_flags_reach_mlflow(diverging_study, tmp_path) -> None:
     client, runs = _children(diverging_study)
     healthy = next(r for r in runs if r.info.status == "FINISHED")
     for layer in ("layer_01", "layer_06"):
         history = client.get_metric_history(healthy.info.run_id, f"diag/grad_norm/{layer}")
         assert [m.step for m in history] == list(range(EPOCHS + 1)), "epoch 0 = at init"
         assert all(m.value > 0 for m in history)
-    assert {
-        "diag/act_std/layer_01",
-        "diag/update_ratio/layer_01",
-        "diag/grad_ratio_first_last",
-    } <= set(healthy.data.metrics)
+    assert "diag/grad_ratio_first_last" in healthy.data.metrics
+    # the other per-layer figures: one table per trial, not 5 x depth metrics
+    assert not any(
+        k.startswith(("diag/act_std/", "init/diag/grad_norm/")) for k in healthy.data.metrics
+    )
+    table = pd.read_csv(client.download_artifacts(healthy.info.run_id, LAYER_TABLE, str(tmp_path)))
+    assert list(table["epoch"].unique()) == list(range(EPOCHS + 1))
+    assert list(table["layer"].unique()) == list(range(1, 7))
+    assert table["update_ratio"].isna().tolist() == [True] * 6 + [False] * 6 * EPOCHS
+    assert (table["act_std"] > 0).all()
+    last = table[(table["epoch"] == EPOCHS) & (table["layer"] == 1)].iloc[0]
+    assert last["grad_norm"] == pytest.approx(healthy.data.metrics["diag/grad_norm/layer_01"])
+    vanishing = [k for k in healthy.data.metrics if k.endswith("/diag/vanishing_epochs")]
+    for key in vanishing:  # a counter is logged when it changes, so its latest is the count
+        steps = [m.value for m in client.get_metric_history(healthy.info.run_id, key)]
+        assert steps == sorted(set(steps)) and healthy.data.metrics[key] == steps[-1]
+    assert vanishing
     assert healthy.data.tags["diag.vanishing"] in ("0/1", "1/1")
     assert healthy.data.tags["diag.at_init.vanishing"] in ("0/1", "1/1")
 
@@ -97,7 +111,7 @@ def test_pictures_are_logged_and_load(diverging_study, tmp_path) -> None:
     with_picture = [
         r
         for r in runs
-        if any(a.path == "diagnostics" for a in client.list_artifacts(r.info.run_id))
+        if any(a.path == TRIAL_FIGURE for a in client.list_artifacts(r.info.run_id, "diagnostics"))
     ]
     outcomes = sorted(r.data.tags[OUTCOME_TAG] for r in with_picture)
     assert outcomes == ["completed", "completed", "diverged"]  # top 2 and every diverged one

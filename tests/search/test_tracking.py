@@ -1,0 +1,36 @@
+"""What the MLflow tracker logs per epoch, and the per-trial layer table (no Ray: pure)."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+
+from search.tracking import charted, layer_table
+
+
+def test_only_the_gradient_norm_is_charted_per_layer() -> None:
+    assert charted("diag/grad_norm/layer_03")
+    assert (
+        charted("diag/grad_rate") and charted("seed/4/diag/vanishing") and charted("val_accuracy")
+    )
+    assert not charted("diag/act_std/layer_03")
+    assert not charted("diag/update_ratio/layer_12")
+    assert not charted("init/diag/grad_norm/layer_01")  # at init it is the step-0 value
+    assert charted("init/diag/grad_rate") and charted("init/seed/4/diag/grad_rate")
+
+
+def test_the_layer_table_has_a_row_per_epoch_and_layer_and_a_column_per_figure() -> None:
+    history = {
+        1: {
+            "diag/grad_norm/layer_01": 0.5,
+            "diag/grad_norm/layer_02": 0.25,
+            "diag/act_std/layer_01": 1.0,
+        },
+        0: {"diag/grad_norm/layer_01": 2.0, "diag/grad_norm/layer_02": 1.0},
+    }
+    table = pd.read_csv(io.StringIO(layer_table(history)))
+    assert list(table.columns) == ["epoch", "layer", "grad_norm", "act_std"]
+    assert table[["epoch", "layer"]].values.tolist() == [[0, 1], [0, 2], [1, 1], [1, 2]]
+    assert table["grad_norm"].tolist() == [2.0, 1.0, 0.5, 0.25]
+    assert table["act_std"].isna().tolist() == [True, True, False, True]
