@@ -138,6 +138,7 @@ class Probes:
 
         import search.background
         import search.ending
+        import search.parent_run
         import search.preflight
         import search.ray_session
         import search.stores
@@ -172,7 +173,7 @@ class Probes:
         self.wrap(search.preflight, "check", "preflight (URIs)")
         self.wrap(search.preflight, "load_data", "data set")
         self.wrap(search.stores, "get_or_create_experiment", "mlflow: experiment + parent run")
-        self.wrap(search.tracking, "start_parent_run", "mlflow: experiment + parent run")
+        self.wrap(search.parent_run, "start_parent_run", "mlflow: experiment + parent run")
         self.wrap(optuna.storages.RDBStorage, "__init__", "optuna: open storage")
         for name in ("on_trial_start", "on_trial_result", "on_trial_complete"):
             self._record(tracker, name)

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, RunTag
 from ray import tune
 
-from search import environment, preflight, ray_session, stores, tracking, trials
+from search import environment, parent_run, preflight, ray_session, stores, trials
 from search.background import ReportProcess
 from search.environment import Locations, redact
 from search.errors import UserError
@@ -68,7 +68,7 @@ def run_study(
         experiment_id = stores.get_or_create_experiment(
             client, config.tracking.experiment, artifact_root
         )
-        parent_run_id = tracking.start_parent_run(client, experiment_id, name, config, where)
+        parent_run_id = parent_run.start_parent_run(client, experiment_id, name, config, where)
         num_samples = config.num_samples
         if config.searcher.name == "grid":  # each distinct configuration once
             num_samples = min(num_samples, grid_size(config))

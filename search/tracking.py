@@ -1,4 +1,5 @@
-"""MLflow recording: one parent run per study, one nested child run per trial.
+"""MLflow recording of trials: one nested child run per trial, under the study's parent run
+(:mod:`search.parent_run`).
 
 All writes happen in the driver, through the study's :class:`~search.journal.Journal`: one
 background thread that batches, keeps order and retries, so a slow or restarting tracking server
@@ -17,12 +18,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
-from mlflow import MlflowClient
-from mlflow.entities import Param
 from ray import tune
 
-from search.environment import Locations, redact
-from search.journal import MAX_PARAMS, Journal
+from search.journal import Journal
 from search.schema import (
     CURVES,
     DIVERGED_EPOCH_TAG,
@@ -33,11 +31,8 @@ from search.schema import (
     MEAN_EPOCH_SECONDS,
     N_PARAMS,
     NOTE_TAG,
-    OBJECTIVES_TAG,
-    OPTUNA_STORAGE_TAG,
     OUTCOME_TAG,
     OUTCOMES,
-    OUTPUT_DIR_TAG,
     PARENT_TAG,
     PLACEMENT_TAGS,
     RAY_TRIAL_ID_TAG,
@@ -45,80 +40,16 @@ from search.schema import (
     REASON_TAG,
     RETRIED_AFTER_TAG,
     RETRIES_TAG,
-    ROLE_STUDY,
     ROLE_TAG,
     ROLE_TRIAL,
     SEEDS_DIVERGED_TAG,
     STUDY_TAG,
     TRIAL_NUMBER_TAG,
-    objectives_tag,
     outcome,
 )
 from search.seeds import INIT
 from spaces import StudyConfig, resolve_trial
 from trainers import FLAGS
-
-
-def flatten(prefix: str, value: Any) -> dict[str, str]:
-    """Flatten a nested config into ``a.b.c`` -> string, for MLflow params."""
-    if isinstance(value, dict):
-        out: dict[str, str] = {}
-        for k, v in value.items():
-            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
-        return out
-    return {prefix: json.dumps(value) if isinstance(value, list | tuple) else str(value)}
-
-
-def public_config(config: StudyConfig) -> dict[str, Any]:
-    """The config as logged on the parent run: store URLs with their passwords redacted."""
-    dump = config.model_dump(mode="json")
-    dump["optuna_storage"] = redact(dump.get("optuna_storage"))
-    dump["tracking"]["uri"] = redact(dump["tracking"].get("uri"))
-    return dump
-
-
-def parent_run_name(study_name: str, config: StudyConfig) -> str:
-    """What the UI's runs table shows for a study: its config's name and when it started, short
-    enough not to be cut (``quick 11-29 18:03``); a name chosen with ``--study`` as it is. The
-    study's full name is its tag and description: commands find studies by the tag."""
-    stamp = study_name.removeprefix(f"{config.name}-")
-    if stamp != study_name and len(stamp) >= 15 and stamp[8] == "-":  # YYYYmmdd-HHMMSS
-        return f"{config.name} {stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}"
-    return study_name
-
-
-def start_parent_run(
-    client: MlflowClient,
-    experiment_id: str,
-    study_name: str,
-    config: StudyConfig,
-    where: Locations,
-) -> str:
-    """Create the study's parent run (RUNNING) with the resolved config as params and artifact,
-    and where its records live (resume reads them back)."""
-    tags = {
-        STUDY_TAG: study_name,
-        ROLE_TAG: ROLE_STUDY,
-        OUTPUT_DIR_TAG: str(where.output),
-        OPTUNA_STORAGE_TAG: redact(where.optuna_storage) or "",
-        "searcher": config.searcher.name,
-        "scheduler": config.scheduler.name,
-        "dataset": config.data.name,
-        "design": str(bool(config.design)).lower(),
-    }
-    if config.multi_objective:
-        tags[OBJECTIVES_TAG] = objectives_tag(config.objectives)
-    about = f": {config.description}" if config.description else ""
-    tags[NOTE_TAG] = f"study {study_name}{about}"
-    name = parent_run_name(study_name, config)
-    run = client.create_run(experiment_id, run_name=name, tags=tags, start_time=_now_ms())
-    run_id = run.info.run_id
-    public = public_config(config)
-    params = [Param(k, v[:6000]) for k, v in flatten("", public).items()]
-    for i in range(0, len(params), MAX_PARAMS):
-        client.log_batch(run_id, params=params[i : i + MAX_PARAMS])
-    client.log_text(run_id, json.dumps(public, indent=2), "config.json")
-    return run_id
 
 
 def _now_ms() -> int:
@@ -133,6 +64,8 @@ _LAYER = re.compile(r"^(?:init/)?diag/(\w+)/layer_(\d+)$")
 #: depth as metrics were most of a trial's MLflow rows (100 of 172 per epoch at depth 20), the
 #: driver's largest per-epoch cost (benchmarks/README.md), for charts nobody reads one by one.
 CHARTED_LAYER_FIGURE = "diag/grad_norm/"
+#: The per-layer figures the pictures draw, kept per trial until the study ends.
+PICTURED = ("diag/grad_norm/", "diag/act_std/")
 LAYER_TABLE = "diagnostics/layers.csv"
 #: A seed's count of epochs with a flag up: logged when it changes, so its latest value is the
 #: count, without one row per seed, flag and epoch that repeats it.
@@ -420,4 +353,12 @@ class MlflowTracker(tune.Callback):
         self.journal.log_batch(key, metrics=metrics, tags=tags)
         if self.history.get(key):
             self.journal.log_text(key, layer_table(self.history[key]), LAYER_TABLE)
+            # kept to the study's end for the pictures, which draw only these figures
+            self.history[key] = {
+                epoch: {k: v for k, v in figures.items() if k.startswith(PICTURED)}
+                for epoch, figures in self.history[key].items()
+            }
         self.journal.set_terminated(key, status, _now_ms())
+        # a finished trial's run gets no more writes: a long study's driver keeps only the above
+        for kept in (self.last, self.initial, self.counted):
+            kept.pop(key, None)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from search.environment import _SETTINGS, configure, locate, redact, with_driver
-from search.tracking import public_config
+from search.parent_run import public_config
 from spaces import load_config
 
 

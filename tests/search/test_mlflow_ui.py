@@ -32,8 +32,8 @@ import mlflow
 import pytest
 
 from search import StudyResult, run_study
+from search.parent_run import parent_run_name
 from search.stores import ui_url
-from search.tracking import parent_run_name
 from spaces import load_config
 
 pytestmark = pytest.mark.slow
