@@ -11,13 +11,14 @@ Two measurements:
   that very run, plus the epoch time with diagnostics off and on (minimum of interleaved runs).
 
     .venv/bin/python benchmarks/diagnostics_cost.py [--epochs 5] [--repeats 7]
-    .venv/bin/python benchmarks/diagnostics_cost.py --study [--pairs 3]
+    .venv/bin/python benchmarks/diagnostics_cost.py --study [--pairs 3] [--set model.depth=20 ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import time
 
@@ -50,7 +51,7 @@ def run(
     return total / epochs, timer.seconds.get("probe", 0.0) / epochs
 
 
-def study_cost(pairs: int, pictures: bool = True) -> None:
+def study_cost(pairs: int, pictures: bool = True, extra: tuple[str, ...] = ()) -> None:
     """Whole-study wall time, diagnostics on vs off, alternated; Ray started once before.
     Without ``pictures`` the diagnosed studies draw no gradient pictures at their end, which
     separates the probe's cost from the pictures'."""
@@ -67,9 +68,11 @@ def study_cost(pairs: int, pictures: bool = True) -> None:
         "scheduler.name=fifo",
         "searcher.name=random",
         *([] if pictures else ["diagnostics.plots_top=0", "diagnostics.plots_diverged=false"]),
+        *extra,
     ]
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     ratios = []
+    print(f"load average at the start: {os.getloadavg()[0]:.1f}; overrides: {' '.join(overrides)}")
 
     def study(enabled: bool) -> float:
         with tempfile.TemporaryDirectory(prefix="gradsweep-diagcost-") as tmp:
@@ -84,18 +87,7 @@ def study_cost(pairs: int, pictures: bool = True) -> None:
         for i in range(pairs):
             walls = {}
             for enabled in (True, False) if i % 2 == 0 else (False, True):
-                with tempfile.TemporaryDirectory(prefix="gradsweep-diagcost-") as tmp:
-                    config = load_config(
-                        "quick",
-                        [
-                            *overrides,
-                            f"diagnostics.enabled={str(enabled).lower()}",
-                            f"output_dir={tmp}",
-                        ],
-                    )
-                    t0 = time.perf_counter()
-                    run_study(config)
-                    walls[enabled] = time.perf_counter() - t0
+                walls[enabled] = study(enabled)
             ratios.append(walls[True] / walls[False] - 1)
             print(
                 f"  pair {i + 1}: diagnostics on {walls[True]:6.1f} s, off {walls[False]:6.1f} s "
@@ -103,9 +95,11 @@ def study_cost(pairs: int, pictures: bool = True) -> None:
             )
     finally:
         ray.shutdown()
+    low, high = (statistics.quantiles(ratios, n=4)[i] for i in (0, 2)) if pairs > 1 else (0, 0)
     print(
         f"study wall time with diagnostics: median {statistics.median(ratios):+.1%} over "
-        f"{pairs} alternated pairs (target <= 5%)"
+        f"{pairs} alternated pairs (quartiles {low:+.1%} .. {high:+.1%}; target <= 5%); "
+        f"load average at the end: {os.getloadavg()[0]:.1f}"
     )
 
 
@@ -116,9 +110,12 @@ def main() -> None:
     parser.add_argument("--study", action="store_true", help="whole studies, on vs off")
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--no-pictures", action="store_true", help="with --study: no pictures")
+    parser.add_argument(
+        "--set", nargs="*", default=[], help="with --study: overrides (model.depth=20 ...)"
+    )
     args = parser.parse_args()
     if args.study:
-        study_cost(args.pairs, pictures=not args.no_pictures)
+        study_cost(args.pairs, pictures=not args.no_pictures, extra=tuple(args.set))
         return
     torch.set_num_threads(1)  # as a trial with resources.cpu = 1
     config = load_config("quick")
