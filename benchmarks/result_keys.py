@@ -8,8 +8,9 @@ driver's part is then replayed without Ray, per result: unpickling it (Ray ships
 ``flatten_dict`` (Tune's result processing) and ``Trial.update_last_result`` (flatten again,
 per-key running statistics in ``metric_analysis``), plus, for the packed result, the tracker's
 ``unpack``. Printed per shape of result: numeric keys, driver CPU per result (a 15-epoch trial's
-results on a fresh ``Trial``, repeated), and the driver memory a trial keeps after its 15 results
-(``tracemalloc``, over many trials held at once).
+results on a fresh ``Trial``, repeated), the driver memory a trial keeps after its 15 results
+(``tracemalloc``, over many trials held at once; Tune keeps every trial to the end) and the size
+of the trial's part of Tune's experiment snapshot (JSON).
 
 Shapes: ``full`` (every figure as its own key: what the trial sent before packing), ``tune keys``
 (only the keys Tune needs: the floor) and ``packed`` (those keys plus the rest as one string,
@@ -123,7 +124,14 @@ def measure(blobs: list[bytes], packed: bool, trials: int, held: int) -> dict[st
     tracemalloc.stop()
     result = pickle.loads(blobs[-1])
     numeric = sum(isinstance(v, int | float) for v in flatten_dict(result).values())
-    return {"keys": numeric, "cpu_us": cpu * 1e6, "kib": used / 1024, "bytes": len(blobs[-1])}
+    state = len(kept[0].run_metadata.get_json_state())  # the trial in Tune's experiment snapshot
+    return {
+        "keys": numeric,
+        "bytes": len(blobs[-1]),
+        "cpu_us": cpu * 1e6,
+        "kib": used / 1024,
+        "state_kib": state / 1024,
+    }
 
 
 def main() -> None:
@@ -138,13 +146,13 @@ def main() -> None:
         "packed": (pack, True),
     }
     print(f"load average before: {os.getloadavg()[0]:.1f}")
-    header = ("result", "numeric keys", "bytes", "driver CPU/result", "memory/trial")
-    print("{:<10} {:>12} {:>7} {:>18} {:>13}".format(*header))
+    header = ("result", "numeric keys", "bytes", "driver CPU/result", "memory/trial", "snapshot")
+    print("{:<10} {:>12} {:>7} {:>18} {:>13} {:>10}".format(*header))
     for name, (shape, packed) in shapes.items():
         r = measure(trial_results(metrics, shape), packed, args.trials, args.held)
         print(
             f"{name:<10} {r['keys']:>12} {r['bytes']:>7} {r['cpu_us']:>15.0f} us "
-            f"{r['kib']:>9.1f} KiB"
+            f"{r['kib']:>9.1f} KiB {r['state_kib']:>6.1f} KiB"
         )
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
