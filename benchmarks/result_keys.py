@@ -10,7 +10,8 @@ per-key running statistics in ``metric_analysis``), plus, for the packed result,
 ``unpack``. Printed per shape of result: numeric keys, driver CPU per result (a 15-epoch trial's
 results on a fresh ``Trial``, repeated), the driver memory a trial keeps after its 15 results
 (``tracemalloc``, over many trials held at once; Tune keeps every trial to the end) and the size
-of the trial's part of Tune's experiment snapshot (JSON).
+of the trial's part of Tune's experiment snapshot (JSON) with the CPU to build it, which Tune
+does for every trial at the end of ``fit`` (and once an hour); and ``pack``'s own cost in the trial.
 
 Shapes: ``full`` (every figure as its own key: what the trial sent before packing), ``tune keys``
 (only the keys Tune needs: the floor) and ``packed`` (those keys plus the rest as one string,
@@ -124,13 +125,16 @@ def measure(blobs: list[bytes], packed: bool, trials: int, held: int) -> dict[st
     tracemalloc.stop()
     result = pickle.loads(blobs[-1])
     numeric = sum(isinstance(v, int | float) for v in flatten_dict(result).values())
+    cpu0 = time.process_time()
     state = len(kept[0].run_metadata.get_json_state())  # the trial in Tune's experiment snapshot
+    state_cpu = time.process_time() - cpu0
     return {
         "keys": numeric,
         "bytes": len(blobs[-1]),
         "cpu_us": cpu * 1e6,
         "kib": used / 1024,
         "state_kib": state / 1024,
+        "state_ms": state_cpu * 1e3,
     }
 
 
@@ -147,13 +151,17 @@ def main() -> None:
     }
     print(f"load average before: {os.getloadavg()[0]:.1f}")
     header = ("result", "numeric keys", "bytes", "driver CPU/result", "memory/trial", "snapshot")
-    print("{:<10} {:>12} {:>7} {:>18} {:>13} {:>10}".format(*header))
+    print("{:<10} {:>12} {:>7} {:>18} {:>13} {:>19}".format(*header))
     for name, (shape, packed) in shapes.items():
         r = measure(trial_results(metrics, shape), packed, args.trials, args.held)
         print(
             f"{name:<10} {r['keys']:>12} {r['bytes']:>7} {r['cpu_us']:>15.0f} us "
-            f"{r['kib']:>9.1f} KiB {r['state_kib']:>6.1f} KiB"
+            f"{r['kib']:>9.1f} KiB {r['state_kib']:>6.1f} KiB {r['state_ms']:>5.1f} ms"
         )
+    cpu0 = time.process_time()
+    for _ in range(1000):
+        pack(metrics[0])
+    print(f"pack, in the trial process: {(time.process_time() - cpu0) * 1e3:.0f} us per result")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
