@@ -8,6 +8,7 @@ heavier than Optuna's ``TrialState``: the read side stays free of Ray and of the
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, get_args
 
 from optuna.trial import TrialState
@@ -107,6 +108,44 @@ CURVES = {
 }
 #: The parent run's headline metrics (``study/...``), written when a study ends.
 STUDY_METRICS_PREFIX = "study/"
+
+# -- what a trial tells Ray Tune ------------------------------------------------------------------
+#: The result keys Ray Tune and its plug-ins read: the objectives (Tune's metric, the searcher),
+#: ``epoch`` (ASHA's time, the searcher's step), what :func:`outcome` reads, where the trial ran,
+#: and ``epoch_seconds`` (the benchmarks' probes). Tune keeps running statistics of every numeric
+#: key of every result in the driver; the other figures, which only the MLflow tracker reads,
+#: travel as one string under :data:`PACKED` (:func:`pack`), which it leaves alone.
+TUNE_KEYS = frozenset(
+    {
+        "epoch",
+        "epoch_seconds",
+        "diverged",
+        "stop_reason",
+        *(objective.metric for objective in OBJECTIVES.values()),
+        *PLACEMENT_TAGS,
+    }
+)
+#: A string: Tune neither flattens it nor keeps statistics of it, and its experiment state holds
+#: it as is; JSON gives floats back exactly, NaN and infinities included.
+PACKED = "gradsweep.figures"
+
+
+def pack(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A trial's metrics as sent to Tune: :data:`TUNE_KEYS` as they are, the rest as JSON."""
+    sent = {k: v for k, v in metrics.items() if k in TUNE_KEYS}
+    sent[PACKED] = json.dumps({k: v for k, v in metrics.items() if k not in TUNE_KEYS})
+    return sent
+
+
+def unpack(result: dict[str, Any]) -> dict[str, Any]:
+    """Every figure of a Tune result as its own key again; a result without :data:`PACKED`
+    (a trainable that does not pack) as it is."""
+    if PACKED not in result:
+        return result
+    out = {k: v for k, v in result.items() if k != PACKED}
+    out.update(json.loads(result[PACKED]))
+    return out
+
 
 # -- outcomes -------------------------------------------------------------------------------------
 #: outcome -> (MLflow run status, Optuna trial state). The tracker, the searcher and resume all

@@ -46,6 +46,7 @@ from search.schema import (
     STUDY_TAG,
     TRIAL_NUMBER_TAG,
     outcome,
+    unpack,
 )
 from search.seeds import INIT
 from spaces import StudyConfig, resolve_trial
@@ -227,6 +228,7 @@ class MlflowTracker(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
+        result = unpack(result)
         if trial.trial_id not in self.started:
             return
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
@@ -282,7 +284,7 @@ class MlflowTracker(tune.Callback):
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = self.last.get(trial.trial_id) or trial.last_result
+        result = self.last.get(trial.trial_id) or unpack(trial.last_result)
         ended = outcome(result, self.config.training.epochs)
         self._finish(trial, OUTCOMES[ended][0], ended, result)
 

@@ -21,7 +21,7 @@ import torch
 from ray import tune
 
 from search.checkpoints import CHECKPOINT_FILE, RESUME_KEY, owned_by_user
-from search.schema import N_PARAMS
+from search.schema import N_PARAMS, pack
 from search.seeds import SeedBook
 from spaces import StudyConfig, model_builder, resolve_trial, train_settings
 from trainers import EpochReport, LoopState, Splits, seed_everything, train, train_fused
@@ -97,7 +97,8 @@ class HealthWatch:
 class Reporter:
     """``tune.report`` each epoch, with a checkpoint every ``checkpoint_every`` epochs (unless
     the last one is younger than ``checkpoint_min_seconds``), and always at the trial's last
-    epoch: the planned last, or the one after which gradient-health stopping ends it."""
+    epoch: the planned last, or the one after which gradient-health stopping ends it. Tune gets
+    the metrics packed (:func:`search.schema.pack`); the checkpoint keeps them whole."""
 
     def __init__(self, every: int, min_seconds: float, last: int) -> None:
         self.every, self.min_seconds, self.last = every, min_seconds, last
@@ -120,11 +121,11 @@ class Reporter:
         book: dict[str, Any],
     ) -> None:
         if not self.due(epoch, diverged, stopping):
-            tune.report(metrics)
+            tune.report(pack(metrics))
             return
         with tempfile.TemporaryDirectory() as directory:
             _save_checkpoint(state, directory, metrics, book)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report(pack(metrics), checkpoint=tune.Checkpoint.from_directory(directory))
         self.saved_at = time.monotonic()
 
 
@@ -166,7 +167,7 @@ def run_trial(params: dict[str, Any], study: dict[str, Any], data: Splits) -> No
     report = Reporter(training.checkpoint_every, training.checkpoint_min_seconds, last)
     if resume is not None and int(resume["epoch"]) >= last:
         # Interrupted after its final checkpoint: nothing left to train, only to report.
-        tune.report({**resume.get("metrics", {}), **node})
+        tune.report(pack({**resume.get("metrics", {}), **node}))
         return
     seeds = [training.seed + i for i in range(training.seeds)]
     book = SeedBook(seeds, chance=1.0 / data.n_classes)
