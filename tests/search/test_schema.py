@@ -66,6 +66,9 @@ class Journal:
     def set_terminated(self, key: str, status: str, end_time: int) -> None:
         self.writes.append((key, status))
 
+    def log_text(self, key: str, text: str, artifact_file: str) -> None:
+        self.writes.append((key, artifact_file, text))
+
 
 def tracked(result: dict[str, Any], ended_unseen: bool) -> list[Any]:
     """What the tracker writes for one result and the trial's end; ``ended_unseen``: it ends
