@@ -71,11 +71,18 @@ LAYER_TABLE = "diagnostics/layers.csv"
 #: A seed's count of epochs with a flag up: logged when it changes, so its latest value is the
 #: count, without one row per seed, flag and epoch that repeats it.
 _COUNTER = re.compile(r"^seed/[^/]+/diag/\w+_epochs$")
+#: A 0/1 flag of one measurement (a seed's, or the layers seed's, at an epoch or at init): a
+#: threshold on the figures logged beside it. The run's tags count the seeds that raise it (last
+#: epoch, initialisation) and each seed's counter says for how many epochs, so the flags
+#: themselves are not metrics: that would be four rows per seed and epoch more.
+_FLAG = re.compile(rf"^(?:init/)?(?:seed/[^/]+/)?diag/(?:{'|'.join(FLAGS)})$")
 
 
 def charted(key: str) -> bool:
-    """Whether a per-epoch figure is an MLflow metric: per-layer figures only the gradient norm
-    (at initialisation it is the step-0 value, so no ``init/`` copy)."""
+    """Whether a per-epoch figure is an MLflow metric: not a flag (:data:`_FLAG`); per-layer
+    figures only the gradient norm (at initialisation it is the step-0 value: no ``init/`` copy)."""
+    if _FLAG.match(key):
+        return False
     match = _LAYER.match(key)
     return match is None or (not key.startswith(INIT) and key.startswith(CHARTED_LAYER_FIGURE))
 

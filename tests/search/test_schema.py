@@ -86,5 +86,5 @@ def test_the_tracker_writes_a_packed_result_as_an_unpacked_one() -> None:
     whole = metrics()
     writes = tracked(whole, ended_unseen=False)
     assert tracked(pack(whole), ended_unseen=False) == writes
-    assert any(name == "seed/12/diag/vanishing" for name, _, _ in writes[0][1])
+    assert any(name == "seed/12/diag/vanishing_epochs" for name, _, _ in writes[0][1])
     assert tracked(pack(whole), ended_unseen=True) == tracked(whole, ended_unseen=True)

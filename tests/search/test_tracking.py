@@ -11,13 +11,18 @@ from search.tracking import charted, layer_table
 
 def test_only_the_gradient_norm_is_charted_per_layer() -> None:
     assert charted("diag/grad_norm/layer_03")
-    assert (
-        charted("diag/grad_rate") and charted("seed/4/diag/vanishing") and charted("val_accuracy")
-    )
+    assert charted("diag/grad_rate") and charted("val_accuracy")
     assert not charted("diag/act_std/layer_03")
     assert not charted("diag/update_ratio/layer_12")
     assert not charted("init/diag/grad_norm/layer_01")  # at init it is the step-0 value
     assert charted("init/diag/grad_rate") and charted("init/seed/4/diag/grad_rate")
+
+
+def test_flags_are_tags_and_counters_not_metrics() -> None:
+    for key in ("diag/vanishing", "seed/4/diag/exploding", "init/seed/4/diag/dying"):
+        assert not charted(key), key
+    assert not charted("init/diag/saturated")
+    assert charted("seed/4/diag/vanishing_epochs") and charted("diag/grad_norm_max")
 
 
 def test_the_layer_table_has_a_row_per_epoch_and_layer_and_a_column_per_figure() -> None:
