@@ -236,12 +236,12 @@ class ResumingOptunaSearch(HonestOptunaSearch):
             from optuna.trial import Trial
 
             number, extra = self._resume.popitem()
-            frozen = next(
-                t for t in self._ot_study.get_trials(deepcopy=False) if t.number == number
-            )
-            if frozen.state == TrialState.WAITING:  # put back after a Ctrl+C: claim it again
-                self._ot_study._storage.set_trial_state_values(frozen._trial_id, TrialState.RUNNING)
-            ot_trial = Trial(self._ot_study, frozen._trial_id)
+            study = self._ot_study
+            storage = study._storage  # that trial alone, not the study: one claim per trial
+            found = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+            if storage.get_trial(found).state == TrialState.WAITING:  # put back after a Ctrl+C
+                storage.set_trial_state_values(found, TrialState.RUNNING)
+            ot_trial = Trial(study, found)
             self._ot_trials[trial_id] = ot_trial
             return {**self._suggest_from_define_by_run_func(self._space, ot_trial), **extra}
         return super().suggest(trial_id)
