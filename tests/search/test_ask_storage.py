@@ -24,7 +24,7 @@ from search.ask_storage import AskStorage
 from search.schema import OBJECTIVE
 from search.searcher import HonestOptunaSearch
 from search.stores import optuna_storage
-from spaces import define_space, load_config
+from spaces import define_space, grid_size, load_config, make_sampler
 
 SPACE = {
     "name": "t",
@@ -159,3 +159,29 @@ def test_a_kept_read_is_one_threads_and_one_asks(tmp_path: Path) -> None:
     again = pickle.loads(pickle.dumps(storage))  # Tune may pickle the searcher with it
     with again.one_read():
         assert len(optuna.load_study(study_name="s", storage=again).trials) == 1
+
+
+def test_the_grid_searcher_finds_the_asked_trial_in_the_kept_read(tmp_path: Path) -> None:
+    """Optuna's brute force looks for the trial being asked among the study's trials."""
+    grid = {
+        **SPACE,
+        "searcher": {"name": "grid"},
+        "search": {
+            **SPACE["search"],
+            "activations": {"relu": {}, "elu": {"alpha": {"low": 0.5, "high": 1.5, "grid": 2}}},
+            "lr": {"low": 1e-3, "high": 1e-1, "log": True, "grid": 2},
+        },
+    }
+    config = load_config(grid, [])
+    searcher = HonestOptunaSearch(
+        space=define_space(config),
+        metric=OBJECTIVE,
+        mode="max",
+        sampler=make_sampler(config),
+        study_name="s",
+        storage=optuna_storage(f"sqlite:///{tmp_path / 'optuna.db'}"),
+        epochs=2,
+    )
+    size = grid_size(config)
+    asked = [searcher.suggest(f"t{i}") for i in range(size)]
+    assert len({tuple(sorted(p.items())) for p in asked}) == size  # each configuration once
