@@ -8,7 +8,10 @@ times: the oldest running trial is told COMPLETE (``on_trial_complete``) and a n
 (``suggest``: Optuna's ask and the define-by-run space's suggestions), as Tune's driver does.
 
 Printed per ask and per tell: CPU and wall (ms, medians and means), SQL statements and commits,
-and which storage method issued the statements, from which Optuna (or gradsweep) caller.
+and which storage method issued the statements, from which Optuna (or gradsweep) caller. The
+asks run under ``search.trials.start_up_frozen``, as the driver's ``Tuner.fit`` does
+(``--unfrozen``: without it); a full garbage collection lands in whichever ask set it off, which
+is why the mean can sit well above the median.
 
 Run from the repository root: ``PYTHONPATH=. .venv/bin/python benchmarks/ask_cost.py
 --trials 500 --trials 2000`` (about a minute each on 2 cores); ``--searcher-json
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import random
@@ -35,6 +39,7 @@ from sqlalchemy import event
 from search.environment import with_driver
 from search.schema import OBJECTIVE
 from search.stores import optuna_storage
+from search.trials import start_up_frozen
 from search.tuner import make_searcher
 from spaces import define_space, load_config
 
@@ -95,30 +100,37 @@ def measure(args: argparse.Namespace, trials: int) -> dict[str, Any]:
         fill(config, url, name, trials)
         storage = optuna_storage(url)
         searcher = make_searcher(config, study_name=name, storage=storage)
-        running = collections.deque(f"r{i}" for i in range(args.running))
-        for trial_id in running:
-            searcher.suggest(trial_id)
-        sql = Statements(storage.engine)
-        rows: dict[str, list[tuple[float, float, int, int]]] = {"ask": [], "tell": []}
-
-        def timed(kind: str, call: Any, *a: Any) -> None:
-            s0, c0 = sql.statements, sql.commits
-            t0, p0 = time.perf_counter(), time.process_time()
-            call(*a)
-            cpu, wall = time.process_time() - p0, time.perf_counter() - t0
-            rows[kind].append((cpu * 1e3, wall * 1e3, sql.statements - s0, sql.commits - c0))
-
-        result = {OBJECTIVE: 0.0, "epoch": config.training.epochs}
-        tell_origins = collections.Counter[tuple[str, str]]()
-        for i in range(args.asks):
-            before = sql.origins.copy()
-            result[OBJECTIVE] = random.random()
-            timed("tell", searcher.on_trial_complete, running.popleft(), dict(result))
-            tell_origins += sql.origins - before
-            running.append(f"n{i}")
-            timed("ask", searcher.suggest, running[-1])
-        ask_origins = sql.origins - tell_origins
+        with contextlib.nullcontext() if args.unfrozen else start_up_frozen():  # as run_trials
+            result = asks(args, config, searcher, Statements(storage.engine))
         storage.engine.dispose()
+    return result
+
+
+def asks(args: argparse.Namespace, config: Any, searcher: Any, sql: Statements) -> dict[str, Any]:
+    """``--running`` trials asked, then ``--asks`` times one told and one asked, timed."""
+    running = collections.deque(f"r{i}" for i in range(args.running))
+    for trial_id in running:
+        searcher.suggest(trial_id)
+    rows: dict[str, list[tuple[float, float, int, int]]] = {"ask": [], "tell": []}
+
+    def timed(kind: str, call: Any, *a: Any) -> None:
+        s0, c0 = sql.statements, sql.commits
+        t0, p0 = time.perf_counter(), time.process_time()
+        call(*a)
+        cpu, wall = time.process_time() - p0, time.perf_counter() - t0
+        rows[kind].append((cpu * 1e3, wall * 1e3, sql.statements - s0, sql.commits - c0))
+
+    result = {OBJECTIVE: 0.0, "epoch": config.training.epochs}
+    sql.origins.clear()
+    tell_origins = collections.Counter[tuple[str, str]]()
+    for i in range(args.asks):
+        before = sql.origins.copy()
+        result[OBJECTIVE] = random.random()
+        timed("tell", searcher.on_trial_complete, running.popleft(), dict(result))
+        tell_origins += sql.origins - before
+        running.append(f"n{i}")
+        timed("ask", searcher.suggest, running[-1])
+    ask_origins = sql.origins - tell_origins
     return {"rows": rows, "ask_origins": ask_origins, "tell_origins": tell_origins}
 
 
@@ -146,6 +158,9 @@ def main() -> None:
     parser.add_argument("--running", type=int, default=32)
     parser.add_argument("--asks", type=int, default=40)
     parser.add_argument("--searcher-json", default="{}", help="TPE settings, as in a config")
+    parser.add_argument(
+        "--unfrozen", action="store_true", help="without run_trials' gc.freeze (as before it)"
+    )
     args = parser.parse_args()
     import ray  # noqa: F401  (quiet_libraries sets the levels ray's import would reset)
 
