@@ -16,6 +16,9 @@ Per-epoch values stay in the driver's memory: neither Tune scheduler reads them 
 is Tune's own), and TPE ranks a PRUNED trial by its last intermediate value, so only that one is
 written, when the trial ends PRUNED. Writing every epoch cost one storage round trip per epoch
 per trial on the driver's event loop (benchmarks/scale.py); the epoch curves are in MLflow.
+
+The storage is wrapped in :class:`~search.ask_storage.AskStorage` and each ask reads the study
+once (TPE's constant liar would read it again for every parameter it samples).
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from search.ask_storage import AskStorage
 from search.schema import INTERRUPTED_ATTR, OUTCOMES, REASON_TAG, outcome
 
 log = logging.getLogger(__name__)
@@ -75,14 +79,20 @@ class HonestOptunaSearch(OptunaSearch):
         tell_retries_s: Sequence[float] = TELL_RETRIES_S,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("storage") is not None:  # one read of the study per ask (AskStorage)
+            kwargs["storage"] = AskStorage(kwargs["storage"])
         super().__init__(*args, **kwargs)
         self._epochs = epochs
         self._tell_retries_s = tuple(tell_retries_s)
         self._latest: dict[str, tuple[float, int]] = {}  # trial id -> (value, epoch), unwritten
 
     def suggest(self, trial_id: str) -> dict | None:
-        with sigint_deferred():  # the asked trial is recorded before Ctrl+C can land
+        with sigint_deferred(), self._one_read():  # recorded before Ctrl+C can land
             return super().suggest(trial_id)
+
+    def _one_read(self) -> AbstractContextManager[None]:
+        storage = self._ot_study._storage if self._ot_study is not None else None
+        return storage.one_read() if isinstance(storage, AskStorage) else nullcontext()
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -226,12 +236,12 @@ class ResumingOptunaSearch(HonestOptunaSearch):
             from optuna.trial import Trial
 
             number, extra = self._resume.popitem()
-            frozen = next(
-                t for t in self._ot_study.get_trials(deepcopy=False) if t.number == number
-            )
-            if frozen.state == TrialState.WAITING:  # put back after a Ctrl+C: claim it again
-                self._ot_study._storage.set_trial_state_values(frozen._trial_id, TrialState.RUNNING)
-            ot_trial = Trial(self._ot_study, frozen._trial_id)
+            study = self._ot_study
+            storage = study._storage  # that trial alone, not the study: one claim per trial
+            found = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+            if storage.get_trial(found).state == TrialState.WAITING:  # put back after a Ctrl+C
+                storage.set_trial_state_values(found, TrialState.RUNNING)
+            ot_trial = Trial(study, found)
             self._ot_trials[trial_id] = ot_trial
             return {**self._suggest_from_define_by_run_func(self._space, ot_trial), **extra}
         return super().suggest(trial_id)

@@ -8,8 +8,9 @@ runs them, so a new kind of study reuses the start and the end as they are.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
@@ -32,6 +33,24 @@ from trainers import Splits
 log = logging.getLogger(__name__)
 #: The MLflow journal gathers this long after a quiet spell, so epochs go out in few writes.
 JOURNAL_LINGER_S = 0.5
+
+
+@contextlib.contextmanager
+def start_up_frozen() -> Iterator[None]:
+    """What the driver holds when its trials start (Ray, Tune, MLflow, torch, the data: some
+    0.5 M objects) is out of the garbage collector's reach until they end.
+
+    Otherwise every full collection, which the driver's own allocations set off every few asks
+    of a large study, scans all of it again: a few hundred ms of CPU each time, landing in
+    whichever ask or tell set it off (benchmarks/ask_cost.py). Collected first; given back
+    afterwards, so a process that runs several studies still collects what they leave.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def start(
@@ -140,7 +159,8 @@ def run_trials(
                 trainable=trainable,
                 resume=resume,
             )
-            tuner.fit()
+            with start_up_frozen():
+                tuner.fit()
             searcher.close_unfinished()  # stopped by the time budget: PRUNED, not left RUNNING
         status = "FINISHED"
     except KeyboardInterrupt:

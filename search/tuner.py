@@ -54,6 +54,30 @@ def trials_so_far(storage: optuna.storages.BaseStorage, study_name: str) -> int:
     return len(storage.get_all_trials(study_id, deepcopy=False))
 
 
+def make_searcher(
+    config: StudyConfig,
+    *,
+    study_name: str,
+    storage: optuna.storages.BaseStorage,
+    resume: dict[int, dict[str, Any]] | None = None,
+) -> ResumingOptunaSearch:
+    """The study's searcher over ``storage``: its sampler, define-by-run space and, on a first
+    run (``resume`` None), the enqueued points. Opens (or creates) the Optuna study."""
+    metrics, modes = metrics_and_modes(config.objectives)
+    multi = config.multi_objective
+    return ResumingOptunaSearch(
+        space=define_space(config),
+        metric=metrics if multi else OBJECTIVE,
+        mode=modes if multi else MODE,
+        sampler=make_sampler(config, trials_so_far(storage, study_name)),
+        points_to_evaluate=(enqueued_points(config) or None) if resume is None else None,
+        study_name=study_name,
+        storage=storage,
+        epochs=config.training.epochs,
+        resume=resume or {},
+    )
+
+
 def build_tuner(
     config: StudyConfig,
     *,
@@ -75,18 +99,7 @@ def build_tuner(
     scheduler see the primary (first) one, as they rank by one number.
     """
     metrics, modes = metrics_and_modes(config.objectives)
-    multi = config.multi_objective
-    searcher = ResumingOptunaSearch(
-        space=define_space(config),
-        metric=metrics if multi else OBJECTIVE,
-        mode=modes if multi else MODE,
-        sampler=make_sampler(config, trials_so_far(storage, study_name)),
-        points_to_evaluate=(enqueued_points(config) or None) if resume is None else None,
-        study_name=study_name,
-        storage=storage,
-        epochs=config.training.epochs,
-        resume=resume or {},
-    )
+    searcher = make_searcher(config, study_name=study_name, storage=storage, resume=resume)
     resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
     # The splits go through the object store once: workers skip the loaders and the file.
     shipped = tune.with_parameters(trainable, study=config.model_dump(mode="json"), data=data)

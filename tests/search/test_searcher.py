@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
 from search.schema import INTERRUPTED_ATTR, OBJECTIVE, REASON_TAG
-from search.searcher import HonestOptunaSearch
+from search.searcher import HonestOptunaSearch, ResumingOptunaSearch
 from spaces import define_space, load_config
 
 
@@ -134,6 +134,29 @@ def test_ctrl_c_puts_unfinished_trials_back_to_waiting(tmp_path: Path) -> None:
     trial_id = optuna.load_study(study_name="s", storage=url).trials[1]._trial_id
     assert storage.set_trial_state_values(trial_id, TrialState.RUNNING), "claimed once"
     assert not storage.set_trial_state_values(trial_id, TrialState.RUNNING), "and only once"
+
+
+def test_a_resume_claims_the_waiting_trials_with_their_numbers_and_parameters(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = _searcher(RDBStorage(url))
+    asked = {trial_id: first.suggest(trial_id) for trial_id in ("a", "b")}
+    assert first.interrupt() == [0, 1]
+    again = ResumingOptunaSearch(
+        space=lambda trial: {"x": trial.suggest_float("x", 0.0, 1.0)},
+        metric=OBJECTIVE,
+        mode="max",
+        storage=RDBStorage(url),
+        study_name="s",
+        epochs=2,
+        resume={0: {"checkpoint": "a"}, 1: {"checkpoint": "b"}},
+    )
+    assert again.suggest("b2") == {**asked["b"], "checkpoint": "b"}  # claims last first
+    assert _states(url) == [TrialState.WAITING, TrialState.RUNNING], "claimed, not asked anew"
+    assert again.suggest("a2") == {**asked["a"], "checkpoint": "a"}
+    again.suggest("new")
+    assert _states(url) == [TrialState.RUNNING] * 3, "then a new trial"
 
 
 class CtrlCOnCreate(RDBStorage):
