@@ -429,7 +429,11 @@ def main() -> None:
     out: dict[str, Any] = {}
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    part_stream(args.quick, out, args.trials, args.repeats, args.searcher, args.profile)
+    # By module, not ``__main__``: Ray pickles a ``__main__`` trainable by value, and with it the
+    # probes' lock.
+    from short_trials import part_stream as by_module
+
+    by_module(args.quick, out, args.trials, args.repeats, args.searcher, args.profile)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))
 
