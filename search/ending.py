@@ -65,6 +65,7 @@ def finish_study(
     board = pd.DataFrame()
     notes: list[str] = []
     ended = False
+    tracker.write_open_tables()
     if journal.flush(timeout_s=patience_s):
         try:
             histories = {

@@ -329,6 +329,13 @@ class MlflowTracker(tune.Callback):
             ended = outcome(result, self.config.training.epochs)
             self._finish(SimpleNamespace(trial_id=key), OUTCOMES[ended][0], ended, result)
 
+    def write_open_tables(self) -> None:
+        """The layer table of every trial whose run is still open when the study ends (Ctrl+C,
+        Tune stopping): what it measured so far, so an interrupted run keeps its figures too."""
+        for key, history in self.history.items():
+            if key in self.started and key not in self.finished and history:
+                self.journal.log_text(key, layer_table(history), LAYER_TABLE)
+
     def _finish(
         self, trial: Any, status: str, outcome: str, result: dict[str, Any] | None, reason: str = ""
     ) -> None:
