@@ -375,6 +375,10 @@ class MlflowTracker(tune.Callback):
                 for epoch, figures in self.history[key].items()
             }
         self.journal.set_terminated(key, status, _now_ms())
-        # a finished trial's run gets no more writes: a long study's driver keeps only the above
-        for kept in (self.last, self.initial, self.counted):
+        # A long study's driver keeps of a finished trial only the above and its last epoch, which
+        # a retry's tag needs: Tune can still report a trial failed after it completed (its
+        # node lost while its actor was being stopped).
+        if key in self.last:
+            self.last[key] = {"epoch": self.last[key].get("epoch", 0)}
+        for kept in (self.initial, self.counted):
             kept.pop(key, None)
