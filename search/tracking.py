@@ -170,8 +170,6 @@ class MlflowTracker(tune.Callback):
         self.initial: dict[str, dict[str, float]] = {}
         #: trial id -> epoch -> its per-layer figures (the pictures and the layer table)
         self.history: dict[str, dict[int, dict[str, float]]] = {}
-        #: trial id -> the flag counters last logged (:data:`_COUNTER`)
-        self.counted: dict[str, dict[str, float]] = {}
         self._fixed = {
             "dataset": config.data.name,
             "epochs": str(config.training.epochs),
@@ -263,13 +261,10 @@ class MlflowTracker(tune.Callback):
         tags = {}
         if trial.trial_id not in self.last and PLACEMENT_TAGS[0] in result:
             tags = {k: str(result.get(k)) for k in PLACEMENT_TAGS}
+        previous = self.last.get(trial.trial_id, {})
         self.last[trial.trial_id] = dict(result)
-        counted = self.counted.setdefault(trial.trial_id, {})
-        for key in [k for k in values if _COUNTER.match(k)]:
-            if counted.get(key) == values[key]:
-                del values[key]
-            else:
-                counted[key] = values[key]
+        for key in [k for k in values if _COUNTER.match(k) and previous.get(k) == values[k]]:
+            del values[key]  # a counter is logged when it changes
         metrics = [(k, v, now, 0) for k, v in initial.items() if charted(k)]
         metrics += [(k, v, now, epoch) for k, v in values.items() if charted(k)]
         metrics += [(CURVES[k], v, now, epoch) for k, v in values.items() if k in CURVES]
@@ -380,5 +375,4 @@ class MlflowTracker(tune.Callback):
         # node lost while its actor was being stopped).
         if key in self.last:
             self.last[key] = {"epoch": self.last[key].get("epoch", 0)}
-        for kept in (self.initial, self.counted):
-            kept.pop(key, None)
+        self.initial.pop(key, None)
