@@ -346,26 +346,39 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def run_process(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
+def run_process(
+    argv: list[str], env: dict[str, str] | None = None, also: Any = None
+) -> tuple[float, float, int]:
     """Run ``argv`` as a whole process: (wall seconds, CPU seconds of it and every process it
     started, exit code). It and its descendants are sampled every 0.2 s from ``/proc`` (Ray's
     daemons and workers are not always reaped by their parent, so rusage would miss them): up to
-    0.2 s of each process's last CPU is missed, alike on both sides of a comparison."""
+    0.2 s of each process's last CPU is missed, alike on both sides of a comparison. ``also``:
+    a callable listing more pids whose CPU during the run counts (a warm Ray's processes, which
+    run the process's trials but are not its descendants)."""
     import subprocess
     import tempfile
 
+    def sample(pids: list[int], into: dict[int, float]) -> None:
+        for pid in pids:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                into[pid] = _cpu_seconds(pid)
+
+    before: dict[int, float] = {}
+    sample(also() if also else [], before)
     # A file, not a pipe: a full pipe would stall the process.
     with tempfile.TemporaryFile() as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         seen: dict[int, float] = {}
+        others: dict[int, float] = {}
         while proc.poll() is None:
-            for pid in [proc.pid, *_descendants(proc.pid)]:
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    seen[pid] = _cpu_seconds(pid)
+            sample([proc.pid, *_descendants(proc.pid)], seen)
+            sample(also() if also else [], others)
             time.sleep(0.2)
+        sample(also() if also else [], others)
         wall = time.perf_counter() - t0
         if proc.returncode:
             log.seek(0)
             sys.stdout.write(log.read().decode(errors="replace")[-3000:])
-    return wall, sum(seen.values()), proc.returncode
+    extra = sum(cpu - before.get(pid, 0.0) for pid, cpu in others.items())
+    return wall, sum(seen.values()) + extra, proc.returncode

@@ -6,7 +6,9 @@ Parts (``--only`` picks one; all run by default, one after the other):
   (a) the raw loop, ``trainers.train`` sequentially in this process, one torch thread: the compute
   limit; (b) and (b') the scripts a user writes by hand (``peers.py``: Ray's defaults, and tuned);
   (c) gradsweep: ``gradsweep run`` as a whole process alternated run for run with (b') as a whole
-  process (wall and CPU of each), plus ``run_study`` in this process once to show where the time
+  process (wall and CPU of each), on a Ray of its own (``--address local``) and on the warm Ray
+  of ``gradsweep ray start`` (started once before the runs; its CPU during each run counts),
+  plus ``run_study`` in this process once to show where the time
   goes, and with Ray already running (as on a cluster).
 - ``stream``: a stream of short trials (``short_trials.py``): efficiency and the per-trial
   overhead broken down.
@@ -106,18 +108,36 @@ def run_gradsweep(
 def whole_processes(
     study: dict[str, Any], trials: list[dict[str, Any]], tmp: Path, repeats: int
 ) -> dict[str, list[tuple[float, float]]]:
-    """``gradsweep run`` and the tuned script (b') as whole processes, alternated run for run:
-    (wall, CPU of the process and everything it started) of each."""
+    """``gradsweep run`` (a Ray of its own, and on the warm Ray of ``gradsweep ray start``)
+    and the tuned script (b') as whole processes, alternated run for run: (wall, CPU of the
+    process and everything it started) of each; a warm Ray's CPU during the run counts too."""
+    from search import warm_ray
+
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    # The warm Ray's record in a folder of the benchmark's own: a user's warm Ray stays unused.
+    env = {**os.environ, "PYTHONPATH": str(root), "GRADSWEEP_STATE_DIR": str(tmp / "state")}
     spec = tmp / "peer.json"
     spec.write_text(json.dumps({"study": study, "trials": trials}))
-    out: dict[str, list[tuple[float, float]]] = {"c": [], "b'": []}
+    out: dict[str, list[tuple[float, float]]] = {"c": [], "c warm": [], "b'": []}
+    cli = [sys.executable, "-m", "search.cli"]
+    t0 = time.perf_counter()
+    started = run_process([*cli, "ray", "start"], env)
+    print(
+        f"  gradsweep ray start (once, before the runs): {time.perf_counter() - t0:.1f} s wall, "
+        f"{started[1]:.1f} s CPU (exit {started[2]})"
+    )
+    os.environ["GRADSWEEP_STATE_DIR"] = env["GRADSWEEP_STATE_DIR"]
+    warm = warm_ray.running()
+    assert warm is not None, "gradsweep ray start left no warm Ray"
+    also = functools.partial(warm_ray.processes, warm)
     for r in range(repeats):
         config = tmp / f"study-{r}.yaml"  # JSON is YAML
         config.write_text(json.dumps({**study, "output_dir": str(tmp / f"cli{r}")}))
+        warm_config = tmp / f"warm-{r}.yaml"
+        warm_config.write_text(json.dumps({**study, "output_dir": str(tmp / f"warm{r}")}))
         runs = [
-            ("c", [sys.executable, "-m", "search.cli", "run", str(config)]),
+            ("c", [*cli, "run", str(config), "--address", "local"]),
+            ("c warm", [*cli, "run", str(warm_config)]),
             (
                 "b'",
                 [
@@ -131,13 +151,15 @@ def whole_processes(
         ]
         for label, argv in runs if r % 2 == 0 else runs[::-1]:
             load = os.getloadavg()[0]
-            wall, cpu, code = run_process(argv, env)
+            wall, cpu, code = run_process(argv, env, also if label == "c warm" else None)
             out[label].append((wall, cpu))
-            name = "gradsweep run" if label == "c" else "tuned script"
+            name = {"c": "gradsweep run", "c warm": "gradsweep run on the warm Ray"}
             print(
-                f"  ({label}) {name}, whole process, run {r + 1}: {wall:6.1f} s wall, "
-                f"{cpu:6.1f} s CPU (exit {code}; load average {load:.1f})"
+                f"  ({label}) {name.get(label, 'tuned script')}, whole process, run {r + 1}: "
+                f"{wall:6.1f} s wall, {cpu:6.1f} s CPU (exit {code}; load average {load:.1f})"
             )
+    warm_ray.stop()
+    del os.environ["GRADSWEEP_STATE_DIR"]
     return out
 
 
@@ -184,16 +206,20 @@ def part_throughput(
         warm_study = {**study, "output_dir": str(tmp / "warm"), "name": "bench-warm"}
         warm, _, _ = run_gradsweep(warm_study, trials, [], True)
         print(f"  (c) Ray already running (in this process): {warm:7.1f} s")
-        c_wall = statistics.median(w for w, _ in pairs["c"])
-        c_cpu = statistics.median(u for _, u in pairs["c"])
         t_wall = statistics.median(w for w, _ in pairs["b'"])
         t_cpu = statistics.median(u for _, u in pairs["b'"])
-        print(
-            f"  (c)/(b') whole processes, medians of {repeats}: wall {c_wall:.1f} / {t_wall:.1f} s "
-            f"= {c_wall / t_wall:.2f}x (target <= 0.70x); CPU {c_cpu:.1f} / {t_cpu:.1f} s = "
-            f"{c_cpu / t_cpu:.2f}x; per pair (wall): "
-            + ", ".join(f"{c[0] / t[0]:.2f}x" for c, t in zip(pairs["c"], pairs["b'"], strict=True))
-        )
+        for label in ("c", "c warm"):
+            c_wall = statistics.median(w for w, _ in pairs[label])
+            c_cpu = statistics.median(u for _, u in pairs[label])
+            print(
+                f"  ({label})/(b') whole processes, medians of {repeats}: wall {c_wall:.1f} / "
+                f"{t_wall:.1f} s = {c_wall / t_wall:.2f}x (target <= 0.70x); CPU {c_cpu:.1f} / "
+                f"{t_cpu:.1f} s = {c_cpu / t_cpu:.2f}x; per run (wall): "
+                + ", ".join(
+                    f"{c[0] / t[0]:.2f}x" for c, t in zip(pairs[label], pairs["b'"], strict=True)
+                )
+            )
+        c_wall = statistics.median(w for w, _ in pairs["c"])
         print(
             f"  (b)/(c in this process): {b / seconds:.2f}x; (c)/compute limit "
             f"{c_wall / limit:.2f}x"

@@ -107,7 +107,10 @@ def check_writable(path: Path, key: str) -> None:
 
 
 def check_address(address: str) -> None:
-    """Fail fast when ``address`` names a Ray cluster that isn't there."""
+    """Fail fast when ``address`` names a Ray cluster that isn't there (``local``: a Ray of the
+    study's own, started by it)."""
+    if address == "local":
+        return
     if address == "auto":
         current = Path("/tmp/ray/ray_current_cluster")
         found = ray_address(None) or ""
@@ -119,7 +122,7 @@ def check_address(address: str) -> None:
     target = address if "://" in address else f"tcp://{address}"
     parsed = urlparse(target)
     if parsed.scheme not in ("tcp", "ray") or not parsed.hostname:
-        raise UserError(f"--address: {address!r} must be auto, HOST:PORT or ray://HOST:PORT")
+        raise UserError(f"--address: {address!r} must be local, auto, HOST:PORT or ray://HOST:PORT")
     try:
         port = parsed.port or (10001 if parsed.scheme == "ray" else 6379)
     except ValueError:

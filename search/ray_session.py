@@ -1,8 +1,9 @@
 """The study's Ray session: attach to a cluster, or start (and later stop) an embedded one.
 
-An embedded Ray is the study's own: it listens on 127.0.0.1 only and requires a token made for
-this session, so no other machine can reach it and no other process on this one can join it
-without the token (an open Ray port runs anyone's code). Attaching to a user's cluster changes
+An embedded Ray is the study's own: its node is addressed as 127.0.0.1 and it requires a token
+made for this session. Some of Ray's ports answer on every interface (gRPC's default), but no
+process, here or on another machine, can join or use it without the token (an open Ray port
+runs anyone's code). Attaching to a user's cluster changes
 none of that cluster's settings.
 """
 
@@ -13,12 +14,16 @@ import gc
 import os
 import secrets
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray._private import ray_constants
 
+from search import environment
 from search.errors import UserError
+
+if TYPE_CHECKING:  # imported where used: it imports this module's settings
+    from search.warm_ray import WarmRay
 
 #: Ray would start a pool of idle workers for the driver, but Tune's trial actors live in
 #: placement groups and never use them: starting them only delays the study.
@@ -33,19 +38,35 @@ _saved: dict[str, Any] = {}
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
-    """Attach to ``address`` or start an embedded local Ray (``num_cpus`` logical CPUs: the
-    machine's by default). True if this call started or attached a session that the study must
-    shut down; False if one was already running."""
+    """Attach to ``address`` (else ``RAY_ADDRESS``); without either, to the warm Ray of
+    ``gradsweep ray start`` if one runs (:mod:`search.warm_ray`), else start an embedded local
+    Ray (``num_cpus`` logical CPUs: the machine's by default; asking for a number also means a
+    Ray of its own). ``local`` always means an embedded one. True if this call started or
+    attached a session that the study must shut down; False if one was already running."""
     if ray.is_initialized():
         return False
+    from search import warm_ray
+
+    address = environment.ray_address(address)  # RAY_ADDRESS, as Ray's own default reads it
+
     kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+    warm = warm_ray.usable() if address is None and num_cpus is None else None
     try:
-        if address:
+        if address and address != "local":
             ray.init(address=address, **kwargs)
+        elif warm is not None:
+            _auth_settings(warm.token)
+            try:
+                ray.init(address=warm.address, **kwargs)
+            except BaseException:
+                _restore_settings()
+                raise
+            _saved["warm"] = warm
         else:
             _embedded_settings()
             try:  # a copy: Ray adds to the dict it is given
                 ray.init(
+                    address="local",  # never a cluster found in /tmp/ray
                     include_dashboard=False,
                     _node_ip_address=LOOPBACK,
                     num_cpus=num_cpus,
@@ -56,6 +77,11 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
                 _restore_settings()
                 raise
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        if warm is not None:
+            raise UserError(
+                f"cannot attach to the warm Ray at {warm.address} ({exc}); 'gradsweep ray stop' "
+                "ends it, or --address local runs this study on a Ray of its own"
+            ) from None
         raise UserError(f"--address: cannot attach to Ray at {address or 'local'}: {exc}") from None
     return True
 
@@ -89,12 +115,22 @@ def shutdown() -> None:
     _restore_settings()
 
 
+def attached_warm() -> WarmRay | None:
+    """The warm Ray this process's session attached to, if it did."""
+    return _saved.get("warm")
+
+
 def _embedded_settings() -> None:
     """Loopback only and a fresh token, for this process and the Ray processes it starts."""
+    _auth_settings(secrets.token_hex(32))
+
+
+def _auth_settings(token: str) -> None:
+    """Token auth with ``token``, loopback addresses, for this process (and what it starts)."""
     _saved["env"] = {key: os.environ.get(key) for key in _EMBEDDED_ENV}
     _saved["cluster"] = ray_constants.ENABLE_RAY_CLUSTER
     os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    os.environ["RAY_AUTH_TOKEN"] = token
     os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False  # read when ray.init resolves the node address
     _reload_auth()
@@ -102,6 +138,7 @@ def _embedded_settings() -> None:
 
 def _restore_settings() -> None:
     """The environment and Ray flag as they were before the embedded session (no-op else)."""
+    _saved.pop("warm", None)
     if "env" not in _saved:
         return
     for key, value in _saved.pop("env").items():

@@ -17,7 +17,7 @@ from search.cli.interrupts import sigterm_as_ctrl_c
 from search.cli.terminal import app, err, out
 
 # Each module registers its commands on ``app``; the help lists them in this order.
-for _commands in ("study", "reading", "jobs"):
+for _commands in ("study", "warm", "reading", "jobs"):
     import_module(f"search.cli.{_commands}")
 
 __all__ = ["app", "entry", "main", "sigterm_as_ctrl_c"]

@@ -16,7 +16,10 @@ NewStudy = Annotated[str | None, typer.Option(help="Study name (default: NAME-ti
 StudyTrackingUri = Annotated[
     str | None, typer.Option(help="MLflow tracking URI of the study (default: the default run's).")
 ]
-RayAddress = Annotated[str | None, typer.Option(help="Ray cluster (default: local).")]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(help="Ray cluster (default: the warm Ray of 'gradsweep ray start', else local)."),
+]
 #: The tracking store as the cluster's head sees it (it runs the study).
 HeadTrackingUri = Annotated[
     str | None, typer.Option(help="MLflow tracking URI as the head sees it.")

@@ -27,7 +27,10 @@ def run(
     set_: Overrides = None,
     address: Annotated[
         str | None,
-        typer.Option(help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: local)."),
+        typer.Option(
+            help="Ray cluster: auto, HOST:PORT or ray://HOST:10001; local: a Ray of the "
+            "study's own (default: the warm Ray of 'gradsweep ray start' if one runs, else local)."
+        ),
     ] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
     num_samples: Annotated[int | None, typer.Option(help="Number of trials.")] = None,
@@ -45,6 +48,7 @@ def run(
     from search.errors import UserError
     from search.study import run_study
 
+    _say_warm_ray(address)
     try:
         with sigterm_as_ctrl_c(), _resume_hint(address):
             result = run_study(
@@ -53,6 +57,20 @@ def run(
     except UserError as exc:
         raise fail(str(exc)) from None
     _summary(result)
+
+
+def _say_warm_ray(address: str | None) -> None:
+    """Name the warm Ray (``gradsweep ray start``) a study without an address will run on."""
+    from search import environment, warm_ray
+
+    warm = warm_ray.usable() if environment.ray_address(address) is None else None
+    if warm is not None:
+        out.print(
+            f"Ray: the warm Ray at {warm.address} ({warm.cpus} CPUs; --address local for a Ray "
+            "of this study's own)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @contextlib.contextmanager
@@ -113,6 +131,7 @@ def resume(
     from search.errors import UserError
     from search.study import resume_study
 
+    _say_warm_ray(address)
     try:
         with sigterm_as_ctrl_c(), _resume_hint(address):
             result = resume_study(study, tracking_uri=tracking_uri, address=address, progress=True)
@@ -139,6 +158,7 @@ def confirm(
     from search.confirm import confirm_study
     from search.errors import UserError
 
+    _say_warm_ray(address)
     try:
         result = confirm_study(
             study,

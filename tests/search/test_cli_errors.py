@@ -159,7 +159,12 @@ CASES = [
         "--address: no Ray cluster reachable at 127.0.0.1:1",
     ),
     ("address-bad-port", None, ["--address", "127.0.0.1:notaport"], "invalid port"),
-    ("address-bad-scheme", None, ["--address", "http://127.0.0.1:6379"], "must be auto, HOST:PORT"),
+    (
+        "address-bad-scheme",
+        None,
+        ["--address", "http://127.0.0.1:6379"],
+        "must be local, auto, HOST:PORT",
+    ),
     (
         "address-auto-dead",
         None,
