@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -12,6 +13,9 @@ import torch
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# A warm Ray the developer started (`gradsweep ray start`) must not run the tests' studies: the
+# tests see an empty state folder of their own (test_warm_ray.py starts its own warm Ray).
+os.environ["GRADSWEEP_STATE_DIR"] = tempfile.mkdtemp(prefix="gradsweep-test-state-")
 
 
 @pytest.fixture(autouse=True)
