@@ -35,6 +35,35 @@ log = logging.getLogger(__name__)
 JOURNAL_LINGER_S = 0.5
 
 
+class ForgetFinished(tune.Callback):
+    """Drops what Tune keeps of a finished trial that nothing of gradsweep reads again.
+
+    For every numeric key of every result Tune keeps running statistics per trial (max, min,
+    mean, the last 5 and 10 values: ~30 KiB per trial of 17 keys) until the study ends, for the
+    ``ResultGrid`` that ``fit`` returns and for its experiment snapshot; gradsweep reads neither
+    (MLflow and Optuna hold the results; resume never restores Tune's state), so a study of
+    thousands of trials would only grow the driver with them (benchmarks/README.md, scale).
+    Tune's last result of the trial stays.
+    """
+
+    def on_trial_complete(
+        self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: object
+    ) -> None:
+        self._forget(trial)
+
+    def on_trial_error(
+        self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: object
+    ) -> None:
+        self._forget(trial)
+
+    @staticmethod
+    def _forget(trial: tune.experiment.Trial) -> None:
+        metadata = getattr(trial, "run_metadata", None)
+        if metadata is not None and hasattr(metadata, "metric_analysis"):
+            metadata.metric_analysis = {}
+            metadata.metric_n_steps = {}
+
+
 @contextlib.contextmanager
 def start_up_frozen() -> Iterator[None]:
     """What the driver holds when its trials start (Ray, Tune, MLflow, torch, the data: some
@@ -144,7 +173,7 @@ def run_trials(
     searcher = None
     try:
         if num_samples > 0:
-            extra: list[tune.Callback] = [tracker, *callbacks]
+            extra: list[tune.Callback] = [tracker, ForgetFinished(), *callbacks]
             if progress:
                 extra.append(ProgressCallback(num_samples, run_name))
             tuner, searcher = build_tuner(
