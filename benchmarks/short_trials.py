@@ -26,6 +26,7 @@ Run from the repository root: ``.venv/bin/python benchmarks/short_trials.py [--t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import itertools
 import json
@@ -37,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ from probes import Probes, framework_cpu
 from spaces import load_config
 
 LOG_ENV = "GRADSWEEP_BENCH_TRIAL_LOG"
+WARM = "GRADSWEEP_STATE_DIR"  # set by --warm: the studies attach to a warm Ray of the run's own
 EPOCHS = 15
 SEEDS = 3
 
@@ -256,9 +259,14 @@ def run_stream(
     """One ``run_study`` of the stream; its figures."""
     from search import run_study
 
-    log_dir = tmp / f"log-{label}"
-    log_dir.mkdir()
-    os.environ[LOG_ENV] = str(log_dir)
+    if WARM in os.environ:  # the warm Ray's trials see the log folder its start was given
+        log_dir = Path(os.environ[LOG_ENV])
+        for old in log_dir.glob("*.jsonl"):
+            old.unlink()
+    else:
+        log_dir = tmp / f"log-{label}"
+        log_dir.mkdir()
+        os.environ[LOG_ENV] = str(log_dir)
     config = load_config(stream_dict(trials_n, str(tmp / label), searcher))
     cpu: dict[str, Any] = {}
 
@@ -382,6 +390,7 @@ def part_stream(
     repeats: int = 1,
     searcher: str = "random",
     profile: Path | None = None,
+    warm: bool = False,
 ) -> None:
     trials_n = 6 if quick else trials
     print(
@@ -389,7 +398,10 @@ def part_stream(
         f"{EPOCHS} epochs, {trials_n} trials, {CONCURRENCY} at a time, {searcher} searcher"
     )
     runs = []
-    with tempfile.TemporaryDirectory(prefix="gradsweep-stream-") as tmp_name:
+    with (
+        tempfile.TemporaryDirectory(prefix="gradsweep-stream-") as tmp_name,
+        warm_ray_for(Path(tmp_name), warm),
+    ):
         tmp = Path(tmp_name)
         for r in range(repeats):
             prof = profile / f"driver-{r}.prof" if profile else None
@@ -409,6 +421,28 @@ def part_stream(
     out["stream"] = runs
 
 
+@contextlib.contextmanager
+def warm_ray_for(tmp: Path, warm: bool) -> Iterator[None]:
+    """With ``warm``: a warm Ray (``gradsweep ray start``) of the benchmark's own, which the
+    studies attach to as a user's later runs do; its start is not part of any run's figures."""
+    if not warm:
+        yield
+        return
+    from search import warm_ray
+
+    os.environ[WARM] = str(tmp / "state")
+    os.environ[LOG_ENV] = str(tmp / "log-warm")
+    Path(os.environ[LOG_ENV]).mkdir()
+    t0 = time.perf_counter()
+    warm_ray.start()
+    print(f"  warm Ray started once, before the runs: {time.perf_counter() - t0:.1f} s")
+    try:
+        yield
+    finally:
+        warm_ray.stop()
+        del os.environ[WARM]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=100)
@@ -419,6 +453,9 @@ def main() -> None:
         "--profile", type=Path, default=None, help="cProfile the driver's thread into DIR"
     )
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--warm", action="store_true", help="the runs attach to a warm Ray started once before"
+    )
     args = parser.parse_args()
     import optuna
     import ray  # noqa: F401  (sets its loggers' levels on import)
@@ -433,7 +470,7 @@ def main() -> None:
     # probes' lock.
     from short_trials import part_stream as by_module
 
-    by_module(args.quick, out, args.trials, args.repeats, args.searcher, args.profile)
+    by_module(args.quick, out, args.trials, args.repeats, args.searcher, args.profile, args.warm)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))
 
