@@ -1,9 +1,10 @@
 """TPE with a cap on the history it models (``searcher.history``), for studies of many trials.
 
 Optuna's TPE builds its two densities from every finished trial on every ask, so an ask costs
-O(trials): ~3 ms at 500 trials, ~60 ms at 10,000 (benchmarks/README.md). With a cap, TPE sees
-a view of the study that holds every running trial (the constant liar penalises them) and, of
-the finished ones, at most ``history``:
+O(trials), and on a study of thousands the model is most of the driver's ask (figures:
+benchmarks/README.md, "A capped TPE history"). With a cap, TPE sees a view of the study that
+holds every running trial (the constant liar penalises them) and, of the finished ones, at most
+``history``:
 
 - the best ones: as many as TPE puts in its "good" set for ``history`` trials (a tenth, at most
   25 with one objective), ranked by Optuna's own split (values, then pruned trials by their last
