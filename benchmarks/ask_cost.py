@@ -15,7 +15,11 @@ is why the mean can sit well above the median.
 
 Run from the repository root: ``PYTHONPATH=. .venv/bin/python benchmarks/ask_cost.py
 --trials 500 --trials 2000`` (about a minute each on 2 cores); ``--searcher-json
-'{"constant_liar": false}'`` for other TPE settings.
+'{"constant_liar": false}'`` for other TPE settings. Repeat ``--searcher-json`` to compare
+settings: each runs on every ``--trials`` (a fresh database each), and a table of CPU per ask
+closes the output. Plain TPE against a capped history (``searcher.history``, spaces/tpe.py),
+~10 min on 2 cores: ``PYTHONPATH=. .venv/bin/python benchmarks/ask_cost.py --trials 1000
+--trials 5000 --trials 10000 --searcher-json '{}' --searcher-json '{"history": 1000}'``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import json
 import os
 import random
@@ -78,8 +83,11 @@ class Statements:
         self.commits += 1
 
 
-def fill(config: Any, url: str, name: str, trials: int) -> None:
-    """``trials`` COMPLETE trials with random parameters of the space and random values."""
+@functools.cache
+def drawn(trials: int) -> list[optuna.trial.FrozenTrial]:
+    """``trials`` COMPLETE trials with random parameters of the space and random values (the
+    same for every setting measured)."""
+    config = load_config(study_dict(trials, 3, "/tmp/unused"), [])
     draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1), direction="maximize")
     space = define_space(config)
     frozen = []
@@ -87,17 +95,18 @@ def fill(config: Any, url: str, name: str, trials: int) -> None:
         trial = draw.ask()
         space(trial)
         frozen.append(draw.tell(trial, random.random()))
-    optuna.create_study(storage=url, study_name=name, direction="maximize").add_trials(frozen)
+    return frozen
 
 
-def measure(args: argparse.Namespace, trials: int) -> dict[str, Any]:
+def measure(args: argparse.Namespace, trials: int, searcher_json: str) -> dict[str, Any]:
     name = "ask_cost"
     study = study_dict(trials, 3, "/tmp/unused")
-    study["searcher"] = {"name": "tpe", "seed": 0, **json.loads(args.searcher_json)}
+    study["searcher"] = {"name": "tpe", "seed": 0, **json.loads(searcher_json)}
     config = load_config(study, [])
     with database(f"gs_ask_{os.getpid()}") as plain:
         url = with_driver(plain)  # psycopg2, as a study opens it
-        fill(config, url, name, trials)
+        filled = optuna.create_study(storage=url, study_name=name, direction="maximize")
+        filled.add_trials(drawn(trials))
         storage = optuna_storage(url)
         searcher = make_searcher(config, study_name=name, storage=storage)
         with contextlib.nullcontext() if args.unfrozen else start_up_frozen():  # as run_trials
@@ -134,9 +143,9 @@ def asks(args: argparse.Namespace, config: Any, searcher: Any, sql: Statements) 
     return {"rows": rows, "ask_origins": ask_origins, "tell_origins": tell_origins}
 
 
-def show(args: argparse.Namespace, trials: int, r: dict[str, Any]) -> None:
+def show(args: argparse.Namespace, trials: int, searcher_json: str, r: dict[str, Any]) -> None:
     print(
-        f"\n{trials} COMPLETE + {args.running} RUNNING trials, TPE {args.searcher_json}, "
+        f"\n{trials} COMPLETE + {args.running} RUNNING trials, TPE {searcher_json}, "
         f"{args.asks} asks (load average {os.getloadavg()[0]:.1f})"
     )
     for kind in ("ask", "tell"):
@@ -157,7 +166,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, action="append", help="COMPLETE trials (repeat)")
     parser.add_argument("--running", type=int, default=32)
     parser.add_argument("--asks", type=int, default=40)
-    parser.add_argument("--searcher-json", default="{}", help="TPE settings, as in a config")
+    parser.add_argument(
+        "--searcher-json", action="append", help="TPE settings, as in a config (repeat)"
+    )
     parser.add_argument(
         "--unfrozen", action="store_true", help="without run_trials' gc.freeze (as before it)"
     )
@@ -167,8 +178,17 @@ def main() -> None:
     quiet_libraries()
     random.seed(0)
     print(f"optuna {optuna.__version__}; load average {os.getloadavg()[0]:.1f} before")
+    settings = args.searcher_json or ["{}"]
+    cpu: dict[tuple[int, str], float] = {}
     for trials in args.trials or [500]:
-        show(args, trials, measure(args, trials))
+        for searcher_json in settings:
+            r = measure(args, trials, searcher_json)
+            show(args, trials, searcher_json, r)
+            cpu[trials, searcher_json] = statistics.median(row[0] for row in r["rows"]["ask"])
+    print(f"\nCPU per ask, median ms (load average {os.getloadavg()[0]:.1f} at the end)")
+    print(f"  {'trials':>7s}  " + "  ".join(f"{s:>20s}" for s in settings))
+    for trials in args.trials or [500]:
+        print(f"  {trials:7d}  " + "  ".join(f"{cpu[trials, s]:20.1f}" for s in settings))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from spaces.objectives import MULTI_OBJECTIVE_SAMPLERS, objective_pairs, parse_objectives
-from spaces.samplers import SAMPLERS
+from spaces.samplers import MIN_TPE_HISTORY, SAMPLERS
 from spaces.values import (
     SEARCH_DEFAULT,
     ActivationChoice,
@@ -260,10 +260,23 @@ class SearcherConfig(Strict):
     #: searcher reads the study once per ask anyway, and independent TPE costs more per ask.
     multivariate: bool | None = None
     constant_liar: bool | None = None
+    #: TPE only: the most finished trials it models (the best ones and the most recent; see
+    #: :mod:`spaces.tpe`), so an ask stops growing with the study; None = all, as Optuna does.
+    history: int | None = None
+
+    @field_validator("history")
+    @classmethod
+    def _history_floor(cls, v: int | None) -> int | None:
+        if v is not None and v < MIN_TPE_HISTORY:
+            raise ValueError(
+                f"at least {MIN_TPE_HISTORY} trials (below that TPE's good set, a tenth of "
+                f"what it models up to 25, shrinks), or unset to model them all; got {v}"
+            )
+        return v
 
     @model_validator(mode="after")
     def _tpe_settings(self) -> SearcherConfig:
-        for key in ("multivariate", "constant_liar"):
+        for key in ("multivariate", "constant_liar", "history"):
             if getattr(self, key) is not None and self.name != "tpe":
                 raise ValueError(f"{key}: a TPE setting, but searcher.name is {self.name!r}")
         return self

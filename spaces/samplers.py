@@ -22,6 +22,10 @@ SAMPLERS: dict[str, str] = {
     "gp": "optuna.samplers:GPSampler",
 }
 
+#: The smallest ``searcher.history``: from 250 trials on TPE's good set is its full 25, so a
+#: capped TPE's good density is plain TPE's (one objective; see :mod:`spaces.tpe`).
+MIN_TPE_HISTORY = 250
+
 
 def continued_seed(seed: int, trials_so_far: int) -> int:
     """The seed of a sampler that picks up a study which already holds ``trials_so_far`` trials.
@@ -55,8 +59,12 @@ def make_sampler(config: Any, trials_so_far: int = 0) -> optuna.samplers.BaseSam
     if config.searcher.name == "tpe":
         settings = {
             k: v
-            for k in ("multivariate", "constant_liar")
+            for k in ("multivariate", "constant_liar", "history")
             if (v := getattr(config.searcher, k, None)) is not None
         }
+        if "history" in settings:
+            from spaces.tpe import CappedTPESampler
+
+            cls = CappedTPESampler
         return cls(seed=continued_seed(seed, trials_so_far), **settings)
     return cls(seed=continued_seed(seed, trials_so_far))

@@ -84,6 +84,18 @@ CASES = [
     ("num-samples-zero", "num_samples: 0\n", [], "num_samples"),
     ("max-concurrent-zero", "max_concurrent: 0\n", [], "max_concurrent"),
     ("unknown-searcher", "searcher: {name: hyperopt}\n", [], "searcher.name: allowed"),
+    (
+        "tpe-history-too-short",
+        "searcher: {history: 100}\n",
+        [],
+        "searcher.history: at least 250 trials",
+    ),
+    (
+        "tpe-setting-other-searcher",
+        "searcher: {name: random, history: 1000}\n",
+        [],
+        "history: a TPE setting, but searcher.name is 'random'",
+    ),
     ("unknown-scheduler", "scheduler: {name: pbt}\n", [], "scheduler.name: allowed"),
     ("unknown-optimizer", "training: {optimizer: lbfgs}\n", [], "unknown optimizer 'lbfgs'"),
     ("unknown-bn", "search: {batch_norm: [middle]}\n", [], "search.batch_norm.0: allowed"),

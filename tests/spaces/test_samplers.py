@@ -66,8 +66,18 @@ def test_tpe_settings_reach_the_sampler_and_default_to_optunas() -> None:
     assert tuned._multivariate is False
 
 
-def test_tpe_settings_are_refused_for_another_searcher() -> None:
+@pytest.mark.parametrize(("key", "value"), [("constant_liar", False), ("history", 1000)])
+def test_tpe_settings_are_refused_for_another_searcher(key: str, value: Any) -> None:
     from spaces import ConfigError
 
-    with pytest.raises(ConfigError, match=r"constant_liar: a TPE setting, but searcher\.name is"):
-        load_config({"name": "s", "searcher": {"name": "random", "constant_liar": False}})
+    with pytest.raises(ConfigError, match=rf"{key}: a TPE setting, but searcher\.name is"):
+        load_config({"name": "s", "searcher": {"name": "random", key: value}})
+
+
+@pytest.mark.parametrize("history", [0, 249])
+def test_a_tpe_history_too_short_to_hold_the_good_set_is_refused(history: int) -> None:
+    from spaces import ConfigError
+
+    with pytest.raises(ConfigError, match=r"searcher\.history: at least 250 trials .*or unset"):
+        load_config({"name": "s", "searcher": {"history": history}})
+    assert load_config({"name": "s", "searcher": {"history": 250}}).searcher.history == 250
