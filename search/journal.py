@@ -45,7 +45,9 @@ from search.schema import CREATE_KEY_TAG
 log = logging.getLogger(__name__)
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
-HTTP_WORKERS = 8  # sender threads to an HTTP(S) tracking server, by default
+#: Sender threads to an HTTP(S) tracking server, by default: within MLflow's HTTP connection
+#: pool (10 per host), beyond which each extra connection is opened for one call and dropped.
+HTTP_WORKERS = 8
 #: Error codes with which MLflow rejects a request itself: retrying cannot help.
 PERMANENT = {
     "INVALID_PARAMETER_VALUE",
@@ -182,8 +184,6 @@ class Journal:
         self.client, self.spool, self.max_backoff_s = client, spool, max_backoff_s
         self.linger_s = linger_s
         remote = str(client.tracking_uri).startswith(("http:", "https:"))
-        # MLflow's HTTP connection pool keeps 10 connections per host: more senders would open
-        # connections only to drop them.
         self.workers = workers or (HTTP_WORKERS if remote else 1)
         self.run_ids: dict[str, str] = dict(run_ids or {})  # each key written by its own create
         self.rejected: list[str] = []  # permanent failures, for the closing summary
@@ -313,7 +313,7 @@ class Journal:
         """Deliver ``ops``: each run's in order, different runs at once when there are senders;
         returns once all were delivered, rejected or given up."""
         if not self._senders:
-            self._deliver_run(ops)
+            self._deliver_in_order(ops)
             return
         runs: dict[str, list[Op]] = {}
         for op in ops:
@@ -326,13 +326,13 @@ class Journal:
         """A sender thread: one run's operations at a time."""
         while (run := self._runs.get()) is not None:
             try:
-                self._deliver_run(run)
+                self._deliver_in_order(run)
             except Exception:  # a bug, not MLflow (apply's errors are handled): say it, live on
                 log.exception("journal sender failed on run %s", run[0].get("key"))
             finally:
                 self._runs.task_done()
 
-    def _deliver_run(self, ops: list[Op]) -> None:
+    def _deliver_in_order(self, ops: list[Op]) -> None:
         for op in ops:
             with self._lock:
                 if self._left:  # already giving up: keep order, spool everything after
