@@ -8,7 +8,7 @@ database, both dropped afterwards.
 
 Printed: sustained completions per second (per window, and at the 1k-th vs the last trials),
 driver CPU per trial (robust to other load on the machine), time per component (ask + suggest,
-intermediate values, tell, tracker callbacks, MLflow writes in the journal thread, Tune's own
+intermediate values, tell, tracker callbacks, MLflow writes in the journal's senders, Tune's own
 bookkeeping = the rest of the driver's CPU), growth from the first 1,000 trials to the last, and
 the driver's RSS over the run.
 
@@ -151,7 +151,8 @@ def mlflow_server(backend: str, artifacts: Path, workers: int) -> Iterator[str]:
 
 class DriverProbes(Probes):
     """The driver's components: Optuna's ask, intermediate values and tell, the tracker's
-    callbacks, and the journal's MLflow writes (its thread is the only caller of ``apply``)."""
+    callbacks, and the journal's MLflow writes (its senders are the only callers of ``apply``;
+    over HTTP several at once, so their wall adds up over threads)."""
 
     def install(self) -> None:
         from ray.tune.search.search_generator import SearchGenerator
@@ -164,7 +165,7 @@ class DriverProbes(Probes):
         self.wrap(SearchGenerator, "on_trial_complete", "tell")
         for name in ("on_trial_start", "on_trial_result", "on_trial_complete"):
             self.wrap(MlflowTracker, name, "tracker callbacks")
-        self.wrap(search.journal, "apply", "MLflow writes (journal thread)")
+        self.wrap(search.journal, "apply", "MLflow writes (journal senders)")
 
 
 def rss_mib() -> float:

@@ -2,9 +2,15 @@
 
 Every MLflow write of a study is an operation *as data* (create a run, log a batch, set a
 status, log a text artifact) addressed by a *key* (a Tune trial id, or ``"parent"``), not by a run
-id: the run id only exists once ``create_run`` went through. One background thread applies the
-operations in order:
+id: the run id only exists once ``create_run`` went through. One background thread takes the
+operations in order, and each run's operations are applied in that order:
 
+- over HTTP(S), different runs' operations go out concurrently from a few sender threads, each
+  run's in its order: a remote server's time goes to round trips, and one call at a time caps a
+  study at a few trials' writes per second, far fewer than a big cluster finishes. A SQLite or
+  file store keeps one sender (the consumer itself): concurrent writers there only contend for
+  the file's lock. A flush or close is a barrier: what was queued before it is delivered (or
+  given up) first;
 - a transient failure (server down or restarting, network, a locked SQLite file) is retried with
   capped exponential backoff, for as long as the study runs; later operations wait behind it in
   memory, so order is kept and Ray Tune's event loop never blocks;
@@ -14,7 +20,8 @@ operations in order:
   retried create first looks for a run with that key, since the failed try may have succeeded on
   the server with only its answer lost;
 - on :meth:`close`, whatever still can't be delivered within ``close_patience_s`` is saved as
-  JSON lines to the spool file, and ``gradsweep sync`` replays it (:mod:`search.spool`).
+  JSON lines to the spool file, each run's operations in their order, and ``gradsweep sync``
+  replays it (:mod:`search.spool`).
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ from search.schema import CREATE_KEY_TAG
 log = logging.getLogger(__name__)
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
+#: Sender threads to an HTTP(S) tracking server, by default: within MLflow's HTTP connection
+#: pool (10 per host), beyond which each extra connection is opened for one call and dropped.
+HTTP_WORKERS = 8
 #: Error codes with which MLflow rejects a request itself: retrying cannot help.
 PERMANENT = {
     "INVALID_PARAMETER_VALUE",
@@ -153,11 +163,13 @@ def coalesce(items: list[Any]) -> list[Any]:
 
 
 class Journal:
-    """The study's MLflow writer (see module docstring). Thread-safe ``submit``; one consumer.
+    """The study's MLflow writer (see module docstring). Thread-safe ``submit``; one consumer,
+    which hands each run's operations to ``workers`` sender threads.
 
     ``linger_s``: after the first operation of a quiet spell, wait this long so that the
     operations behind it go out merged (:func:`coalesce`); :meth:`flush` and :meth:`close` wait
-    for it at most once.
+    for it at most once. ``workers``: runs delivered at once; by default 8 over HTTP(S) and 1
+    otherwise (then the consumer applies every operation itself, in the order queued).
     """
 
     def __init__(
@@ -167,17 +179,29 @@ class Journal:
         run_ids: dict[str, str] | None = None,
         max_backoff_s: float = 5.0,
         linger_s: float = 0.0,
+        workers: int | None = None,
     ) -> None:
         self.client, self.spool, self.max_backoff_s = client, spool, max_backoff_s
         self.linger_s = linger_s
-        self.run_ids: dict[str, str] = dict(run_ids or {})
+        remote = str(client.tracking_uri).startswith(("http:", "https:"))
+        self.workers = workers or (HTTP_WORKERS if remote else 1)
+        self.run_ids: dict[str, str] = dict(run_ids or {})  # each key written by its own create
         self.rejected: list[str] = []  # permanent failures, for the closing summary
         self.spooled = 0
         self.retried = 0
         self._queue: queue.Queue[Any] = queue.Queue()
         self._deadline: float | None = None
-        self._left: list[Op] = []
+        self._left: list[Op] = []  # given up: to the spool, each run's operations in order
+        self._lock = threading.Lock()  # rejected, retried and _left, shared by the senders
         self._hurry = threading.Event()  # set while a flush or close waits: no lingering
+        # Daemon threads, as the consumer: a process that never closes its journal still exits.
+        self._runs: queue.Queue[list[Op] | None] = queue.Queue()
+        self._senders = [
+            threading.Thread(target=self._send, name=f"gradsweep-journal-{i}", daemon=True)
+            for i in range(self.workers if self.workers > 1 else 0)
+        ]
+        for sender in self._senders:
+            sender.start()
         self._thread = threading.Thread(target=self._work, name="gradsweep-journal", daemon=True)
         self._thread.start()
 
@@ -258,32 +282,69 @@ class Journal:
 
     # -- consumer -------------------------------------------------------------------------------
     def _work(self) -> None:
-        while True:
-            items = [self._queue.get()]
-            if self.linger_s and isinstance(items[0], dict):
-                # Let a few epochs' results gather into one write; flush() and close() cut it.
-                self._hurry.wait(self.linger_s)
+        try:
             while True:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            for item in coalesce(items):
-                if item is _CLOSE:
-                    return
-                if isinstance(item, threading.Event):
+                items = [self._queue.get()]
+                if self.linger_s and isinstance(items[0], dict):
+                    # Let a few epochs' results gather into one write; flush() and close() cut it.
+                    self._hurry.wait(self.linger_s)
+                while True:
+                    try:
+                        items.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                ops: list[Op] = []
+                for item in coalesce(items):
+                    if isinstance(item, dict):
+                        ops.append(item)
+                        continue
+                    self._deliver_all(ops)  # a marker waits for everything queued before it
+                    ops = []
+                    if item is _CLOSE:
+                        return
                     self._hurry.clear()
                     item.set()
-                    continue
+                self._deliver_all(ops)
+        finally:
+            for _ in self._senders:
+                self._runs.put(None)
+
+    def _deliver_all(self, ops: list[Op]) -> None:
+        """Deliver ``ops``: each run's in order, different runs at once when there are senders;
+        returns once all were delivered, rejected or given up."""
+        if not self._senders:
+            self._deliver_in_order(ops)
+            return
+        runs: dict[str, list[Op]] = {}
+        for op in ops:
+            runs.setdefault(op["key"], []).append(op)
+        for run in runs.values():
+            self._runs.put(run)
+        self._runs.join()
+
+    def _send(self) -> None:
+        """A sender thread: one run's operations at a time."""
+        while (run := self._runs.get()) is not None:
+            try:
+                self._deliver_in_order(run)
+            except Exception:  # a bug, not MLflow (apply's errors are handled): say it, live on
+                log.exception("journal sender failed on run %s", run[0].get("key"))
+            finally:
+                self._runs.task_done()
+
+    def _deliver_in_order(self, ops: list[Op]) -> None:
+        for op in ops:
+            with self._lock:
                 if self._left:  # already giving up: keep order, spool everything after
-                    self._left.append(item)
+                    self._left.append(op)
                     continue
-                self._deliver(item)
+            self._deliver(op)
 
     def _reject(self, op: Op, why: object) -> None:
         what = f"{op['op']} {op.get('key')}{_entry(op)}"
         log.warning("MLflow rejected %s: %s", what, why)
-        self.rejected.append(f"{what}: {why}")
+        with self._lock:
+            self.rejected.append(f"{what}: {why}")
 
     def _deliver(self, op: Op) -> None:
         if op["op"] != "create_run" and op["key"] not in self.run_ids:
@@ -306,9 +367,11 @@ class Journal:
                     return
                 op["tried"] = True  # a create that failed may still have created the run
                 if self._deadline is not None and time.monotonic() > self._deadline:
-                    self._left.append(op)
+                    with self._lock:
+                        self._left.append(op)
                     return
-                self.retried += 1
+                with self._lock:
+                    self.retried += 1
                 log.info(
                     "MLflow write failed (%s); retrying in %.1f s", exc.__class__.__name__, backoff
                 )

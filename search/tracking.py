@@ -1,10 +1,11 @@
 """MLflow recording of trials: one nested child run per trial, under the study's parent run
 (:mod:`search.parent_run`).
 
-All writes happen in the driver, through the study's :class:`~search.journal.Journal`: one
-background thread that batches, keeps order and retries, so a slow or restarting tracking server
-never stalls Ray Tune's event loop, SQLite only ever sees one writer, and what can't be delivered
-is spooled to disk. Trials never talk to MLflow themselves.
+All writes happen in the driver, through the study's :class:`~search.journal.Journal`: a
+background writer that batches, keeps each run's order and retries (different runs go out at
+once to an HTTP server), so a slow or restarting tracking server never stalls Ray Tune's event
+loop, SQLite only ever sees one writer, and what can't be delivered is spooled to disk. Trials
+never talk to MLflow themselves.
 """
 
 from __future__ import annotations
