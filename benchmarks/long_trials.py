@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import CONCURRENCY, draw_trials, study_dict
+from common import CONCURRENCY, draw_trials, run_raw, study_dict
 from probes import framework_cpu
 from throughput import run_gradsweep
 
@@ -16,8 +17,24 @@ from spaces import (
 )
 
 
+def _study(trials_n: int, epochs: int, tmp: Path) -> dict[str, Any]:
+    study = study_dict(trials_n, epochs, str(tmp / "long"))
+    study["name"] = "long"
+    study["data"] = {"name": "synthetic", "options": {"n_samples": 20000, "n_features": 40}}
+    return study
+
+
+def long_enough(tmp: Path, seconds: float = 36.0) -> int:
+    """Epochs that make the study's first trial train for about ``seconds`` on this host (28 at
+    least: the size of the first measurements), from two epochs of it timed in this process."""
+    config = load_config(_study(2 * CONCURRENCY, 2, tmp))
+    per_epoch = run_raw(config, draw_trials(config)[:1], diagnostics=True) / 2
+    return max(28, math.ceil(seconds / per_epoch))
+
+
 def part_long(quick: bool, out: dict[str, Any]) -> None:
-    """Trials of >= 30 s, 4 of them 2 at a time, ``run_study`` with the default config.
+    """Trials of >= 30 s (epochs sized to this host: :func:`long_enough`), 4 of them 2 at a
+    time, ``run_study`` with the default config.
 
     A trial's framework share has two parts, both measured in the same run (so the host's
     speed, which drifts on a shared machine, cancels out): its slot time (Tune's trial
@@ -26,13 +43,11 @@ def part_long(quick: bool, out: dict[str, Any]) -> None:
     process: Python, Ray, torch) and for the later ones, which reuse it; and the CPU the
     framework itself used while trials ran (the driver: Tune, Optuna, the MLflow journal; Ray's
     daemons), over the CPU the trials had (concurrency x wall time)."""
-    epochs = 2 if quick else 28
     trials_n = 2 * CONCURRENCY
     with tempfile.TemporaryDirectory(prefix="gradsweep-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        study = study_dict(trials_n, epochs, str(tmp / "long"))
-        study["name"] = "long"
-        study["data"] = {"name": "synthetic", "options": {"n_samples": 20000, "n_features": 40}}
+        epochs = 2 if quick else long_enough(tmp)
+        study = _study(trials_n, epochs, tmp)
         config = load_config(study)
         trials = draw_trials(config)
         print(
