@@ -26,9 +26,14 @@ def _study(trials_n: int, epochs: int, tmp: Path) -> dict[str, Any]:
 
 def long_enough(tmp: Path, seconds: float = 36.0) -> int:
     """Epochs that make the study's first trial train for about ``seconds`` on this host (28 at
-    least: the size of the first measurements), from two epochs of it timed in this process."""
-    config = load_config(_study(2 * CONCURRENCY, 2, tmp))
-    per_epoch = run_raw(config, draw_trials(config)[:1], diagnostics=True) / 2
+    least: the size of the first measurements), timed in this process: 6 epochs less 2, so that
+    the first epoch's extra costs (data, warm-up) do not count."""
+
+    def timed(epochs: int) -> float:
+        config = load_config(_study(2 * CONCURRENCY, epochs, tmp))
+        return run_raw(config, draw_trials(config)[:1], diagnostics=True)
+
+    per_epoch = (timed(6) - timed(2)) / 4
     return max(28, math.ceil(seconds / per_epoch))
 
 

@@ -120,7 +120,7 @@ def start(num_cpus: int | None = None, timeout_s: float = 120.0) -> WarmRay:
     cpus = num_cpus or os.cpu_count() or 1
     token = secrets.token_hex(32)
     temp_dir = tempfile.mkdtemp(prefix=_PREFIX)  # short: Ray's sockets live under it
-    ports = _free_ports(len(_NODE_PORTS))
+    ports = free_ports(len(_NODE_PORTS))
     ray_bin = Path(sys.executable).with_name("ray")
     argv = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", "--block"]
     argv += ["--node-ip-address", LOOPBACK, "--include-dashboard", "false"]
@@ -171,7 +171,7 @@ def stop() -> WarmRay | None:
 
 def processes(warm: WarmRay) -> list[int]:
     """Every live process of the warm Ray: its daemons and the workers running trials."""
-    return _members(warm.pid)
+    return session_members(warm.pid)
 
 
 def _end(warm: WarmRay, grace_s: float = 10.0) -> None:
@@ -183,13 +183,13 @@ def _end(warm: WarmRay, grace_s: float = 10.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(warm.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while _members(warm.pid) and time.monotonic() < deadline:
+    while session_members(warm.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    for pid in _members(warm.pid):
+    for pid in session_members(warm.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + grace_s
-    while _members(warm.pid) and time.monotonic() < deadline:
+    while session_members(warm.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     with contextlib.suppress(ChildProcessError):  # started by this process: reap it
         os.waitpid(warm.pid, os.WNOHANG)
@@ -201,11 +201,14 @@ def _alive(warm: WarmRay) -> bool:
         cmdline = Path(f"/proc/{warm.pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return warm.temp_dir.encode() in cmdline and _members(warm.pid) != []
+    return warm.temp_dir.encode() in cmdline and session_members(warm.pid) != []
 
 
-def _members(sid: int) -> list[int]:
-    """Live (non-zombie) processes of session ``sid``, from /proc."""
+def session_members(sid: int) -> list[int]:
+    """Live (non-zombie) processes of session ``sid``, from /proc.
+
+    By session, not process group: Ray starts each worker in a process group of its own, but in
+    its raylet's session."""
     members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -235,7 +238,7 @@ def _write_state(warm: WarmRay) -> None:
     os.replace(tmp, path)
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     """``n`` distinct free TCP ports on 127.0.0.1 (held together while choosing)."""
     with ExitStack() as stack:
         socks = [stack.enter_context(closing(socket.socket())) for _ in range(n)]
