@@ -15,6 +15,7 @@ Its trials run in processes that the warm Ray starts, so they see the environmen
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,6 +64,7 @@ class WarmRay:
     python: str  # the interpreter whose Ray runs it: a study with another one can't attach
     log: str
     started: str
+    boot_id: str  # /proc/sys/kernel/random/boot_id when it started
 
 
 def state_dir() -> Path:
@@ -75,23 +78,51 @@ def state_dir() -> Path:
 
 
 def state_file() -> Path:
-    return state_dir() / "warm-ray.json"
+    """This machine's record: a home folder shared by several machines holds one per host."""
+    return state_dir() / f"warm-ray-{socket.gethostname()}.json"
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """One ``start``, ``stop`` or clean-up at a time on this machine: two starts at once would
+    both find no warm Ray, and one of them would run unrecorded. Re-entrant in one process (an
+    flock taken twice through two descriptors would wait for itself)."""
+    if _lock_depth[0]:
+        _lock_depth[0] += 1
+        try:
+            yield
+        finally:
+            _lock_depth[0] -= 1
+        return
+    path = state_dir() / f".warm-ray-{socket.gethostname()}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _lock_depth[0] = 1
+        try:
+            yield
+        finally:
+            _lock_depth[0] = 0
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_lock_depth = [0]
 
 
 def running() -> WarmRay | None:
-    """The warm Ray, if one is running; the record of one that has gone is removed."""
+    """The warm Ray, if one is running; a record of one that has gone, or that can't be read,
+    is removed."""
     path = state_file()
-    try:
-        warm = WarmRay(**json.loads(path.read_text()))
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    except (OSError, ValueError, TypeError):
-        path.unlink(missing_ok=True)  # unreadable: nothing can attach to it
-        return None
-    if _alive(warm):
+    warm = _read()
+    if warm is not None and _alive(warm):
         return warm
-    path.unlink(missing_ok=True)
-    _remove(warm.temp_dir)
+    with _locked():
+        if _read() == warm:  # not replaced meanwhile by a new start
+            path.unlink(missing_ok=True)
+            if warm is not None:
+                _remove(warm.temp_dir)
     return None
 
 
@@ -106,18 +137,74 @@ def start(num_cpus: int | None = None, timeout_s: float = 120.0) -> WarmRay:
     """Start the warm Ray (``num_cpus`` logical CPUs: the machine's by default) and record it.
 
     Refused if one is running already. Returns once every process of the node is up; if it
-    does not come up within ``timeout_s``, whatever it started is stopped again.
+    does not come up within ``timeout_s``, or the start is interrupted, whatever it started is
+    stopped again.
     """
     if num_cpus is not None and num_cpus < 1:
         raise UserError(f"--cpus: {num_cpus} is not a number of CPUs (1 or more)")
-    warm = running()
-    if warm is not None:
-        raise UserError(
-            f"a warm Ray is running already ({warm.address}, pid {warm.pid}, {warm.cpus} CPUs); "
-            "'gradsweep ray stop' stops it"
-        )
+    with _locked():
+        warm = running()
+        if warm is not None:
+            raise UserError(
+                f"a warm Ray is running already ({warm.address}, pid {warm.pid}, {warm.cpus} "
+                "CPUs); 'gradsweep ray stop' stops it"
+            )
+        warm = _launch(num_cpus or os.cpu_count() or 1, timeout_s)
+        _write_state(warm)
+    return warm
+
+
+def stop(force: bool = False) -> WarmRay | None:
+    """Stop the warm Ray and forget it; None if none was running.
+
+    Refused while a study runs on it (its driver would lose Ray and end without closing its
+    runs), unless ``force``; refused, keeping the record, if any of its processes survives.
+    """
+    with _locked():
+        warm = running()
+        if warm is None:
+            return None
+        studies = drivers(warm)
+        if studies and not force:
+            raise UserError(
+                f"a study is running on the warm Ray (pid {', '.join(map(str, studies))}); "
+                "stop it first (Ctrl+C), or 'gradsweep ray stop --force'"
+            )
+        left = _end(warm)
+        if left:
+            raise UserError(f"processes {left} of the warm Ray survived SIGKILL; record kept")
+        state_file().unlink(missing_ok=True)
+        _remove(warm.temp_dir)
+    return warm
+
+
+def drivers(warm: WarmRay) -> list[int]:
+    """Processes driving the warm Ray now (a study attached to it): each driver leaves a log
+    named by its pid in the session's log folder."""
+    logs = Path(warm.temp_dir) / "session_latest" / "logs"
+    pids = {int(p.stem.rsplit("_", 1)[1]) for p in logs.glob("python-core-driver-*_*.log")}
+    return sorted(pid for pid in pids if _is_driver(pid, warm))
+
+
+def _is_driver(pid: int, warm: WarmRay) -> bool:
+    """``pid`` lives and holds a connection to the warm Ray's session (its sockets folder)."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    return pid != os.getpid() and any(_points_into(fd, warm.temp_dir) for fd in fds)
+
+
+def _points_into(fd: Path, folder: str) -> bool:
+    try:
+        return os.readlink(fd).startswith(folder)
+    except OSError:
+        return False
+
+
+def _launch(cpus: int, timeout_s: float) -> WarmRay:
+    """``ray start --block`` in a session of its own, up and answering; or nothing left."""
     environment.configure()  # the settings a study gives its Ray, for this one's processes too
-    cpus = num_cpus or os.cpu_count() or 1
     token = secrets.token_hex(32)
     temp_dir = tempfile.mkdtemp(prefix=_PREFIX)  # short: Ray's sockets live under it
     ports = free_ports(len(_NODE_PORTS))
@@ -129,11 +216,17 @@ def start(num_cpus: int | None = None, timeout_s: float = 120.0) -> WarmRay:
     for flag, port in zip(_NODE_PORTS, ports, strict=True):
         argv += [flag, str(port)]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
-    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}  # in no argv, no log
     log = Path(temp_dir) / "ray-start.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            env=env,
+            cwd=temp_dir,  # holds no user folder busy for the days it may run
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     warm = WarmRay(
         address=f"{LOOPBACK}:{ports[0]}",
@@ -144,28 +237,20 @@ def start(num_cpus: int | None = None, timeout_s: float = 120.0) -> WarmRay:
         python=sys.executable,
         log=str(log),
         started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        boot_id=_boot_id(),
     )
     deadline = time.monotonic() + timeout_s
-    while _STARTED not in log.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _end(warm)
-            proc.wait(timeout=30)
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            shutil.rmtree(temp_dir, ignore_errors=True)
-            raise UserError(f"the warm Ray did not start: {tail[0]}")
-        time.sleep(0.1)
-    _write_state(warm)
-    return warm
-
-
-def stop() -> WarmRay | None:
-    """Stop the warm Ray and forget it; None if none was running."""
-    warm = running()
-    if warm is None:
-        return None
-    _end(warm)
-    state_file().unlink(missing_ok=True)
-    _remove(warm.temp_dir)
+    try:
+        while _STARTED not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                raise UserError(f"the warm Ray did not start: {tail[0]}")
+            time.sleep(0.1)
+    except BaseException:  # not started, timed out, or Ctrl+C: nothing is left running
+        _end(warm)
+        proc.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
     return warm
 
 
@@ -174,8 +259,9 @@ def processes(warm: WarmRay) -> list[int]:
     return session_members(warm.pid)
 
 
-def _end(warm: WarmRay, grace_s: float = 10.0) -> None:
-    """SIGTERM to the node's processes, SIGKILL to what is left after ``grace_s``.
+def _end(warm: WarmRay, grace_s: float = 10.0) -> list[int]:
+    """SIGTERM to the node's processes, then SIGKILL to what is left, again until none is or
+    ``grace_s`` more passed; returns the survivors.
 
     By session: Ray starts each worker in a process group of its own, but in the session of the
     ``ray start`` process, whose pid is the session id.
@@ -185,23 +271,43 @@ def _end(warm: WarmRay, grace_s: float = 10.0) -> None:
     deadline = time.monotonic() + grace_s
     while session_members(warm.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    for pid in session_members(warm.pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + grace_s
-    while session_members(warm.pid) and time.monotonic() < deadline:
+    while (left := session_members(warm.pid)) and time.monotonic() < deadline:
+        for pid in left:  # a process forked meanwhile is in the next pass
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         time.sleep(0.1)
     with contextlib.suppress(ChildProcessError):  # started by this process: reap it
         os.waitpid(warm.pid, os.WNOHANG)
+    return session_members(warm.pid)
 
 
 def _alive(warm: WarmRay) -> bool:
-    """The recorded process is still this warm Ray's ``ray start`` (not a reused pid)."""
+    """The recorded process is still this warm Ray's ``ray start``: same boot, its own folder
+    in its command line (not a reused pid), and its session still has processes."""
+    if warm.boot_id != _boot_id() or not Path(warm.temp_dir).name.startswith(_PREFIX):
+        return False
     try:
-        cmdline = Path(f"/proc/{warm.pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{warm.pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return warm.temp_dir.encode() in cmdline and session_members(warm.pid) != []
+    return warm.temp_dir.encode() in argv and session_members(warm.pid) != []
+
+
+def _boot_id() -> str:
+    """This boot of this machine (pids are reused across boots)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _read() -> WarmRay | None:
+    """This machine's record, or None (an unreadable one is no record)."""
+    try:
+        return WarmRay(**json.loads(state_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def session_members(sid: int) -> list[int]:

@@ -39,11 +39,19 @@ def start(
 
 
 @ray_app.command("stop")
-def stop() -> None:
-    """Stop the warm local Ray (running studies on it lose their workers: stop them first)."""
+def stop(
+    force: Annotated[
+        bool, typer.Option("--force", help="Also while a study runs on it (the study fails).")
+    ] = False,
+) -> None:
+    """Stop the warm local Ray; refused while a study runs on it, unless --force."""
     from search import warm_ray
+    from search.errors import UserError
 
-    warm = warm_ray.stop()
+    try:
+        warm = warm_ray.stop(force)
+    except UserError as exc:
+        raise fail(str(exc)) from None
     out.print(
         f"stopped the warm Ray at {warm.address} (pid {warm.pid})" if warm else "no warm Ray runs",
         highlight=False,

@@ -36,8 +36,9 @@ def _record(state: Path, proc: subprocess.Popen, temp_dir: Path, python: str) ->
         python=python,
         log=str(temp_dir / "ray-start.log"),
         started="2026-01-01T00:00:00",
+        boot_id=Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
     )
-    (state / "warm-ray.json").write_text(json.dumps(record.__dict__))
+    warm_ray.state_file().write_text(json.dumps(record.__dict__))
 
 
 def test_a_record_is_used_only_while_its_process_lives_and_with_this_python(
@@ -65,7 +66,7 @@ def test_a_record_is_used_only_while_its_process_lives_and_with_this_python(
         assert stopped is not None and stopped.pid == proc.pid
         proc.wait(timeout=15)  # (stop reaped it: it started it, in this process)
         assert not Path(f"/proc/{proc.pid}").exists()
-        assert not (state / "warm-ray.json").exists() and not temp_dir.exists()
+        assert not warm_ray.state_file().exists() and not temp_dir.exists()
         assert warm_ray.running() is None and warm_ray.stop() is None
     finally:
         if proc.poll() is None:
@@ -80,10 +81,21 @@ def test_a_record_whose_process_has_gone_is_forgotten(state: Path, tmp_path: Pat
     temp_dir.mkdir()
     _record(state, proc, temp_dir, sys.executable)
     assert warm_ray.running() is None
-    assert not (state / "warm-ray.json").exists() and not temp_dir.exists()
-    (state / "warm-ray.json").write_text("{not json")
+    assert not warm_ray.state_file().exists() and not temp_dir.exists()
+    # the record of another boot (a reused pid): not this warm Ray, and nothing signalled
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(temp_dir)])
+    try:
+        _record(state, alive, temp_dir, sys.executable)
+        record = json.loads(warm_ray.state_file().read_text())
+        warm_ray.state_file().write_text(json.dumps({**record, "boot_id": "another boot"}))
+        assert warm_ray.running() is None and warm_ray.stop() is None
+        assert alive.poll() is None
+    finally:
+        alive.kill()
+        alive.wait()
+    warm_ray.state_file().write_text("{not json")
     assert warm_ray.running() is None
-    assert not (state / "warm-ray.json").exists()
+    assert not warm_ray.state_file().exists()
 
 
 def test_bad_cpus_is_one_line_exit_2(state: Path) -> None:
@@ -97,7 +109,7 @@ def test_bad_cpus_is_one_line_exit_2(state: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         "error: --cpus: 0 is not a number of CPUs (1 or more)"
     ]
-    assert not state.exists() or not (state / "warm-ray.json").exists()
+    assert not state.exists() or not warm_ray.state_file().exists()
 
 
 def _gradsweep(*args: str, **kwargs: object) -> subprocess.CompletedProcess:
@@ -145,7 +157,7 @@ def test_runs_attach_to_the_warm_ray_and_leave_it_running(state: Path, tmp_path:
         assert started.returncode == 0, started.stderr[-3000:]
         warm = warm_ray.running()
         assert warm is not None and warm.address.startswith("127.0.0.1:")
-        assert (state / "warm-ray.json").stat().st_mode & 0o777 == 0o600  # it holds the token
+        assert warm_ray.state_file().stat().st_mode & 0o777 == 0o600  # it holds the token
         again = _gradsweep("ray", "start")
         assert again.returncode == 2
         assert "a warm Ray is running already" in again.stderr
@@ -160,6 +172,24 @@ def test_runs_attach_to_the_warm_ray_and_leave_it_running(state: Path, tmp_path:
             assert "2 trials in" in output
             assert warm_ray.running() == warm
             assert daemons <= set(warm_ray.processes(warm))  # nothing of it was stopped
+        # a study running on it: stop is refused, the study goes on
+        attached = subprocess.Popen(
+            [str(BIN / "gradsweep"), "run", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        while attached.pid not in warm_ray.drivers(warm) and time.monotonic() < deadline:
+            assert attached.poll() is None, attached.communicate()[0][-3000:]
+            time.sleep(0.1)
+        refused = _gradsweep("ray", "stop")
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert f"a study is running on the warm Ray (pid {attached.pid})" in refused.stderr
+        output, _ = attached.communicate(timeout=300)
+        assert attached.returncode == 0 and "2 trials in" in output, output[-3000:]
+        assert warm_ray.drivers(warm) == []
+
         pid, output = _run_pid(config, "--address", "local")
         assert "warm Ray" not in output and "2 trials in" in output
         assert not list(logs.glob(f"python-core-driver-*_{pid}.log"))
