@@ -40,11 +40,21 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from search.journal_batches import (
+    MAX_METRICS,
+    MAX_PARAMS,
+    MAX_TAGS,
+    Op,
+    coalesce,
+    describe_entry,
+    split,
+)
 from search.schema import CREATE_KEY_TAG
+
+__all__ = ["MAX_METRICS", "MAX_PARAMS", "MAX_TAGS", "Journal", "Op", "apply", "coalesce"]
 
 log = logging.getLogger(__name__)
 
-MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
 #: Sender threads to an HTTP(S) tracking server, by default: within MLflow's HTTP connection
 #: pool (10 per host), beyond which each extra connection is opened for one call and dropped.
 HTTP_WORKERS = 8
@@ -59,8 +69,6 @@ PERMANENT = {
     "MALFORMED_REQUEST",
 }
 _CLOSE = object()
-
-Op = dict[str, Any]
 
 
 def is_permanent(exc: Exception) -> bool:
@@ -114,52 +122,6 @@ def apply(client: MlflowClient, run_ids: dict[str, str], op: Op) -> None:
         client.log_text(run_id, op["text"], op["artifact_file"])
     else:
         raise ValueError(f"unknown journal operation {kind!r}")
-
-
-def _mergeable(a: Op, b: Op) -> bool:
-    """Two batches of one run fit in one ``log_batch`` call: within MLflow's limits, and no
-    param or tag key twice (MLflow refuses a batch that names a param twice)."""
-    for field, limit in (("metrics", MAX_METRICS), ("params", MAX_PARAMS), ("tags", MAX_TAGS)):
-        x, y = a.get(field, []), b.get(field, [])
-        if len(x) + len(y) > limit:
-            return False
-        if field != "metrics" and {k for k, _ in x} & {k for k, _ in y}:
-            return False
-    return True
-
-
-def coalesce(items: list[Any]) -> list[Any]:
-    """Merge queued ``log_batch`` operations of the same run into fewer calls.
-
-    A study reports every epoch of every trial; on SQLite each call is a transaction that
-    competes with the trials for the same cores. Order within a run is kept: a batch only merges
-    into the run's latest batch when no other operation of that run came in between, and
-    nothing merges across a control marker (flush, close). Runs are independent, so a batch may
-    move ahead of another run's operations.
-    """
-    out: list[Any] = []
-    open_batch: dict[str, int] = {}  # run key -> index in out of its batch that may still grow
-    for item in items:
-        if not isinstance(item, dict):
-            open_batch.clear()
-            out.append(item)
-            continue
-        key = item.get("key")
-        if item["op"] != "log_batch":
-            open_batch.pop(key, None)
-            out.append(item)
-            continue
-        i = open_batch.get(key)
-        if i is not None and _mergeable(out[i], item):
-            merged = dict(out[i])
-            for field in ("metrics", "params", "tags"):
-                if field in item:
-                    merged[field] = [*merged.get(field, []), *item[field]]
-            out[i] = merged
-            continue
-        open_batch[key] = len(out)
-        out.append(item)
-    return out
 
 
 class Journal:
@@ -341,7 +303,7 @@ class Journal:
             self._deliver(op)
 
     def _reject(self, op: Op, why: object) -> None:
-        what = f"{op['op']} {op.get('key')}{_entry(op)}"
+        what = f"{op['op']} {op.get('key')}{describe_entry(op)}"
         log.warning("MLflow rejected %s: %s", what, why)
         with self._lock:
             self.rejected.append(f"{what}: {why}")
@@ -377,36 +339,3 @@ class Journal:
                 )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
-
-
-def _entries(op: Op) -> list[tuple[str, Any]]:
-    return [(f, e) for f in ("params", "tags", "metrics") for e in op.get(f, [])]
-
-
-def split(op: Op) -> tuple[Op, Op] | None:
-    """A ``log_batch`` of several entries cut in two halves (in order), or None for one entry
-    or another operation: a rejected merged batch is bisected down to the entry MLflow refuses."""
-    entries = _entries(op) if op["op"] == "log_batch" else []
-    if len(entries) < 2:
-        return None
-    half = len(entries) // 2
-    parts = []
-    for chunk in (entries[:half], entries[half:]):
-        part: Op = {"op": "log_batch", "key": op["key"]}
-        for field, entry in chunk:
-            part.setdefault(field, []).append(entry)
-        parts.append(part)
-    return parts[0], parts[1]
-
-
-def _entry(op: Op) -> str:
-    """The one entry of a batch, to name it in a warning (`` param 'lr'``), else nothing."""
-    entries = _entries(op) if op["op"] == "log_batch" else []
-    if len(entries) != 1:
-        return ""
-    field, entry = entries[0]
-    return (
-        f" {field[:-1]} {entry[0]!r}={entry[1]!r}"
-        if field != "metrics"
-        else f" metric {entry[0]!r}"
-    )
