@@ -35,18 +35,19 @@ from search import environment
 from search.errors import UserError
 from search.ray_session import LOOPBACK, NO_PRESTART
 
-#: ``ray start`` flags of the ports a node opens: each its own free port, so a warm Ray and a
-#: study's embedded one (``--address local``) never reach for the same fixed default.
-_NODE_PORTS = (
-    "--port",
+#: ``ray start`` flags of the ports every node opens: two Ray nodes on one machine (a warm Ray
+#: and a study's own, ``--address local``) each need their own, not the fixed defaults.
+PER_NODE_PORTS = (
     "--node-manager-port",
     "--object-manager-port",
     "--dashboard-agent-listen-port",
     "--dashboard-agent-grpc-port",
     "--runtime-env-agent-port",
     "--metrics-export-port",
-    "--ray-client-server-port",  # a head's default, 10001, is a real cluster head's too
 )
+#: The warm Ray's: a head's too (its GCS, and the client server whose default, 10001, is a real
+#: cluster head's).
+_NODE_PORTS = ("--port", *PER_NODE_PORTS, "--ray-client-server-port")
 _PREFIX = "gradsweep-ray-"  # of the folder Ray keeps its session in
 #: What ``ray start`` prints once every process of the node is up.
 _STARTED = b"Ray runtime started"

@@ -16,21 +16,12 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.warm_ray import free_ports, session_members
+from search.warm_ray import PER_NODE_PORTS, free_ports, session_members
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent  # ray, mlflow of the Python running the tests
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
-#: ``ray start`` flags of the ports every node opens: two raylets on one machine need their own.
-PER_NODE_PORTS = (
-    "--node-manager-port",
-    "--object-manager-port",
-    "--dashboard-agent-listen-port",
-    "--dashboard-agent-grpc-port",
-    "--runtime-env-agent-port",
-    "--metrics-export-port",
-)
 
 
 @dataclass
