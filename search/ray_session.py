@@ -14,16 +14,13 @@ import gc
 import os
 import secrets
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 from ray._private import ray_constants
 
 from search import environment
 from search.errors import UserError
-
-if TYPE_CHECKING:  # imported where used: it imports this module's settings
-    from search.warm_ray import WarmRay
 
 #: Ray would start a pool of idle workers for the driver, but Tune's trial actors live in
 #: placement groups and never use them: starting them only delays the study.
@@ -45,7 +42,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     attached a session that the study must shut down; False if one was already running."""
     if ray.is_initialized():
         return False
-    from search import warm_ray
+    from search import warm_ray  # here: it imports this module's settings
 
     address = environment.ray_address(address)  # RAY_ADDRESS, as Ray's own default reads it
 
@@ -61,7 +58,6 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
             except BaseException:
                 _restore_settings()
                 raise
-            _saved["warm"] = warm
         else:
             _embedded_settings()
             try:  # a copy: Ray adds to the dict it is given
@@ -115,11 +111,6 @@ def shutdown() -> None:
     _restore_settings()
 
 
-def attached_warm() -> WarmRay | None:
-    """The warm Ray this process's session attached to, if it did."""
-    return _saved.get("warm")
-
-
 def _embedded_settings() -> None:
     """Loopback only and a fresh token, for this process and the Ray processes it starts."""
     _auth_settings(secrets.token_hex(32))
@@ -138,7 +129,6 @@ def _auth_settings(token: str) -> None:
 
 def _restore_settings() -> None:
     """The environment and Ray flag as they were before the embedded session (no-op else)."""
-    _saved.pop("warm", None)
     if "env" not in _saved:
         return
     for key, value in _saved.pop("env").items():
