@@ -85,45 +85,35 @@ def state_file() -> Path:
 
 @contextlib.contextmanager
 def _locked() -> Iterator[None]:
-    """One ``start``, ``stop`` or clean-up at a time on this machine: two starts at once would
-    both find no warm Ray, and one of them would run unrecorded. Re-entrant in one process (an
-    flock taken twice through two descriptors would wait for itself)."""
-    if _lock_depth[0]:
-        _lock_depth[0] += 1
-        try:
-            yield
-        finally:
-            _lock_depth[0] -= 1
-        return
+    """One look at, start, stop or clean-up of the record at a time on this machine: two starts
+    at once would both find no warm Ray, and one of them would run unrecorded."""
     path = state_dir() / f".warm-ray-{socket.gethostname()}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        _lock_depth[0] = 1
         try:
             yield
         finally:
-            _lock_depth[0] = 0
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-_lock_depth = [0]
 
 
 def running() -> WarmRay | None:
     """The warm Ray, if one is running; a record of one that has gone, or that can't be read,
     is removed."""
-    path = state_file()
-    if not path.exists():
+    if not state_file().exists():
         return None
+    with _locked():
+        return _running()
+
+
+def _running() -> WarmRay | None:
+    """:func:`running`, with the lock held."""
     warm = _read()
     if warm is not None and _alive(warm):
         return warm
-    with _locked():
-        if _read() == warm:  # not replaced meanwhile by a new start
-            path.unlink(missing_ok=True)
-            if warm is not None:
-                _remove(warm.temp_dir)
+    state_file().unlink(missing_ok=True)
+    if warm is not None:
+        _remove(warm.temp_dir)
     return None
 
 
@@ -144,7 +134,7 @@ def start(num_cpus: int | None = None, timeout_s: float = 120.0) -> WarmRay:
     if num_cpus is not None and num_cpus < 1:
         raise UserError(f"--cpus: {num_cpus} is not a number of CPUs (1 or more)")
     with _locked():
-        warm = running()
+        warm = _running()
         if warm is not None:
             raise UserError(
                 f"a warm Ray is running already ({warm.address}, pid {warm.pid}, {warm.cpus} "
@@ -162,7 +152,7 @@ def stop(force: bool = False) -> WarmRay | None:
     runs), unless ``force``; refused, keeping the record, if any of its processes survives.
     """
     with _locked():
-        warm = running()
+        warm = _running()
         if warm is None:
             return None
         studies = drivers(warm)
@@ -188,7 +178,8 @@ def drivers(warm: WarmRay) -> list[int]:
 
 
 def _is_driver(pid: int, warm: WarmRay) -> bool:
-    """``pid`` lives and holds a connection to the warm Ray's session (its sockets folder)."""
+    """``pid`` lives and holds a file of the warm Ray's session open (a driver keeps its
+    core-driver log open while it is connected)."""
     try:
         fds = list(Path(f"/proc/{pid}/fd").iterdir())
     except OSError:
