@@ -27,13 +27,16 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import cProfile
 import functools
 import json
 import os
+import pstats
 import random
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -122,10 +125,15 @@ def asks(args: argparse.Namespace, config: Any, searcher: Any, sql: Statements) 
         searcher.suggest(trial_id)
     rows: dict[str, list[tuple[float, float, int, int]]] = {"ask": [], "tell": []}
 
+    profile = cProfile.Profile() if args.profile else None
+
     def timed(kind: str, call: Any, *a: Any) -> None:
         s0, c0 = sql.statements, sql.commits
         t0, p0 = time.perf_counter(), time.process_time()
-        call(*a)
+        if profile is not None and kind == "ask":
+            profile.runcall(call, *a)
+        else:
+            call(*a)
         cpu, wall = time.process_time() - p0, time.perf_counter() - t0
         rows[kind].append((cpu * 1e3, wall * 1e3, sql.statements - s0, sql.commits - c0))
 
@@ -140,6 +148,11 @@ def asks(args: argparse.Namespace, config: Any, searcher: Any, sql: Statements) 
         running.append(f"n{i}")
         timed("ask", searcher.suggest, running[-1])
     ask_origins = sql.origins - tell_origins
+    if profile is not None:
+        stats = pstats.Stats(profile).sort_stats("tottime")
+        print(f"\nprofile of the {args.asks} asks (by own time; the whole dump: {args.profile})")
+        stats.print_stats(25)
+        stats.dump_stats(args.profile)
     return {"rows": rows, "ask_origins": ask_origins, "tell_origins": tell_origins}
 
 
@@ -169,6 +182,7 @@ def main() -> None:
     parser.add_argument(
         "--searcher-json", action="append", help="TPE settings, as in a config (repeat)"
     )
+    parser.add_argument("--profile", type=Path, help="cProfile the asks, dumped here")
     parser.add_argument(
         "--unfrozen", action="store_true", help="without run_trials' gc.freeze (as before it)"
     )

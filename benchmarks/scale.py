@@ -204,6 +204,67 @@ class Memory(threading.Thread):
             self.samples.append((time.perf_counter(), rss_mib()))
 
 
+class MachineCPU(threading.Thread):
+    """CPU seconds of the whole machine by kind of process, every 2 s (``/proc``): what the
+    2 cores do per trial beside the driver (a process that lives under 2 s is partly missed;
+    ``/proc/stat``'s total says how much)."""
+
+    KINDS = ("driver", "trial workers", "Ray's own processes", "PostgreSQL", "MLflow server")
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self.stop = threading.Event()
+        self._seen: dict[int, float] = {}
+        self._total = dict.fromkeys((*self.KINDS, "other", "machine (/proc/stat)"), 0.0)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def kind(self, pid: int, cmdline: str) -> str:
+        if pid == os.getpid():
+            return "driver"
+        if cmdline.startswith(("ray::IDLE", "ray::Impl", "ray::_Inner")):
+            return "trial workers"
+        if "ray" in cmdline.split(" ", 1)[0] or cmdline.startswith("ray::"):
+            return "Ray's own processes"
+        if cmdline.startswith("postgres"):
+            return "PostgreSQL"
+        if "mlflow" in cmdline or "uvicorn" in cmdline:
+            return "MLflow server"
+        return "other"
+
+    def sample(self) -> None:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                pid = int(entry.name)
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                cpu = (int(fields[11]) + int(fields[12])) / self._tick
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                before = self._seen.get(pid)
+                self._seen[pid] = cpu
+                if before is not None:  # a process first seen counts from then on
+                    self._total[self.kind(pid, cmd)] += cpu - before
+        busy = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        idle = int(busy[3]) + int(busy[4])  # idle, iowait
+        self._total["machine (/proc/stat)"] = (sum(map(int, busy[:8])) - idle) / self._tick
+        self.samples.append((time.perf_counter(), dict(self._total)))
+
+    def run(self) -> None:
+        self.sample()
+        while not self.stop.wait(2.0):
+            self.sample()
+
+    def between(self, t0: float, t1: float) -> dict[str, float]:
+        """CPU seconds by kind from the first sample at or after ``t0`` to the last before
+        ``t1``, and those two samples' times (``from``, ``to``)."""
+        inside = [(t, c) for t, c in self.samples if t0 <= t <= t1]
+        if len(inside) < 2:
+            return {}
+        (ta, a), (tb, b) = inside[0], inside[-1]
+        return {"from": ta, "to": tb, **{k: b[k] - a[k] for k in b}}
+
+
 # the study
 
 
@@ -230,7 +291,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         # gradsweep's own embedded Ray (loopback, token), with as many logical CPUs as slots
         configure()
         ray_session.connect(None, num_cpus=args.concurrent)
-        memory = Memory()
+        memory, machine = Memory(), MachineCPU()
+        machine.start()
         try:
             with DriverProbes() as timed:
                 done = Completions(timed)
@@ -242,6 +304,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         finally:
             memory.stop.set()
+            machine.stop.set()
             ray_session.shutdown()
         runs = len(result.leaderboard)  # read back from the server: every trial's run arrived
     return {
@@ -254,6 +317,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "timed_cpu": timed.cpu,
         "calls": timed.calls,
         "memory": memory.samples,
+        "machine": machine,
         "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "leaderboard_rows": runs,
         "notes": result.notes,
@@ -315,9 +379,10 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         print(
             f"  {k:32s} {w / n * 1000:7.1f} | {r['timed_cpu'][k] / n * 1000:7.1f} | {r['calls'][k]}"
         )
+    machine_cpu(args, r)
     mem = r["memory"]
     if mem:
-        marks = [mem[min(len(mem) - 1, len(mem) * i // 5)] for i in range(5)] + [mem[-1]]
+        marks = [mem[min(len(mem) - 1, len(mem) * i // 10)] for i in range(10)] + [mem[-1]]
         print(
             "driver RSS over the run (MiB): "
             + ", ".join(f"{t - r['t0']:.0f}s {m:.0f}" for t, m in marks)
@@ -326,6 +391,32 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     print(f"[load average 1/5/15 min at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}]")
     for note in r["notes"]:
         print(f"note: {note}")
+
+
+def machine_cpu(args: argparse.Namespace, r: dict[str, Any]) -> None:
+    """The 2 cores' CPU per trial over the last half of the run, by kind of process: what
+    bounds the completions per second on this machine, whatever the driver does."""
+    rows = r["rows"]
+    n = len(rows)
+    mid = n // 2
+    cpu = r["machine"].between(rows[mid][0], rows[-1][0])
+    if not cpu:
+        return
+    t0, t1 = cpu.pop("from"), cpu.pop("to")
+    done = sum(1 for row in rows if t0 <= row[0] <= t1)
+    seconds = t1 - t0
+    machine = cpu.pop("machine (/proc/stat)")
+    cores = os.cpu_count() or 1
+    print(
+        f"\nthe machine over the last half ({done} trials in {seconds:.0f} s): "
+        f"{machine / done * 1000:.1f} ms CPU per trial in all, {machine / seconds / cores:.0%} of "
+        f"{cores} cores busy; {cores} cores at that cost allow "
+        f"{cores * done / machine:.1f} completions/s"
+    )
+    for kind, used in sorted(cpu.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:22s} {used / done * 1000:7.1f} ms/trial")
+    driver = cpu["driver"] / done
+    print(f"  the driver alone, on a core of its own, would allow {1 / driver:.1f} completions/s")
 
 
 def itertools_pairs(edges: list[int]) -> list[tuple[int, int]]:
@@ -357,7 +448,7 @@ def main() -> None:
         r = run(args, Path(tmp))
     report(args, r)
     if args.json:
-        keep = {k: v for k, v in r.items() if k not in ("rows", "memory")}
+        keep = {k: v for k, v in r.items() if k not in ("rows", "memory", "machine")}
         args.json.write_text(json.dumps(keep, indent=2, default=str))
 
 

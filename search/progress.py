@@ -58,5 +58,7 @@ class ProgressCallback(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._done()
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
+    def close(self) -> None:
+        """Ends the live display: at the study's end, not at each round's (Tune's
+        ``on_experiment_end``), nor never when Ctrl+C skips Tune's own end."""
         self.progress.stop()

@@ -85,6 +85,7 @@ class HonestOptunaSearch(OptunaSearch):
         self._epochs = epochs
         self._tell_retries_s = tuple(tell_retries_s)
         self._latest: dict[str, tuple[float, int]] = {}  # trial id -> (value, epoch), unwritten
+        self._told_and_dropped = 0  # told trials no longer held in ``_ot_trials``
 
     def suggest(self, trial_id: str) -> dict | None:
         with sigint_deferred(), self._one_read():  # recorded before Ctrl+C can land
@@ -117,6 +118,13 @@ class HonestOptunaSearch(OptunaSearch):
         self._write_latest(trial_id, ot_trial, state)
         self._tell(ot_trial, value, state)
         self._completed_trials.add(trial_id)
+        self._drop(trial_id)
+
+    def _drop(self, trial_id: str) -> None:
+        """A told trial's Optuna handle is not needed again: a study of many trials (and Tune's
+        snapshots of this searcher, which pickle it) holds only the running ones."""
+        if self._ot_trials.pop(trial_id, None) is not None:
+            self._told_and_dropped += 1
 
     def _write_latest(self, trial_id: str, ot_trial: Any, state: TrialState) -> None:
         """A PRUNED trial's last intermediate value, which TPE ranks it by."""
@@ -162,11 +170,12 @@ class HonestOptunaSearch(OptunaSearch):
 
     def close_unfinished(self) -> None:
         """Tell PRUNED every trial Tune stopped without completing it (the time budget)."""
-        for trial_id, ot_trial in self._ot_trials.items():
+        for trial_id, ot_trial in list(self._ot_trials.items()):
             if trial_id not in self._completed_trials:
                 self._write_latest(trial_id, ot_trial, TrialState.PRUNED)
                 self._tell(ot_trial, None, TrialState.PRUNED)
                 self._completed_trials.add(trial_id)
+                self._drop(trial_id)
 
     @property
     def told(self) -> set[str]:
@@ -176,7 +185,7 @@ class HonestOptunaSearch(OptunaSearch):
     @property
     def asked(self) -> int:
         """How many trials this searcher has handed out."""
-        return len(self._ot_trials)
+        return len(self._ot_trials) + self._told_and_dropped
 
     def interrupt(self, retry: bool = True) -> list[int]:
         """After Ctrl+C: every trial this searcher handed out and nobody finished goes back to

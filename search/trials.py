@@ -1,4 +1,4 @@
-"""Trials under a study's parent run: load the data, start Ray beside the stores, run one Tuner,
+"""Trials under a study's parent run: load the data, start Ray beside the stores, run the Tuners,
 and always end (leaderboard, report, pictures, parent status, Ray stopped if the study started it).
 
 :mod:`search.study` decides *which* trials a study runs (new, resumed, confirmed); this module
@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pandas as pd
 from ray import tune
@@ -23,10 +25,11 @@ from search.journal import Journal
 from search.progress import ProgressCallback
 from search.result import interruption
 from search.schema import ROLE_TRIAL
+from search.searcher import ResumingOptunaSearch
 from search.spool import spool_path
 from search.stores import Stores, open_stores
 from search.tracking import MlflowTracker
-from search.tuner import Trainable, build_tuner
+from search.tuner import Trainable, build_tuner, make_searcher, trials_per_round
 from spaces import StudyConfig
 from trainers import Splits
 
@@ -129,6 +132,40 @@ def check_resources(config: StudyConfig) -> None:
     )
 
 
+def run_rounds(
+    config: StudyConfig,
+    searcher: ResumingOptunaSearch,
+    *,
+    num_samples: int,
+    **tuner: Any,
+) -> None:
+    """``num_samples`` trials of ``searcher`` in rounds of at most :func:`trials_per_round`, each
+    one ``Tuner.fit`` (``tuner``: :func:`build_tuner`'s other arguments).
+
+    Ray Tune keeps every trial of a run (its ``Trial``, last result and JSON state) in the
+    driver until the run ends, and snapshots them all as the run goes; a new Tuner per round
+    bounds both by the round (benchmarks/README.md, scale). The searcher, the Optuna study, the
+    callbacks (MLflow runs, progress) and the time budget carry over; what starts again is
+    Tune's: the trials' actors and the scheduler's state (ASHA's rungs). The rounds end early
+    when one runs fewer trials than it asked for: the budget ran out, or the searcher (a grid)
+    has no more.
+    """
+    deadline = time.monotonic() + config.budget_minutes * 60 if config.budget_minutes else None
+    left = num_samples
+    while left > 0:
+        budget = None if deadline is None else deadline - time.monotonic()
+        if budget is not None and budget <= 0:
+            return
+        size = min(left, trials_per_round(config))
+        asked = searcher.asked
+        fit = build_tuner(config, searcher, num_samples=size, time_budget_s=budget, **tuner)
+        with start_up_frozen():
+            fit.fit()
+        left -= size
+        if searcher.asked - asked < size:
+            return
+
+
 def run_trials(
     config: StudyConfig,
     name: str,
@@ -151,9 +188,9 @@ def run_trials(
     optuna_study: str | None = None,
     role: str = ROLE_TRIAL,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """One Tuner over the study, then always the end: leaderboard, report, parent status, Ray
-    stopped if the study owns it. ``optuna_study`` (default: the study's name) is where the
-    trials are asked and told; ``role`` tags their runs."""
+    """The study's trials (in rounds, :func:`run_rounds`), then always the end: leaderboard,
+    report, parent status, Ray stopped if the study owns it. ``optuna_study`` (default: the
+    study's name) is where the trials are asked and told; ``role`` tags their runs."""
     journal = Journal(
         stores.client,
         spool_path(where.output, name),
@@ -171,25 +208,25 @@ def run_trials(
     )
     status = "FAILED"
     searcher = None
+    bar = ProgressCallback(num_samples, run_name) if progress and num_samples > 0 else None
     try:
         if num_samples > 0:
             extra: list[tune.Callback] = [tracker, ForgetFinished(), *callbacks]
-            if progress:
-                extra.append(ProgressCallback(num_samples, run_name))
-            tuner, searcher = build_tuner(
+            if bar is not None:
+                extra.append(bar)
+            searcher = make_searcher(
+                config, study_name=optuna_study or name, storage=stores.optuna, resume=resume
+            )
+            run_rounds(
                 config,
-                study_name=optuna_study or name,
+                searcher,
                 run_name=run_name,
                 output=where.output,
-                storage=stores.optuna,
                 data=data,
                 num_samples=num_samples,
                 callbacks=extra,
                 trainable=trainable,
-                resume=resume,
             )
-            with start_up_frozen():
-                tuner.fit()
             searcher.close_unfinished()  # stopped by the time budget: PRUNED, not left RUNNING
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -200,6 +237,8 @@ def run_trials(
             stores.optuna, optuna_study or name, searcher, num_samples, role, where
         ) from None
     finally:
+        if bar is not None:
+            bar.close()
         # Ray's processes stop (mostly waiting) while the leaderboard and pictures are made.
         with ray_session.no_gc(), ThreadPoolExecutor(1, thread_name_prefix="gradsweep-end") as pool:
             end = pool.submit(

@@ -62,7 +62,11 @@ def make_searcher(
     resume: dict[int, dict[str, Any]] | None = None,
 ) -> ResumingOptunaSearch:
     """The study's searcher over ``storage``: its sampler, define-by-run space and, on a first
-    run (``resume`` None), the enqueued points. Opens (or creates) the Optuna study."""
+    run (``resume`` None), the enqueued points. Opens (or creates) the Optuna study.
+
+    ``resume`` maps interrupted Optuna trial numbers to their extra config (their checkpoint):
+    they run again first, and the enqueued points are not (they ran the first time). One
+    searcher serves every round of the study (:func:`trials_per_round`)."""
     metrics, modes = metrics_and_modes(config.objectives)
     multi = config.multi_objective
     return ResumingOptunaSearch(
@@ -78,28 +82,32 @@ def make_searcher(
     )
 
 
+def trials_per_round(config: StudyConfig) -> int:
+    """The most trials one Ray Tune run (a round of the study) holds: ``trials_per_round``, by
+    default the larger of 5,000 and 50 per slot, so a round's last trials (the slots it leaves
+    idle while they finish) and its new trial actors are a small share of its time."""
+    return config.trials_per_round or max(5000, 50 * config.max_concurrent)
+
+
 def build_tuner(
     config: StudyConfig,
+    searcher: ResumingOptunaSearch,
     *,
-    study_name: str,
     run_name: str,
     output: Path,
-    storage: optuna.storages.BaseStorage,
     data: Splits,
     num_samples: int,
     callbacks: Sequence[tune.Callback],
     trainable: Trainable = run_trial,
-    resume: dict[int, dict[str, Any]] | None = None,
-) -> tuple[tune.Tuner, ResumingOptunaSearch]:
-    """The Tuner of one run over the study (a first run, or a resume), and its searcher.
+    time_budget_s: float | None = None,
+) -> tune.Tuner:
+    """The Tuner of one round of the study: ``num_samples`` trials asked of ``searcher`` (see
+    :func:`make_searcher`), stopped after ``time_budget_s``.
 
-    ``resume`` maps interrupted Optuna trial numbers to their extra config (their checkpoint):
-    they run again first, and the enqueued points are not (they ran the first time).
     Several ``objectives`` go to Optuna as lists (a multi-objective study); Tune and its
     scheduler see the primary (first) one, as they rank by one number.
     """
     metrics, modes = metrics_and_modes(config.objectives)
-    searcher = make_searcher(config, study_name=study_name, storage=storage, resume=resume)
     resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
     # The splits go through the object store once: workers skip the loaders and the file.
     shipped = tune.with_parameters(trainable, study=config.model_dump(mode="json"), data=data)
@@ -111,7 +119,7 @@ def build_tuner(
             metric=metrics[0],
             mode=modes[0],
             num_samples=num_samples,
-            time_budget_s=config.budget_minutes * 60 if config.budget_minutes else None,
+            time_budget_s=time_budget_s,
             max_concurrent_trials=config.max_concurrent,
             reuse_actors=True,
             trial_dirname_creator=trial_dirname,
@@ -126,4 +134,4 @@ def build_tuner(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         ),
     )
-    return tuner, searcher
+    return tuner

@@ -322,6 +322,8 @@ class StudyConfig(Strict):
     budget_minutes: Annotated[float, Field(gt=0)] | None = None
     max_concurrent: Annotated[int, Field(ge=1)] = 2
     max_failures: Annotated[int, Field(ge=0)] = 2
+    #: Trials per Ray Tune run (a round), all the driver holds; default max(5000, 50 per slot).
+    trials_per_round: Annotated[int, Field(ge=1)] | None = None
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
     optuna_storage: str | None = None  # default: sqlite:///<output_dir>/optuna.db

@@ -312,3 +312,20 @@ def test_a_trial_stopped_by_the_budget_keeps_its_last_value(single: HonestOptuna
     (trial,) = _trials(single)
     assert trial.state is TrialState.PRUNED
     assert trial.intermediate_values == {3: pytest.approx(0.3)}
+
+
+def test_told_trials_are_not_held_but_still_counted(tmp_path: Path) -> None:
+    """A study of many trials (and Tune's snapshots, which pickle the searcher) holds only the
+    running trials' Optuna handles; ``asked`` and ``told`` still cover every trial, and Ctrl+C
+    puts back only the running one."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = _searcher(RDBStorage(url))
+    for key in "abc":
+        searcher.suggest(key)
+    searcher.on_trial_complete("a", {OBJECTIVE: 0.5, "epoch": 2})
+    searcher.on_trial_complete("b", {OBJECTIVE: 0.7, "epoch": 1})  # stopped early
+    assert set(searcher._ot_trials) == {"c"}
+    assert (searcher.asked, searcher.told) == (3, {"a", "b"})
+    searcher.on_trial_complete("a", None, error=True)  # Tune's late error of a told trial
+    assert searcher.interrupt() == [2]
+    assert _states(url) == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING]
