@@ -148,6 +148,9 @@ def mlflow_server(backend: str, artifacts: Path, workers: int) -> Iterator[str]:
 
 # what the driver does, per component
 
+#: A probe inside another (its CPU is counted there too), left out of the sums.
+NESTED = "of which "
+
 
 class DriverProbes(Probes):
     """The driver's components: Optuna's ask, intermediate values and tell, the tracker's
@@ -158,9 +161,11 @@ class DriverProbes(Probes):
         from ray.tune.search.search_generator import SearchGenerator
 
         import search.journal
+        from search.searcher import ResumingOptunaSearch
         from search.tracking import MlflowTracker
 
         self.wrap(SearchGenerator, "create_trial_if_possible", "ask + suggest")
+        self.wrap(ResumingOptunaSearch, "suggest", NESTED + "Optuna's ask (searcher.suggest)")
         self.wrap(SearchGenerator, "on_trial_result", "intermediate values")
         self.wrap(SearchGenerator, "on_trial_complete", "tell")
         for name in ("on_trial_start", "on_trial_result", "on_trial_complete"):
@@ -179,16 +184,19 @@ class Completions(tune.Callback):
     def __init__(self, timed: Probes) -> None:
         self.timed = timed
         self.rows: list[tuple[float, float, dict[str, float]]] = []
+        self.rss: list[tuple[int, float]] = []  # (completions, driver RSS MiB) every 500
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         cpu = self.timed.cpu_now()
         self.rows.append((time.perf_counter(), time.process_time(), cpu))
+        if len(self.rows) % 500 == 0:
+            self.rss.append((len(self.rows), rss_mib()))
 
     def __getstate__(self) -> dict[str, Any]:
         return {}  # Tune pickles its callbacks with the experiment; the driver keeps this one
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.timed, self.rows = Probes(standard=False), []
+        self.timed, self.rows, self.rss = Probes(standard=False), [], []
 
 
 class Memory(threading.Thread):
@@ -219,32 +227,41 @@ class MachineCPU(threading.Thread):
         self._total = dict.fromkeys((*self.KINDS, "other", "machine (/proc/stat)"), 0.0)
         self._tick = os.sysconf("SC_CLK_TCK")
 
-    def kind(self, pid: int, cmdline: str) -> str:
-        if pid == os.getpid():
-            return "driver"
-        if cmdline.startswith(("ray::IDLE", "ray::Impl", "ray::_Inner")):
-            return "trial workers"
-        if "ray" in cmdline.split(" ", 1)[0] or cmdline.startswith("ray::"):
-            return "Ray's own processes"
-        if cmdline.startswith("postgres"):
-            return "PostgreSQL"
-        if "mlflow" in cmdline or "uvicorn" in cmdline:
-            return "MLflow server"
+    def kind(self, pid: int, procs: dict[int, tuple[int, str]]) -> str:
+        """What ``pid`` is, by its own command line or its nearest ancestor's that says (the
+        server's uvicorn workers are multiprocessing children)."""
+        while pid in procs:
+            ppid, cmd = procs[pid]
+            if pid == os.getpid():
+                return "driver"
+            if cmd.startswith(("ray::IDLE", "ray::Impl", "ray::_Inner")):
+                return "trial workers"
+            if cmd.startswith("ray::") or "/ray/" in cmd.split(" ", 1)[0]:
+                return "Ray's own processes"
+            if cmd.startswith("postgres"):
+                return "PostgreSQL"
+            if "mlflow" in cmd or "uvicorn" in cmd:
+                return "MLflow server"
+            pid = ppid
         return "other"
 
     def sample(self) -> None:
+        procs: dict[int, tuple[int, str]] = {}
+        used: dict[int, float] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             with contextlib.suppress(OSError, IndexError, ValueError):
                 pid = int(entry.name)
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                cpu = (int(fields[11]) + int(fields[12])) / self._tick
                 cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-                before = self._seen.get(pid)
-                self._seen[pid] = cpu
-                if before is not None:  # a process first seen counts from then on
-                    self._total[self.kind(pid, cmd)] += cpu - before
+                procs[pid] = (int(fields[1]), cmd)
+                used[pid] = (int(fields[11]) + int(fields[12])) / self._tick
+        for pid, cpu in used.items():
+            before = self._seen.get(pid)
+            self._seen[pid] = cpu
+            if before is not None:  # a process first seen counts from then on
+                self._total[self.kind(pid, procs)] += cpu - before
         busy = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
         idle = int(busy[3]) + int(busy[4])  # idle, iowait
         self._total["machine (/proc/stat)"] = (sum(map(int, busy[:8])) - idle) / self._tick
@@ -317,6 +334,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "timed_cpu": timed.cpu,
         "calls": timed.calls,
         "memory": memory.samples,
+        "rss_by_completions": done.rss,
         "machine": machine,
         "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "leaderboard_rows": runs,
@@ -372,7 +390,8 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     for k in parts:
         if first[k] > 0:
             print(f"    {k:32s} {first[k]:6.1f} -> {last[k]:6.1f} ms ({last[k] / first[k]:.2f}x)")
-    rest = [b["cpu_ms"] - sum(b[k] for k in parts) for b in (first, last)]
+    outer = [k for k in parts if not k.startswith(NESTED)]
+    rest = [b["cpu_ms"] - sum(b[k] for k in outer) for b in (first, last)]
     print(f"    {'rest (Tune bookkeeping, Ray)':32s} {rest[0]:6.1f} -> {rest[1]:6.1f} ms")
     print("\nwhole study, summed per trial (wall ms | CPU ms | calls):")
     for k, w in sorted(r["timed_wall"].items(), key=lambda kv: -kv[1]):
@@ -380,6 +399,11 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
             f"  {k:32s} {w / n * 1000:7.1f} | {r['timed_cpu'][k] / n * 1000:7.1f} | {r['calls'][k]}"
         )
     machine_cpu(args, r)
+    if r["rss_by_completions"]:
+        print(
+            "driver RSS by trials completed (MiB): "
+            + ", ".join(f"{n} {m:.0f}" for n, m in r["rss_by_completions"])
+        )
     mem = r["memory"]
     if mem:
         marks = [mem[min(len(mem) - 1, len(mem) * i // 10)] for i in range(10)] + [mem[-1]]
