@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import itertools
 import json
 import os
@@ -173,6 +174,32 @@ class DriverProbes(Probes):
         self.wrap(search.journal, "apply", "MLflow writes (journal senders)")
 
 
+class Collections:
+    """The garbage collector's own time, as probes (nested: it runs inside whatever allocated
+    last, in any thread): full collections apart from young ones."""
+
+    def __init__(self, timed: Probes) -> None:
+        self.timed = timed
+        self.started: dict[int, tuple[float, float]] = {}
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        key = threading.get_ident()
+        if phase == "start":
+            self.started[key] = (time.perf_counter(), time.thread_time())
+        elif key in self.started:
+            t0, c0 = self.started.pop(key)
+            kind = "full" if info["generation"] == 2 else "young"
+            label = f"{NESTED}garbage collections, {kind}"
+            self.timed.add(label, time.perf_counter() - t0, time.thread_time() - c0)
+
+    def __enter__(self) -> Collections:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
 def rss_mib() -> float:
     fields = Path("/proc/self/statm").read_text().split()
     return int(fields[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -311,7 +338,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         memory, machine = Memory(), MachineCPU()
         machine.start()
         try:
-            with DriverProbes() as timed:
+            with DriverProbes() as timed, Collections(timed):
                 done = Completions(timed)
                 memory.start()
                 cpu0, t0 = time.process_time(), time.perf_counter()
