@@ -59,6 +59,6 @@ class ProgressCallback(tune.Callback):
         self._done()
 
     def close(self) -> None:
-        """Ends the live display: at the study's end, not at each round's (Tune's
-        ``on_experiment_end``), nor never when Ctrl+C skips Tune's own end."""
+        """Ends the live display at the study's end: not at the end of each round (Tune's
+        ``on_experiment_end``), and also after Ctrl+C, which skips Tune's own end."""
         self.progress.stop()
