@@ -425,7 +425,7 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         print(
             f"  {k:32s} {w / n * 1000:7.1f} | {r['timed_cpu'][k] / n * 1000:7.1f} | {r['calls'][k]}"
         )
-    machine_cpu(args, r)
+    machine_cpu(r)
     if r["rss_by_completions"]:
         print(
             "driver RSS by trials completed (MiB): "
@@ -444,7 +444,7 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         print(f"note: {note}")
 
 
-def machine_cpu(args: argparse.Namespace, r: dict[str, Any]) -> None:
+def machine_cpu(r: dict[str, Any]) -> None:
     """The 2 cores' CPU per trial over the last half of the run, by kind of process: what
     bounds the completions per second on this machine, whatever the driver does."""
     rows = r["rows"]
