@@ -10,10 +10,10 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from search.ask_ahead import StudySearcher
 from search.environment import Locations, redact
 from search.errors import StudyInterrupted
 from search.schema import ROLE_TRIAL
-from search.searcher import ResumingOptunaSearch
 from search.spool import read_spool, spool_path
 
 
@@ -38,7 +38,7 @@ class StudyResult:
 def interruption(
     storage: optuna.storages.BaseStorage,
     study: str,
-    searcher: ResumingOptunaSearch | None,
+    searcher: StudySearcher | None,
     num_samples: int,
     role: str,
     where: Locations,

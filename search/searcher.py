@@ -177,6 +177,13 @@ class HonestOptunaSearch(OptunaSearch):
                 self._completed_trials.add(trial_id)
                 self._drop(trial_id)
 
+    def release(self, trial_id: str) -> None:
+        """A trial asked but never handed to Tune (asked ahead, :mod:`search.ask_ahead`) goes
+        back to WAITING, unmarked: the study's next ask hands it out again, as it does an
+        enqueued trial, with the parameters it has. It no longer counts as asked."""
+        ot_trial = self._ot_trials.pop(trial_id)
+        self._ot_study._storage.set_trial_state_values(ot_trial._trial_id, TrialState.WAITING)
+
     @property
     def told(self) -> set[str]:
         """Tune trial ids whose end this searcher has told Optuna (or closed)."""

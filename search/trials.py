@@ -19,17 +19,17 @@ import pandas as pd
 from ray import tune
 
 from search import ending, preflight, ray_session
+from search.ask_ahead import AskAheadSearch, StudySearcher, open_searcher
 from search.background import ReportProcess
 from search.environment import Locations
 from search.journal import Journal
 from search.progress import ProgressCallback
 from search.result import interruption
 from search.schema import ROLE_TRIAL
-from search.searcher import ResumingOptunaSearch
 from search.spool import spool_path
 from search.stores import Stores, open_stores
 from search.tracking import MlflowTracker
-from search.tuner import Trainable, build_tuner, make_searcher, trials_per_round
+from search.tuner import Trainable, build_tuner, trials_per_round
 from spaces import StudyConfig
 from trainers import Splits
 
@@ -134,7 +134,7 @@ def check_resources(config: StudyConfig) -> None:
 
 def run_rounds(
     config: StudyConfig,
-    searcher: ResumingOptunaSearch,
+    searcher: StudySearcher,
     *,
     num_samples: int,
     **tuner: Any,
@@ -214,8 +214,13 @@ def run_trials(
             extra: list[tune.Callback] = [tracker, ForgetFinished(), *callbacks]
             if bar is not None:
                 extra.append(bar)
-            searcher = make_searcher(
-                config, study_name=optuna_study or name, storage=stores.optuna, resume=resume
+            searcher = open_searcher(
+                config,
+                study_name=optuna_study or name,
+                storage=stores.optuna,
+                storage_url=where.optuna_storage,
+                resume=resume,
+                limit=num_samples,
             )
             run_rounds(
                 config,
@@ -239,6 +244,8 @@ def run_trials(
     finally:
         if bar is not None:
             bar.close()
+        if isinstance(searcher, AskAheadSearch):  # its trials asked ahead go back first
+            searcher.close()
         # Ray's processes stop (mostly waiting) while the leaderboard and pictures are made.
         with ray_session.no_gc(), ThreadPoolExecutor(1, thread_name_prefix="gradsweep-end") as pool:
             end = pool.submit(

@@ -9,6 +9,7 @@ from typing import Any
 import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 
 from search.schema import OBJECTIVE
 from search.searcher import ResumingOptunaSearch
@@ -91,7 +92,7 @@ def trials_per_round(config: StudyConfig) -> int:
 
 def build_tuner(
     config: StudyConfig,
-    searcher: ResumingOptunaSearch,
+    searcher: Searcher,
     *,
     run_name: str,
     output: Path,

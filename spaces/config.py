@@ -256,13 +256,14 @@ class SearcherConfig(Strict):
     name: Annotated[str, one_of(SAMPLERS)] = "tpe"
     seed: int = 0
     #: TPE only; None keeps Optuna's default (both on). Off: a model of each parameter alone
-    #: (multivariate), or one that ignores the running trials (liar). Neither saves time: the
-    #: searcher reads the study once per ask anyway, and independent TPE costs more per ask.
+    #: (multivariate), or one ignoring the running trials (liar). Neither saves time (README).
     multivariate: bool | None = None
     constant_liar: bool | None = None
     #: TPE only: the most finished trials it models (the best ones and the most recent; see
     #: :mod:`spaces.tpe`), so an ask stops growing with the study; None = all, as Optuna does.
     history: int | None = None
+    #: Trials asked ahead in a searcher process of its own (search/ask_ahead.py); 0: none.
+    ask_ahead: Annotated[int, Field(ge=0, le=64)] = 0
 
     @field_validator("history")
     @classmethod
@@ -328,8 +329,7 @@ class StudyConfig(Strict):
     tracking: TrackingConfig = TrackingConfig()
     optuna_storage: str | None = None  # default: sqlite:///<output_dir>/optuna.db
     output_dir: str = "gradsweep-runs"
-    #: A designed experiment: the cells to run, in order, each once (its replicates are the
-    #: ``training.seeds`` fused seeds); ``num_samples`` defaults to their number.
+    #: A designed experiment: its cells in order, each once (replicates: ``training.seeds``).
     design: list[dict[str, Any]] = Field(default_factory=list)
     #: Retrain each level's best configuration with fresh seeds once the search is done.
     confirm: ConfirmConfig | None = None

@@ -1,0 +1,176 @@
+"""The searcher in a process of its own (``searcher.ask_ahead``): it hands out trials asked ahead,
+tells their ends as the in-driver searcher does (a stopped trial PRUNED at its last epoch), puts
+trials never handed out back to WAITING unmarked (the next ask hands them out with their
+parameters) and, after Ctrl+C, the unfinished ones back to WAITING marked for resume. A child
+that cannot start or dies says so in one error. Real child processes, real Optuna storage
+(SQLite), and a real local Ray for whole studies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search import run_study
+from search.ask_ahead import AskAheadSearch, SearcherProcessError
+from search.schema import INTERRUPTED_ATTR, OBJECTIVE
+from search.stores import optuna_storage
+from search.tuner import make_searcher
+from spaces import StudyConfig, load_config
+
+
+def _config(tmp_path: Path, **more: object) -> StudyConfig:
+    return load_config(
+        {
+            "name": "ahead",
+            "search": {"activations": ["relu", "tanh"], "initializers": ["he_normal"]},
+            "model": {"depth": 2, "width": 8},
+            "training": {"epochs": 2},
+            "searcher": {"name": "tpe", "ask_ahead": 2},
+            "output_dir": str(tmp_path),
+            **more,
+        }
+    )
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'optuna.db'}"
+
+
+def _trials(url: str, study: str = "ahead") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+
+
+def _asked_ahead(url: str, handed_out: int, ahead: int = 2) -> None:
+    """Waits until the idle child has asked its trials ahead (it does between requests)."""
+    deadline = time.monotonic() + 60
+    while len(_trials(url)) < handed_out + ahead:
+        assert time.monotonic() < deadline, "the child never asked ahead"
+        time.sleep(0.05)
+
+
+def _searcher(config: StudyConfig, url: str, limit: int = 10) -> AskAheadSearch:
+    return AskAheadSearch(config, study_name="ahead", storage_url=url, resume=None, limit=limit)
+
+
+def test_trials_are_asked_ahead_told_and_the_unused_put_back(tmp_path: Path, url: str) -> None:
+    searcher = _searcher(_config(tmp_path), url)
+    try:
+        first, second = searcher.suggest("t1"), searcher.suggest("t2")
+        assert isinstance(first, dict) and isinstance(second, dict)
+        searcher.on_trial_result("t1", {OBJECTIVE: 0.4, "epoch": 1})
+        searcher.on_trial_complete("t1", {OBJECTIVE: 0.5, "epoch": 2})
+        searcher.on_trial_result("t2", {OBJECTIVE: 0.3, "epoch": 1})
+        searcher.on_trial_complete("t2", {OBJECTIVE: 0.3, "epoch": 1})  # stopped early
+        assert searcher.told == {"t1", "t2"}, "waits for the tells sent before it"
+        assert searcher.asked == 2
+        _asked_ahead(url, handed_out=2)
+        searcher.close_unfinished()
+    finally:
+        searcher.close()
+    trials = _trials(url)
+    assert [t.state for t in trials[:2]] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert trials[0].value == 0.5 and trials[1].intermediate_values == {1: 0.3}
+    assert trials[0].params["activation"] == first["activation"]
+    ahead = trials[2:]
+    assert len(ahead) == 2, "two asked ahead, never handed out"
+    assert all(t.state == TrialState.WAITING for t in ahead)
+    assert not any(INTERRUPTED_ATTR in t.user_attrs for t in ahead), "never started: not resumed"
+    study = optuna.load_study(study_name="ahead", storage=url)
+    again = make_searcher(_config(tmp_path), study_name="ahead", storage=optuna_storage(url))
+    handed = again.suggest("next")
+    assert handed is not None
+    assert study.trials[2].number == ahead[0].number
+    assert handed["activation"] == ahead[0].params["activation"], "its parameters, handed out"
+
+
+def test_never_asks_beyond_the_limit(tmp_path: Path, url: str) -> None:
+    searcher = _searcher(_config(tmp_path), url, limit=1)
+    try:
+        assert searcher.suggest("t1") is not None
+        with pytest.raises(SearcherProcessError, match="more trials than the study holds"):
+            searcher.suggest("t2")
+        searcher.on_trial_complete("t1", {OBJECTIVE: 0.5, "epoch": 2})
+        assert searcher.told == {"t1"}
+    finally:
+        searcher.close()
+    assert [t.state for t in _trials(url)] == [TrialState.COMPLETE]
+
+
+def test_ctrl_c_puts_handed_out_trials_back_marked_and_asked_ahead_ones_unmarked(
+    tmp_path: Path, url: str
+) -> None:
+    searcher = _searcher(_config(tmp_path), url)
+    try:
+        searcher.suggest("t1")
+        searcher.suggest("t2")
+        searcher.on_trial_complete("t1", {OBJECTIVE: 0.5, "epoch": 2})
+        _asked_ahead(url, handed_out=2)
+        stopped = searcher.interrupt(retry=True)
+    finally:
+        searcher.close()
+    trials = _trials(url)
+    assert stopped == [1]
+    assert trials[0].state == TrialState.COMPLETE
+    assert trials[1].state == TrialState.WAITING and trials[1].user_attrs[INTERRUPTED_ATTR]
+    assert [t.state for t in trials[2:]] == [TrialState.WAITING] * 2
+    assert not any(INTERRUPTED_ATTR in t.user_attrs for t in trials[2:])
+
+
+def test_a_searcher_that_cannot_start_says_why(tmp_path: Path) -> None:
+    missing = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'optuna.db'}"
+    searcher = _searcher(_config(tmp_path), missing)
+    try:
+        with pytest.raises(SearcherProcessError, match="could not start: OperationalError"):
+            searcher.suggest("t1")
+    finally:
+        searcher.close()
+
+
+def test_a_searcher_process_that_dies_ends_the_study_with_one_error(
+    tmp_path: Path, url: str
+) -> None:
+    searcher = _searcher(_config(tmp_path), url)
+    try:
+        searcher.suggest("t1")
+        pid = searcher._process.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(SearcherProcessError, match=r"exit code -9.*'gradsweep resume'"):
+            searcher.suggest("t2")
+    finally:
+        searcher.close()
+    assert _trials(url)[0].state == TrialState.RUNNING, "left for resume, as a killed driver"
+
+
+def test_a_study_asked_ahead_runs_every_trial_in_rounds(tmp_path: Path) -> None:
+    """Five trials in rounds of two, two asked ahead: one child serves every round, every trial
+    is told and on the leaderboard, and nothing is left asked."""
+    result = run_study(_config(tmp_path, num_samples=5, trials_per_round=2))
+    trials = _trials(result.optuna_storage, result.study_name)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
+    assert len(result.leaderboard) == 5
+    told = sorted(t.params["activation"] for t in trials)
+    assert sorted(result.leaderboard["activation"]) == told, "each run as its trial was asked"
+
+
+def test_a_study_out_of_time_puts_its_trials_asked_ahead_back(tmp_path: Path) -> None:
+    """A 12-second budget: the trials that ran are told, the completed ones recorded; the ones
+    asked ahead for slots that never came wait, unmarked, and none is left RUNNING."""
+    config = _config(tmp_path, num_samples=200, budget_minutes=0.2)
+    result = run_study(config)
+    trials = _trials(result.optuna_storage, result.study_name)
+    ran = [t for t in trials if t.state.is_finished()]
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert ran and len(ran) + len(waiting) == len(trials)
+    assert 1 <= len(waiting) <= 2
+    assert not any(INTERRUPTED_ATTR in t.user_attrs for t in waiting)
+    completed = [t for t in ran if t.state == TrialState.COMPLETE]
+    assert completed and len(ran) < 200
+    assert len(result.leaderboard) >= len(completed)
