@@ -244,7 +244,14 @@ class MachineCPU(threading.Thread):
     2 cores do per trial beside the driver (a process that lives under 2 s is partly missed;
     ``/proc/stat``'s total says how much)."""
 
-    KINDS = ("driver", "trial workers", "Ray's own processes", "PostgreSQL", "MLflow server")
+    KINDS = (
+        "driver",
+        "searcher process",
+        "trial workers",
+        "Ray's own processes",
+        "PostgreSQL",
+        "MLflow server",
+    )
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -259,6 +266,8 @@ class MachineCPU(threading.Thread):
         server's uvicorn workers are multiprocessing children)."""
         while pid in procs:
             ppid, cmd = procs[pid]
+            if ppid == os.getpid() and "spawn_main" in cmd:  # searcher.ask_ahead's child
+                return "searcher process"
             if pid == os.getpid():
                 return "driver"
             if cmd.startswith(("ray::IDLE", "ray::Impl", "ray::_Inner")):
@@ -466,8 +475,10 @@ def machine_cpu(r: dict[str, Any]) -> None:
     )
     for kind, used in sorted(cpu.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:22s} {used / done * 1000:7.1f} ms/trial")
-    driver = cpu["driver"] / done
-    print(f"  the driver alone, on a core of its own, would allow {1 / driver:.1f} completions/s")
+    for single in ("driver", "searcher process"):  # one process each: one core at most
+        if cpu[single] > 0:
+            allows = done / cpu[single]
+            print(f"  the {single} alone, on a core of its own, would allow {allows:.1f}/s")
 
 
 def itertools_pairs(edges: list[int]) -> list[tuple[int, int]]:
