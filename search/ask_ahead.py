@@ -1,23 +1,27 @@
-"""The study's searcher in a process of its own, a few trials ahead of Ray Tune.
+"""The study's searcher in processes of its own, a few trials ahead of Ray Tune.
 
 Every trial's ask and tell pass through Tune's driver, one event loop; TPE's ask over a large
 study costs it 30-60 ms of CPU (benchmarks/ask_cost.py), which alone caps a study at 15-30
-completions per second however large the cluster (benchmarks/README.md, "Scale"). With
+completions per second however large the cluster (benchmarks/README.md, "Asking ahead"). With
 ``searcher.ask_ahead: N`` the same searcher (:func:`search.tuner.make_searcher`) runs in a child
 process over the same Optuna storage and keeps N trials asked before Tune wants them: the driver
-hands one out, and sends each trial's end without waiting for the tell.
+hands one out, and sends each trial's end without waiting for the tell. One such process asks
+one trial at a time; ``searcher.processes: P`` runs P of them, taken from in turn, each with its
+own sampler seed (else they would draw the same start-up trials) and its share of the trials.
 
 What that changes for the search, the price of a driver that keeps up:
 
-- up to N trials wait asked (RUNNING in Optuna) for a slot: TPE's constant liar counts them as
-  running, and a suggestion is drawn from what had been told up to N asks before Tune wants it;
+- up to N x P trials wait asked (RUNNING in Optuna) for a slot: TPE's constant liar counts them
+  as running, and a suggestion is drawn from what had been told up to N x P asks before it runs;
 - trials asked ahead but never handed out (the time budget ran out, Ctrl+C) go back to WAITING,
   unmarked: the study's next ask (a resume's) hands them out with their parameters;
 - a tell lands shortly after Tune's end of the trial: whatever reads what was told (the told
-  trials after Ctrl+C, the end of the study) first waits for the tells sent before it.
+  trials after Ctrl+C, the end of the study) first waits for the tells sent before it;
+- the study's enqueued points (``search.enqueue``, ``design``) are enqueued by the first process
+  before any other starts asking, so they still come first; a grid needs one process.
 
-Ctrl+C is the driver's to handle: the child ignores SIGINT, and the driver asks it to put the
-unfinished trials back (:meth:`AskAheadSearch.interrupt`) as the in-driver searcher would. A
+Ctrl+C is the driver's to handle: the children ignore SIGINT, and the driver asks them to put
+the unfinished trials back (:meth:`AskAheadSearch.interrupt`) as the in-driver searcher would. A
 child that dies ends the study with an error; its trials stay RUNNING, which resume continues.
 """
 
@@ -27,34 +31,108 @@ import logging
 import multiprocessing
 import pickle
 import signal
+import warnings
 from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
 from ray.tune.search import Searcher
 
+from search.schema import OBJECTIVE
 from search.searcher import ResumingOptunaSearch, sigint_deferred
 from search.stores import optuna_storage
-from search.tuner import make_searcher
+from search.tuner import MODE, make_searcher
 from spaces import StudyConfig
 from spaces.objectives import metrics_and_modes
 
 log = logging.getLogger(__name__)
 #: How long :meth:`AskAheadSearch.close` waits for the child to put its trials back and end.
 CLOSE_TIMEOUT_S = 30.0
+#: Libraries whose log level the children take from the driver.
+_LOGGERS = ("optuna", "ray", "ray.tune", "sqlalchemy")
 
 
 class SearcherProcessError(RuntimeError):
-    """The searcher process failed to start, or ended in the middle of the study."""
+    """A searcher process failed to start, or ended in the middle of the study."""
+
+
+class _Child:
+    """One searcher process and the driver's end of its pipe: requests in order, one answer
+    to each request but ``complete`` (nobody waits for a tell)."""
+
+    def __init__(self, target_args: tuple[Any, ...], index: int) -> None:
+        context = multiprocessing.get_context("spawn")  # the driver runs Ray's threads: no fork
+        self.conn, child = context.Pipe()
+        self.process = context.Process(
+            target=serve,
+            args=(child, _chatter(), *target_args),
+            name=f"gradsweep-searcher-{index}",
+        )
+        self.process.daemon = True  # never outlives the driver
+        self.process.start()
+        child.close()
+        self.started = False
+
+    def send(self, *message: Any) -> None:
+        try:
+            self.conn.send(message)
+        except (BrokenPipeError, EOFError, OSError) as exc:
+            raise self._ended() from exc
+
+    def wait_started(self) -> None:
+        """Until the child has opened its searcher (and enqueued the study's points)."""
+        with sigint_deferred():
+            if not self.started:
+                status, value = self._receive()
+                if status == "error":
+                    raise SearcherProcessError(f"a searcher process could not start: {value}")
+                self.started = True
+
+    def call(self, *message: Any) -> Any:
+        """The child's answer to ``message``; Ctrl+C waits for it, so none is left unread."""
+        self.wait_started()
+        with sigint_deferred():
+            self.send(*message)
+            status, value = self._receive()
+        if status == "error":
+            raise SearcherProcessError(f"a searcher process failed to {message[0]}: {value}")
+        return value
+
+    def close(self) -> None:
+        """Its trials asked ahead go back to WAITING, and it ends."""
+        if self.process.is_alive():
+            try:
+                self.call("stop")
+            except SearcherProcessError as exc:
+                log.warning("%s", exc)
+        self.conn.close()
+        self.process.join(CLOSE_TIMEOUT_S)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join()
+
+    def _receive(self) -> tuple[str, Any]:
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError) as exc:
+            raise self._ended() from exc
+
+    def _ended(self) -> SearcherProcessError:
+        self.process.join(1.0)
+        return SearcherProcessError(
+            f"a searcher process ended (exit code {self.process.exitcode}); "
+            "its trials stay RUNNING in Optuna, and 'gradsweep resume' continues them"
+        )
 
 
 class AskAheadSearch(Searcher):
-    """A Tune searcher whose asks and tells run in a child process (see module docstring).
+    """A Tune searcher whose asks and tells run in child processes (see module docstring).
 
     Same surface as :class:`~search.searcher.ResumingOptunaSearch` for gradsweep (``asked``,
-    ``told``, ``close_unfinished``, ``interrupt``) plus :meth:`close`, which ends the child.
+    ``told``, ``close_unfinished``, ``interrupt``) plus :meth:`close`, which ends the children.
     ``limit`` bounds what is ever asked: the study's trials, so a study that runs to its end
-    leaves nothing asked ahead.
+    leaves nothing asked ahead. Trials are taken from the ``searcher.processes`` children in
+    turn, so each asks its share of ``limit``.
     """
 
     def __init__(
@@ -67,33 +145,38 @@ class AskAheadSearch(Searcher):
         limit: int,
     ) -> None:
         metrics, modes = metrics_and_modes(config.objectives)
-        multi = config.multi_objective
-        super().__init__(metric=metrics if multi else metrics[0], mode=modes if multi else "max")
-        context = multiprocessing.get_context("spawn")  # the driver runs Ray's threads: no fork
-        self._conn, child = context.Pipe()
-        args = (child, config, study_name, storage_url, resume, config.searcher.ask_ahead, limit)
-        self._process = context.Process(target=serve, args=args, name="gradsweep-searcher")
-        self._process.daemon = True  # never outlives the driver
-        self._process.start()
-        child.close()
-        self._started = False
-        self._keys: dict[str, str] = {}  # Tune trial id -> the child's key of its asked trial
+        multi = config.multi_objective  # as make_searcher's
+        super().__init__(metric=metrics if multi else OBJECTIVE, mode=modes if multi else MODE)
+        n, ahead = config.searcher.processes, config.searcher.ask_ahead
+        shares = [limit // n + (i < limit % n) for i in range(n)]  # what turns give each
+        self._children: list[_Child] = []
+        for i, share in enumerate(shares):
+            self._children.append(
+                _Child((*_share(config, resume, i, n), study_name, storage_url, ahead, share), i)
+            )
+            if i == 0 and n > 1:  # it creates the study (and enqueues its points) alone
+                self._children[0].wait_started()
+        self._next = 0  # the child the next trial is taken from
+        #: Tune trial id -> (child, the child's key of its asked trial)
+        self._keys: dict[str, tuple[int, str]] = {}
         self._latest: dict[str, dict[str, Any]] = {}  # Tune trial id -> its latest value, epoch
 
     def __getstate__(self) -> dict[str, Any]:
-        """Tune pickles its searcher with the Tuner (``tuner.pkl``); the process stays here."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("_conn", "_process")}
+        """Tune pickles its searcher with the Tuner (``tuner.pkl``); the processes stay here."""
+        return {k: v for k, v in self.__dict__.items() if k != "_children"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _conn=None, _process=None)  # detached: see ``_call``
+        self.__dict__.update(state, _children=[])  # detached: see ``_each``
 
     # -- what Tune calls ----------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict | None:
+        child = self._each()[self._next]
         with sigint_deferred():  # handed out and recorded as one step
-            key, params = self._call("take")
+            key, params = child.call("take")
             if isinstance(params, dict):
-                self._keys[trial_id] = key
+                self._keys[trial_id] = (self._next, key)
+                self._next = (self._next + 1) % len(self._children)
             return params
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -106,12 +189,13 @@ class AskAheadSearch(Searcher):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        key = self._keys.get(trial_id)
-        if key is None:
+        if trial_id not in self._keys:
             return
+        index, key = self._keys[trial_id]
         ended = {k: v for k, v in result.items() if k != "config"} if result else result
         with sigint_deferred():  # a message cut in half would end the searcher
-            self._send("complete", key, self._latest.pop(trial_id, None), ended, error)
+            latest = self._latest.pop(trial_id, None)
+            self._each()[index].send("complete", key, latest, ended, error)
 
     def save(self, checkpoint_path: str) -> None:
         """Tune's snapshot of this searcher: which trial is which; the study is in Optuna."""
@@ -129,87 +213,77 @@ class AskAheadSearch(Searcher):
     def told(self) -> set[str]:
         """Tune trial ids whose end has been told to Optuna (or closed); waits for the tells."""
         ids = {key: trial_id for trial_id, key in self._keys.items()}
-        return {ids[key] for key in self._call("told") if key in ids}
+        return {
+            ids[index, key]
+            for index, child in enumerate(self._each())
+            for key in child.call("told")
+            if (index, key) in ids
+        }
 
     def close_unfinished(self) -> None:
         """Trials asked ahead go back; those Tune stopped unfinished are told PRUNED."""
-        self._call("close_unfinished")
+        for child in self._each():
+            child.call("close_unfinished")
 
     def interrupt(self, retry: bool = True) -> list[int]:
         """After Ctrl+C, as :meth:`ResumingOptunaSearch.interrupt`; trials asked ahead go back
         to WAITING unmarked (they never started)."""
-        return self._call("interrupt", retry)
+        return sorted(n for child in self._each() for n in child.call("interrupt", retry))
 
     def close(self) -> None:
-        """Trials still asked ahead go back to WAITING, and the child ends."""
-        if self._process is None:
-            return
-        if self._process.is_alive():
-            try:
-                self._call("stop")
-            except SearcherProcessError as exc:
-                log.warning("%s", exc)
-        self._conn.close()
-        self._process.join(CLOSE_TIMEOUT_S)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join()
+        """Trials still asked ahead go back to WAITING, and the children end."""
+        for child in self._children:
+            child.close()
 
-    # -- the pipe ------------------------------------------------------------------------------
-
-    def _send(self, *message: Any) -> None:
-        try:
-            self._conn.send(message)
-        except (BrokenPipeError, EOFError, OSError) as exc:
-            raise self._ended() from exc
-
-    def _receive(self) -> tuple[str, Any]:
-        try:
-            return self._conn.recv()
-        except (EOFError, OSError) as exc:
-            raise self._ended() from exc
-
-    def _call(self, *message: Any) -> Any:
-        """The child's answer to ``message``; Ctrl+C waits for it, so none is left unread."""
-        if self._process is None:
+    def _each(self) -> list[_Child]:
+        if not self._children:
             raise SearcherProcessError(
                 "a searcher unpickled from Tune's snapshot has no process: "
                 "gradsweep continues a study from Optuna ('gradsweep resume')"
             )
-        with sigint_deferred():
-            if not self._started:
-                status, value = self._receive()
-                if status == "error":
-                    raise SearcherProcessError(f"the searcher process could not start: {value}")
-                self._started = True
-            self._send(*message)
-            status, value = self._receive()
-        if status == "error":
-            raise SearcherProcessError(f"the searcher process failed to {message[0]}: {value}")
-        return value
+        return self._children
 
-    def _ended(self) -> SearcherProcessError:
-        self._process.join(1.0)
-        return SearcherProcessError(
-            f"the searcher process ended (exit code {self._process.exitcode}); "
-            "its trials stay RUNNING in Optuna, and 'gradsweep resume' continues them"
-        )
+
+def _share(
+    config: StudyConfig, resume: dict[int, dict[str, Any]] | None, index: int, processes: int
+) -> tuple[StudyConfig, dict[int, dict[str, Any]] | None]:
+    """Child ``index``'s config and trials to resume: its own sampler seed (else every child
+    would draw the same random start-up trials), every ``processes``-th trial to resume, and
+    the enqueued points (``resume`` None) in the first child only."""
+    if index == 0:
+        own = resume if resume is None else dict(list(resume.items())[::processes])
+        return config, own
+    seed = config.searcher.seed + 7919 * index  # a prime apart: no overlap with nearby seeds
+    searcher = config.searcher.model_copy(update={"seed": seed})
+    return config.model_copy(update={"searcher": searcher}), dict(
+        list((resume or {}).items())[index::processes]
+    )
 
 
 # -- the child ---------------------------------------------------------------------------------
 
 
+def _chatter() -> tuple[list[Any], dict[str, int]]:
+    """The driver's warning filters and library log levels (the CLI's ``quiet``), which a
+    spawned child would not inherit."""
+    return list(warnings.filters), {n: logging.getLogger(n).level for n in _LOGGERS}
+
+
 def serve(
     conn: Connection,
+    chatter: tuple[list[Any], dict[str, int]],
     config: StudyConfig,
+    resume: dict[int, dict[str, Any]] | None,
     study_name: str,
     storage_url: str,
-    resume: dict[int, dict[str, Any]] | None,
     ahead: int,
     limit: int,
 ) -> None:
     """The child: opens the searcher, then answers the driver and asks ahead between requests."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the driver's (module docstring)
+    warnings.filters[:], levels = chatter
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
     try:
         storage = optuna_storage(storage_url)
         searcher = make_searcher(config, study_name=study_name, storage=storage, resume=resume)
@@ -304,7 +378,7 @@ class _Server:
         self._release()
 
 
-#: The searcher of a study's rounds: in the driver, or in a process of its own.
+#: The searcher of a study's rounds: in the driver, or in processes of its own.
 StudySearcher = ResumingOptunaSearch | AskAheadSearch
 
 
@@ -317,8 +391,8 @@ def open_searcher(
     resume: dict[int, dict[str, Any]] | None,
     limit: int,
 ) -> StudySearcher:
-    """The study's searcher: ``searcher.ask_ahead`` trials ahead in a process of its own
-    (:meth:`AskAheadSearch.close` ends it), or, when 0, in the driver over ``storage``."""
+    """The study's searcher: ``searcher.ask_ahead`` trials ahead in processes of its own
+    (:meth:`AskAheadSearch.close` ends them), or, when 0, in the driver over ``storage``."""
     if config.searcher.ask_ahead:
         return AskAheadSearch(
             config, study_name=study_name, storage_url=storage_url, resume=resume, limit=limit

@@ -11,13 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    Discriminator,
-    Field,
-    Tag,
-    field_validator,
-    model_validator,
-)
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from spaces.objectives import MULTI_OBJECTIVE_SAMPLERS, objective_pairs, parse_objectives
 from spaces.samplers import MIN_TPE_HISTORY, SAMPLERS
@@ -262,8 +256,9 @@ class SearcherConfig(Strict):
     #: TPE only: the most finished trials it models (the best ones and the most recent; see
     #: :mod:`spaces.tpe`), so an ask stops growing with the study; None = all, as Optuna does.
     history: int | None = None
-    #: Trials asked ahead in a searcher process of its own (search/ask_ahead.py); 0: none.
+    #: Trials asked ahead by each of ``processes`` searcher processes (search/ask_ahead.py).
     ask_ahead: Annotated[int, Field(ge=0, le=64)] = 0
+    processes: Annotated[int, Field(ge=1, le=16)] = 1
 
     @field_validator("history")
     @classmethod
@@ -280,6 +275,11 @@ class SearcherConfig(Strict):
         for key in ("multivariate", "constant_liar", "history"):
             if getattr(self, key) is not None and self.name != "tpe":
                 raise ValueError(f"{key}: a TPE setting, but searcher.name is {self.name!r}")
+        if self.processes > 1 and (not self.ask_ahead or self.name == "grid"):
+            raise ValueError(
+                f"processes: {self.processes} needs ask_ahead >= 1 and a sampler other than grid "
+                "(a grid hands out each point once, from one process)"
+            )
         return self
 
 

@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search import run_study
-from search.ask_ahead import AskAheadSearch, SearcherProcessError
+from search.ask_ahead import AskAheadSearch, SearcherProcessError, _share
 from search.schema import INTERRUPTED_ATTR, OBJECTIVE
 from search.stores import optuna_storage
 from search.tuner import make_searcher
@@ -123,6 +123,84 @@ def test_ctrl_c_puts_handed_out_trials_back_marked_and_asked_ahead_ones_unmarked
     assert not any(INTERRUPTED_ATTR in t.user_attrs for t in trials[2:])
 
 
+def test_several_objectives_are_told_both_values(tmp_path: Path, url: str) -> None:
+    config = _config(tmp_path, objectives=[{"val_accuracy": "max"}, {"epoch_seconds": "min"}])
+    searcher = _searcher(config, url)
+    try:
+        searcher.suggest("t1")
+        searcher.on_trial_result("t1", {OBJECTIVE: 0.4, "epoch": 1})  # none kept: Optuna's rule
+        ended = {OBJECTIVE: 0.5, "mean_epoch_seconds": 0.2, "epoch": 2, "config": {"x": 1}}
+        searcher.on_trial_complete("t1", ended)
+        assert searcher.told == {"t1"}
+    finally:
+        searcher.close()
+    (trial, *_) = _trials(url)
+    assert (trial.state, trial.values) == (TrialState.COMPLETE, [0.5, 0.2])
+
+
+def test_ctrl_c_is_the_drivers_the_child_keeps_serving(tmp_path: Path, url: str) -> None:
+    """Ctrl+C reaches the whole process group; the child ignores it and answers the driver,
+    which then puts the trials back (above)."""
+    searcher = _searcher(_config(tmp_path), url)
+    try:
+        searcher.suggest("t1")
+        assert searcher._children[0].process.pid is not None
+        os.kill(searcher._children[0].process.pid, signal.SIGINT)
+        assert searcher.suggest("t2") is not None
+        assert searcher.interrupt(retry=True) == [0, 1]
+    finally:
+        searcher.close()
+
+
+def test_processes_take_turns_and_each_tells_its_own(tmp_path: Path, url: str) -> None:
+    """Two processes, one trial ahead each: trials come from each in turn, with their own
+    draws (each child its own sampler seed), and each trial's end reaches the one that asked
+    it; four trials is two each, so only their two asked ahead are left to put back."""
+    searcher = _searcher(_config(tmp_path, searcher={"ask_ahead": 1, "processes": 2}), url, 6)
+    try:
+        handed = [searcher.suggest(f"t{i}") for i in range(4)]
+        for i in range(4):
+            searcher.on_trial_complete(f"t{i}", {OBJECTIVE: 0.1 * i, "epoch": 2})
+        assert searcher.told == {f"t{i}" for i in range(4)}
+        assert searcher.asked == 4
+        _asked_ahead(url, handed_out=4)
+        searcher.close_unfinished()
+    finally:
+        searcher.close()
+    trials = _trials(url)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.value for t in done) == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    assert len({t.params["lr"] for t in done}) == 4, "no two processes drew the same trial"
+    assert sorted(p["lr"] for p in handed if p) == sorted(t.params["lr"] for t in done)
+    assert [t.state for t in trials if t not in done] == [TrialState.WAITING] * 2
+
+
+def test_enqueued_points_come_first_with_several_processes(tmp_path: Path, url: str) -> None:
+    points = [{"activation": "tanh", "lr": 0.01}, {"activation": "relu", "lr": 0.002}]
+    search = {"activations": ["relu", "tanh"], "initializers": ["he_normal"], "enqueue": points}
+    config = _config(tmp_path, search=search, searcher={"ask_ahead": 2, "processes": 2})
+    searcher = _searcher(config, url, limit=2)
+    try:
+        handed = [searcher.suggest("t0"), searcher.suggest("t1")]
+    finally:
+        searcher.interrupt(retry=False)
+        searcher.close()
+    assert sorted((p["activation"], p["lr"]) for p in handed if p) == [
+        ("relu", 0.002),
+        ("tanh", 0.01),
+    ]
+
+
+def test_each_process_gets_its_share_of_the_trials_to_resume() -> None:
+    config = load_config({"name": "s", "searcher": {"ask_ahead": 1, "processes": 2, "seed": 3}})
+    resume = {3: {"ckpt": "a"}, 5: {}, 7: {"ckpt": "c"}}
+    (first, mine), (second, theirs) = _share(config, resume, 0, 2), _share(config, resume, 1, 2)
+    assert (mine, theirs) == ({3: {"ckpt": "a"}, 7: {"ckpt": "c"}}, {5: {}})
+    assert first.searcher.seed == 3 and second.searcher.seed != 3
+    assert _share(config, None, 0, 2)[1] is None, "the first one enqueues the study's points"
+    assert _share(config, None, 1, 2)[1] == {}, "the others never enqueue them again"
+
+
 def test_a_searcher_that_cannot_start_says_why(tmp_path: Path) -> None:
     missing = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'optuna.db'}"
     searcher = _searcher(_config(tmp_path), missing)
@@ -139,7 +217,7 @@ def test_a_searcher_process_that_dies_ends_the_study_with_one_error(
     searcher = _searcher(_config(tmp_path), url)
     try:
         searcher.suggest("t1")
-        pid = searcher._process.pid
+        pid = searcher._children[0].process.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(SearcherProcessError, match=r"exit code -9.*'gradsweep resume'"):

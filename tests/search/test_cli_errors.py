@@ -96,6 +96,13 @@ CASES = [
         [],
         "history: a TPE setting, but searcher.name is 'random'",
     ),
+    (
+        "searcher-processes-without-ask-ahead",
+        "searcher: {processes: 2}\n",
+        [],
+        "searcher: processes: 2 needs ask_ahead >= 1 and a sampler other than grid",
+    ),
+    ("searcher-ask-ahead-too-far", "searcher: {ask_ahead: 100}\n", [], "searcher.ask_ahead"),
     ("unknown-scheduler", "scheduler: {name: pbt}\n", [], "scheduler.name: allowed"),
     ("unknown-optimizer", "training: {optimizer: lbfgs}\n", [], "unknown optimizer 'lbfgs'"),
     ("unknown-bn", "search: {batch_norm: [middle]}\n", [], "search.batch_norm.0: allowed"),
