@@ -260,6 +260,7 @@ class MachineCPU(threading.Thread):
         self._seen: dict[int, float] = {}
         self._total = dict.fromkeys((*self.KINDS, "other", "machine (/proc/stat)"), 0.0)
         self._tick = os.sysconf("SC_CLK_TCK")
+        self.searchers: set[int] = set()  # pids of searcher.ask_ahead's processes
 
     def kind(self, pid: int, procs: dict[int, tuple[int, str]]) -> str:
         """What ``pid`` is, by its own command line or its nearest ancestor's that says (the
@@ -296,8 +297,11 @@ class MachineCPU(threading.Thread):
         for pid, cpu in used.items():
             before = self._seen.get(pid)
             self._seen[pid] = cpu
+            kind = self.kind(pid, procs)
+            if kind == "searcher process":
+                self.searchers.add(pid)
             if before is not None:  # a process first seen counts from then on
-                self._total[self.kind(pid, procs)] += cpu - before
+                self._total[kind] += cpu - before
         busy = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
         idle = int(busy[3]) + int(busy[4])  # idle, iowait
         self._total["machine (/proc/stat)"] = (sum(map(int, busy[:8])) - idle) / self._tick
@@ -475,10 +479,15 @@ def machine_cpu(r: dict[str, Any]) -> None:
     )
     for kind, used in sorted(cpu.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:22s} {used / done * 1000:7.1f} ms/trial")
-    for single in ("driver", "searcher process"):  # one process each: one core at most
+    # One process uses one core at most: the driver, and each searcher process (their share).
+    searchers = len(r["machine"].searchers)
+    for single, processes in (("driver", 1), ("searcher process", searchers)):
         if cpu[single] > 0:
-            allows = done / cpu[single]
-            print(f"  the {single} alone, on a core of its own, would allow {allows:.1f}/s")
+            allows = done / cpu[single] * processes
+            print(
+                f"  the {single}{'es' * (processes > 1)} ({processes}) alone, on a core each, "
+                f"would allow {allows:.1f}/s"
+            )
 
 
 def itertools_pairs(edges: list[int]) -> list[tuple[int, int]]:
