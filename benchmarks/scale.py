@@ -484,10 +484,8 @@ def machine_cpu(r: dict[str, Any]) -> None:
     for single, processes in (("driver", 1), ("searcher process", searchers)):
         if cpu[single] > 0:
             allows = done / cpu[single] * processes
-            print(
-                f"  the {single}{'es' * (processes > 1)} ({processes}) alone, on a core each, "
-                f"would allow {allows:.1f}/s"
-            )
+            name = f"{processes} searcher processes" if processes > 1 else f"the {single}"
+            print(f"  {name} alone, on a core each, would allow {allows:.1f}/s")
 
 
 def itertools_pairs(edges: list[int]) -> list[tuple[int, int]]:
