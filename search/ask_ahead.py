@@ -18,7 +18,8 @@ What that changes for the search, the price of a driver that keeps up:
 - a tell lands shortly after Tune's end of the trial: whatever reads what was told (the told
   trials after Ctrl+C, the end of the study) first waits for the tells sent before it;
 - the study's enqueued points (``search.enqueue``, ``design``) are enqueued by the first process
-  before any other starts asking, so they still come first; a grid needs one process.
+  before any other starts, so they are still asked before any other trial (a design runs each of
+  its cells once); a grid needs one process.
 
 Ctrl+C is the driver's to handle: the children ignore SIGINT, and the driver asks them to put
 the unfinished trials back (:meth:`AskAheadSearch.interrupt`) as the in-driver searcher would. A
@@ -48,8 +49,7 @@ from spaces.objectives import metrics_and_modes
 log = logging.getLogger(__name__)
 #: How long :meth:`AskAheadSearch.close` waits for the child to put its trials back and end.
 CLOSE_TIMEOUT_S = 30.0
-#: Libraries whose log level the children take from the driver.
-_LOGGERS = ("optuna", "ray", "ray.tune", "sqlalchemy")
+_LOGGERS = ("optuna", "ray", "ray.tune", "sqlalchemy")  # whose levels the children take
 
 
 class SearcherProcessError(RuntimeError):
@@ -132,7 +132,7 @@ class AskAheadSearch(Searcher):
     ``told``, ``close_unfinished``, ``interrupt``) plus :meth:`close`, which ends the children.
     ``limit`` bounds what is ever asked: the study's trials, so a study that runs to its end
     leaves nothing asked ahead. Trials are taken from the ``searcher.processes`` children in
-    turn, so each asks its share of ``limit``.
+    turn, each asking its share of ``limit``.
     """
 
     def __init__(

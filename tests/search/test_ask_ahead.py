@@ -1,7 +1,8 @@
-"""The searcher in a process of its own (``searcher.ask_ahead``): it hands out trials asked ahead,
-tells their ends as the in-driver searcher does (a stopped trial PRUNED at its last epoch), puts
-trials never handed out back to WAITING unmarked (the next ask hands them out with their
-parameters) and, after Ctrl+C, the unfinished ones back to WAITING marked for resume. A child
+"""The searcher in processes of its own (``searcher.ask_ahead``, ``searcher.processes``): it
+hands out trials asked ahead, tells their ends as the in-driver searcher does (a stopped trial
+PRUNED at its last epoch), puts trials never handed out back to WAITING unmarked (the next ask
+hands them out with their parameters) and, after Ctrl+C, the unfinished ones back to WAITING
+marked for resume; several processes take turns, each with its own seed and share. A child
 that cannot start or dies says so in one error. Real child processes, real Optuna storage
 (SQLite), and a real local Ray for whole studies."""
 
@@ -90,25 +91,17 @@ def test_trials_are_asked_ahead_told_and_the_unused_put_back(tmp_path: Path, url
     assert handed["activation"] == ahead[0].params["activation"], "its parameters, handed out"
 
 
-def test_never_asks_beyond_the_limit(tmp_path: Path, url: str) -> None:
-    searcher = _searcher(_config(tmp_path), url, limit=1)
-    try:
-        assert searcher.suggest("t1") is not None
-        with pytest.raises(SearcherProcessError, match="more trials than the study holds"):
-            searcher.suggest("t2")
-        searcher.on_trial_complete("t1", {OBJECTIVE: 0.5, "epoch": 2})
-        assert searcher.told == {"t1"}
-    finally:
-        searcher.close()
-    assert [t.state for t in _trials(url)] == [TrialState.COMPLETE]
-
-
 def test_ctrl_c_puts_handed_out_trials_back_marked_and_asked_ahead_ones_unmarked(
     tmp_path: Path, url: str
 ) -> None:
+    """Ctrl+C reaches the whole process group: the child ignores it and keeps answering; the
+    driver then has it put the trials back."""
     searcher = _searcher(_config(tmp_path), url)
     try:
         searcher.suggest("t1")
+        pid = searcher._children[0].process.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGINT)
         searcher.suggest("t2")
         searcher.on_trial_complete("t1", {OBJECTIVE: 0.5, "epoch": 2})
         _asked_ahead(url, handed_out=2)
@@ -123,40 +116,36 @@ def test_ctrl_c_puts_handed_out_trials_back_marked_and_asked_ahead_ones_unmarked
     assert not any(INTERRUPTED_ATTR in t.user_attrs for t in trials[2:])
 
 
-def test_several_objectives_are_told_both_values(tmp_path: Path, url: str) -> None:
+def test_several_objectives_are_told_both_values_and_no_trial_beyond_the_limit(
+    tmp_path: Path, url: str
+) -> None:
     config = _config(tmp_path, objectives=[{"val_accuracy": "max"}, {"epoch_seconds": "min"}])
-    searcher = _searcher(config, url)
+    searcher = _searcher(config, url, limit=1)
     try:
         searcher.suggest("t1")
+        with pytest.raises(SearcherProcessError, match="more trials than the study holds"):
+            searcher.suggest("t2")
         searcher.on_trial_result("t1", {OBJECTIVE: 0.4, "epoch": 1})  # none kept: Optuna's rule
         ended = {OBJECTIVE: 0.5, "mean_epoch_seconds": 0.2, "epoch": 2, "config": {"x": 1}}
         searcher.on_trial_complete("t1", ended)
         assert searcher.told == {"t1"}
     finally:
         searcher.close()
-    (trial, *_) = _trials(url)
+    (trial,) = _trials(url)
     assert (trial.state, trial.values) == (TrialState.COMPLETE, [0.5, 0.2])
 
 
-def test_ctrl_c_is_the_drivers_the_child_keeps_serving(tmp_path: Path, url: str) -> None:
-    """Ctrl+C reaches the whole process group; the child ignores it and answers the driver,
-    which then puts the trials back (above)."""
-    searcher = _searcher(_config(tmp_path), url)
-    try:
-        searcher.suggest("t1")
-        assert searcher._children[0].process.pid is not None
-        os.kill(searcher._children[0].process.pid, signal.SIGINT)
-        assert searcher.suggest("t2") is not None
-        assert searcher.interrupt(retry=True) == [0, 1]
-    finally:
-        searcher.close()
-
-
-def test_processes_take_turns_and_each_tells_its_own(tmp_path: Path, url: str) -> None:
-    """Two processes, one trial ahead each: trials come from each in turn, with their own
-    draws (each child its own sampler seed), and each trial's end reaches the one that asked
-    it; four trials is two each, so only their two asked ahead are left to put back."""
-    searcher = _searcher(_config(tmp_path, searcher={"ask_ahead": 1, "processes": 2}), url, 6)
+def test_processes_take_turns_enqueued_points_first_and_each_tells_its_own(
+    tmp_path: Path, url: str
+) -> None:
+    """Two processes, one trial ahead each: the study's enqueued points are asked before any
+    other trial (whichever process asks them), trials come from each in turn with their own
+    draws (each child its own sampler seed), each trial's end reaches the one that asked it;
+    four trials is two each, so only their two asked ahead are left to put back."""
+    points = [{"activation": "tanh", "lr": 0.01}, {"activation": "relu", "lr": 0.002}]
+    search = {"activations": ["relu", "tanh"], "initializers": ["he_normal"], "enqueue": points}
+    processes = {"ask_ahead": 1, "processes": 2}
+    searcher = _searcher(_config(tmp_path, search=search, searcher=processes), url, 6)
     try:
         handed = [searcher.suggest(f"t{i}") for i in range(4)]
         for i in range(4):
@@ -168,27 +157,15 @@ def test_processes_take_turns_and_each_tells_its_own(tmp_path: Path, url: str) -
     finally:
         searcher.close()
     trials = _trials(url)
+    assert [(t.params["activation"], t.params["lr"]) for t in trials[:2]] == [
+        ("tanh", 0.01),
+        ("relu", 0.002),
+    ]
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.value for t in done) == pytest.approx([0.0, 0.1, 0.2, 0.3])
     assert len({t.params["lr"] for t in done}) == 4, "no two processes drew the same trial"
     assert sorted(p["lr"] for p in handed if p) == sorted(t.params["lr"] for t in done)
     assert [t.state for t in trials if t not in done] == [TrialState.WAITING] * 2
-
-
-def test_enqueued_points_come_first_with_several_processes(tmp_path: Path, url: str) -> None:
-    points = [{"activation": "tanh", "lr": 0.01}, {"activation": "relu", "lr": 0.002}]
-    search = {"activations": ["relu", "tanh"], "initializers": ["he_normal"], "enqueue": points}
-    config = _config(tmp_path, search=search, searcher={"ask_ahead": 2, "processes": 2})
-    searcher = _searcher(config, url, limit=2)
-    try:
-        handed = [searcher.suggest("t0"), searcher.suggest("t1")]
-    finally:
-        searcher.interrupt(retry=False)
-        searcher.close()
-    assert sorted((p["activation"], p["lr"]) for p in handed if p) == [
-        ("relu", 0.002),
-        ("tanh", 0.01),
-    ]
 
 
 def test_each_process_gets_its_share_of_the_trials_to_resume() -> None:
@@ -228,27 +205,11 @@ def test_a_searcher_process_that_dies_ends_the_study_with_one_error(
 
 
 def test_a_study_asked_ahead_runs_every_trial_in_rounds(tmp_path: Path) -> None:
-    """Five trials in rounds of two, two asked ahead: one child serves every round, every trial
-    is told and on the leaderboard, and nothing is left asked."""
-    result = run_study(_config(tmp_path, num_samples=5, trials_per_round=2))
+    """Three trials in rounds of two, two asked ahead: one child serves both rounds, every
+    trial is told and on the leaderboard, and nothing is left asked."""
+    result = run_study(_config(tmp_path, num_samples=3, trials_per_round=2))
     trials = _trials(result.optuna_storage, result.study_name)
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
-    assert len(result.leaderboard) == 5
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert len(result.leaderboard) == 3
     told = sorted(t.params["activation"] for t in trials)
     assert sorted(result.leaderboard["activation"]) == told, "each run as its trial was asked"
-
-
-def test_a_study_out_of_time_puts_its_trials_asked_ahead_back(tmp_path: Path) -> None:
-    """A 12-second budget: the trials that ran are told, the completed ones recorded; the ones
-    asked ahead for slots that never came wait, unmarked, and none is left RUNNING."""
-    config = _config(tmp_path, num_samples=200, budget_minutes=0.2)
-    result = run_study(config)
-    trials = _trials(result.optuna_storage, result.study_name)
-    ran = [t for t in trials if t.state.is_finished()]
-    waiting = [t for t in trials if t.state == TrialState.WAITING]
-    assert ran and len(ran) + len(waiting) == len(trials)
-    assert 1 <= len(waiting) <= 2
-    assert not any(INTERRUPTED_ATTR in t.user_attrs for t in waiting)
-    completed = [t for t in ran if t.state == TrialState.COMPLETE]
-    assert completed and len(ran) < 200
-    assert len(result.leaderboard) >= len(completed)
