@@ -159,7 +159,7 @@ class AskAheadSearch(Searcher):
         self._next = 0  # the child the next trial is taken from
         #: Tune trial id -> (child, the child's key of its asked trial)
         self._keys: dict[str, tuple[int, str]] = {}
-        self._latest: dict[str, dict[str, Any]] = {}  # Tune trial id -> its latest value, epoch
+        self._latest: dict[str, dict[str, Any]] = {}  # running trial's id -> its last result
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its searcher with the Tuner (``tuner.pkl``); the processes stay here."""
@@ -180,11 +180,9 @@ class AskAheadSearch(Searcher):
             return params
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        """Kept here, sent with the trial's end (the in-driver searcher keeps it too)."""
-        value = result.get(self.metric) if isinstance(self.metric, str) else None
-        if value is not None and trial_id in self._keys:
-            epoch = result.get("epoch", result.get("training_iteration", 0))
-            self._latest[trial_id] = {self.metric: value, "epoch": epoch}
+        """Kept here, and sent with the trial's end for the searcher to read as it would have."""
+        if trial_id in self._keys:
+            self._latest[trial_id] = result
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -192,10 +190,9 @@ class AskAheadSearch(Searcher):
         if trial_id not in self._keys:
             return
         index, key = self._keys[trial_id]
-        ended = {k: v for k, v in result.items() if k != "config"} if result else result
         with sigint_deferred():  # a message cut in half would end the searcher
-            latest = self._latest.pop(trial_id, None)
-            self._each()[index].send("complete", key, latest, ended, error)
+            latest = _sent(self._latest.pop(trial_id, None))
+            self._each()[index].send("complete", key, latest, _sent(result), error)
 
     def save(self, checkpoint_path: str) -> None:
         """Tune's snapshot of this searcher: which trial is which; the study is in Optuna."""
@@ -244,20 +241,23 @@ class AskAheadSearch(Searcher):
         return self._children
 
 
+def _sent(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A result as it goes to a child: without the trial's config, which the searcher has."""
+    return {k: v for k, v in result.items() if k != "config"} if result else result
+
+
 def _share(
     config: StudyConfig, resume: dict[int, dict[str, Any]] | None, index: int, processes: int
 ) -> tuple[StudyConfig, dict[int, dict[str, Any]] | None]:
     """Child ``index``'s config and trials to resume: its own sampler seed (else every child
     would draw the same random start-up trials), every ``processes``-th trial to resume, and
     the enqueued points (``resume`` None) in the first child only."""
+    own = dict(list((resume or {}).items())[index::processes])
     if index == 0:
-        own = resume if resume is None else dict(list(resume.items())[::processes])
-        return config, own
+        return config, None if resume is None else own
     seed = config.searcher.seed + 7919 * index  # a prime apart: no overlap with nearby seeds
     searcher = config.searcher.model_copy(update={"seed": seed})
-    return config.model_copy(update={"searcher": searcher}), dict(
-        list((resume or {}).items())[index::processes]
-    )
+    return config.model_copy(update={"searcher": searcher}), own
 
 
 # -- the child ---------------------------------------------------------------------------------
